@@ -1,0 +1,85 @@
+//! AWS adapters for the ports in [`crate::service::ports`].
+//!
+//! Clients are built once per cold start from the environment. Locally the standard
+//! per-service endpoint variables (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_DYNAMODB`,
+//! `AWS_ENDPOINT_URL_SQS`) point them at the emulators; the upload store has endpoint and keys of
+//! its own (`UPLOAD_S3_*`, `UPLOAD_STS_ENDPOINT`) because locally it is a different server
+//! (SeaweedFS) from the working bucket's (LocalStack). In AWS none of these are set.
+
+pub mod dynamo;
+pub mod s3;
+pub mod sqs;
+pub mod sts;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+/// The shared SDK configuration (region, credentials, endpoints from the environment).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+fn force_path_style() -> bool {
+    std::env::var("S3_FORCE_PATH_STYLE").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// S3 client for the working bucket.
+pub fn work_s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(config).force_path_style(force_path_style()).build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Static credentials for the upload store when it is a separate local server.
+fn upload_store_credentials() -> Option<aws_sdk_s3::config::Credentials> {
+    let key = std::env::var("UPLOAD_S3_ACCESS_KEY_ID").ok()?;
+    let secret = std::env::var("UPLOAD_S3_SECRET_ACCESS_KEY").ok()?;
+    Some(aws_sdk_s3::config::Credentials::new(key, secret, None, None, "upload-store"))
+}
+
+/// S3 client for the upload bucket (where data providers put large encodings).
+pub fn upload_s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(config).force_path_style(force_path_style());
+    if let Ok(endpoint) = std::env::var("UPLOAD_S3_ENDPOINT") {
+        b = b.endpoint_url(endpoint).force_path_style(true);
+    }
+    if let Some(c) = upload_store_credentials() {
+        b = b.credentials_provider(c);
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
+}
+
+/// STS client that mints upload credentials (for the upload store's STS locally).
+pub fn upload_sts_client(config: &SdkConfig) -> aws_sdk_sts::Client {
+    let mut b = aws_sdk_sts::config::Builder::from(config);
+    if let Ok(endpoint) = std::env::var("UPLOAD_STS_ENDPOINT") {
+        b = b.endpoint_url(endpoint);
+    }
+    if let Some(c) = upload_store_credentials() {
+        b = b.credentials_provider(c);
+    }
+    aws_sdk_sts::Client::from_conf(b.build())
+}
+
+pub fn dynamodb_client(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(config)
+}
+
+pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(config)
+}
+
+/// The pipeline wired to AWS: DynamoDB metadata, the two S3 buckets and SQS.
+pub type AwsPipeline =
+    crate::service::pipeline::Pipeline<dynamo::DynamoMeta, s3::S3Blobs, s3::S3Blobs, sqs::SqsQueue>;
+
+/// Builds the pipeline from the environment (once per cold start).
+pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::ConfigError> {
+    let settings = crate::service::config::Settings::from_env()?;
+    let config = sdk_config().await;
+    Ok(crate::service::pipeline::Pipeline {
+        meta: dynamo::DynamoMeta::new(dynamodb_client(&config), settings.table_name.clone()),
+        work: s3::S3Blobs::new(work_s3_client(&config), settings.work_bucket.clone()),
+        uploads: s3::S3Blobs::new(upload_s3_client(&config), settings.upload.bucket.clone()),
+        queue: sqs::SqsQueue::new(sqs_client(&config)),
+        settings,
+    })
+}

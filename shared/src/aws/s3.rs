@@ -1,0 +1,212 @@
+//! [`BlobStore`] on S3 (the working bucket; locally LocalStack, or SeaweedFS for uploads).
+
+use std::ops::Range;
+use std::time::Duration;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use bytes::Bytes;
+
+use crate::service::ports::{BlobError, BlobStore, Metadata};
+
+#[derive(Clone, Debug)]
+pub struct S3Blobs {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Blobs {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        S3Blobs { client, bucket: bucket.into() }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+}
+
+/// Maps an SDK error, recognising "no such key" whatever the operation calls it.
+fn map_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
+    key: &str,
+    e: SdkError<E, R>,
+) -> BlobError {
+    let not_found = match &e {
+        SdkError::ServiceError(se) => {
+            matches!(se.err().code(), Some("NoSuchKey" | "NotFound" | "404"))
+                || format!("{:?}", se.raw()).contains("StatusCode(404)")
+        }
+        _ => false,
+    };
+    if not_found {
+        return BlobError::NotFound(key.to_string());
+    }
+    let detail = match &e {
+        SdkError::ServiceError(se) => format!(
+            "{}: {}",
+            se.err().code().unwrap_or("error"),
+            se.err().message().unwrap_or("no message")
+        ),
+        other => format!("{}", aws_sdk_s3::error::DisplayErrorContext(other)),
+    };
+    BlobError::Backend(format!("{key}: {detail}"))
+}
+
+fn metadata_of(map: Option<&std::collections::HashMap<String, String>>) -> Metadata {
+    let mut m: Metadata = map
+        .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+        .unwrap_or_default();
+    m.sort();
+    m
+}
+
+impl BlobStore for S3Blobs {
+    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(k, v);
+        }
+        req.send().await.map_err(|e| map_err(key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
+        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
+        let metadata = metadata_of(out.metadata());
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?
+            .into_bytes();
+        Ok((body, metadata))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?
+            .into_bytes();
+        if body.len() as u64 != range.end - range.start {
+            return Err(BlobError::Backend(format!(
+                "{key}: asked for {} bytes at {}, got {}",
+                range.end - range.start,
+                range.start,
+                body.len()
+            )));
+        }
+        Ok(body)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<(u64, Metadata)>, BlobError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => Ok(Some((out.content_length().unwrap_or(0).max(0) as u64, metadata_of(out.metadata())))),
+            Err(e) => match map_err(key, e) {
+                BlobError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, BlobError> {
+        let mut deleted = 0u64;
+        // Listing again after each batch (rather than paging) stays correct while deleting.
+        loop {
+            let keys = self.list_page(prefix, 1000).await?;
+            if keys.is_empty() {
+                return Ok(deleted);
+            }
+            let objects: Vec<ObjectIdentifier> = keys
+                .iter()
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| BlobError::Backend(format!("{prefix}: {e}")))?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| map_err(prefix, e))?;
+            deleted += keys.len() as u64;
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err(prefix, e))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    async fn presign_get(&self, key: &str, ttl_secs: u64) -> Result<String, BlobError> {
+        let config = PresigningConfig::expires_in(Duration::from_secs(ttl_secs))
+            .map_err(|e| BlobError::Backend(format!("{key}: {e}")))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(req.uri().to_string())
+    }
+}
+
+impl S3Blobs {
+    async fn list_page(&self, prefix: &str, max: i32) -> Result<Vec<String>, BlobError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(max)
+            .send()
+            .await
+            .map_err(|e| map_err(prefix, e))?;
+        Ok(out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect())
+    }
+}

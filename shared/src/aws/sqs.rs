@@ -1,0 +1,55 @@
+//! [`WorkQueue`] on SQS.
+
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use crate::service::ports::{QueueError, WorkQueue};
+
+/// SQS takes at most 10 messages per batch.
+const SQS_BATCH: usize = 10;
+
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client) -> Self {
+        SqsQueue { client }
+    }
+}
+
+impl WorkQueue for SqsQueue {
+    async fn send(&self, queue_url: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        for chunk in bodies.chunks(SQS_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .map_err(|e| QueueError(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| QueueError(format!("{}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+            if let Some(failed) = out.failed().first() {
+                return Err(QueueError(format!(
+                    "{} of {} messages not sent, e.g. {}: {}",
+                    out.failed().len(),
+                    chunk.len(),
+                    failed.code(),
+                    failed.message().unwrap_or("no message")
+                )));
+            }
+        }
+        Ok(())
+    }
+}

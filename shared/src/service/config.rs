@@ -1,0 +1,137 @@
+//! Settings, read once per cold start from the environment (set by `infra/template.yaml` in AWS
+//! and by `localstack/provision.py` locally, from the same template).
+
+use std::env;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} has an invalid value {value:?}: {why}")]
+    Invalid { name: &'static str, value: String, why: &'static str },
+}
+
+/// Limits on what the service accepts and produces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body the API accepts (API Gateway + Lambda cap payloads at ~6 MB).
+    pub max_request_bytes: usize,
+    /// Largest response body served inline; larger results are redirected to object storage.
+    pub max_response_bytes: usize,
+    pub min_encoding_size: usize,
+    pub max_encoding_size: usize,
+    /// Largest upload (direct or external) ingestion accepts.
+    pub max_upload_bytes: u64,
+    pub solver_max_candidate_pairs: u64,
+    pub similarity_scores_max_candidate_pairs: u64,
+    pub shard_target_comparisons: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 6 * 1024 * 1024 - 64 * 1024,
+            max_response_bytes: 6 * 1024 * 1024 - 64 * 1024,
+            min_encoding_size: 8,
+            max_encoding_size: 1024,
+            max_upload_bytes: 1 << 40,
+            solver_max_candidate_pairs: 100_000_000,
+            similarity_scores_max_candidate_pairs: 500_000_000,
+            shard_target_comparisons: 300_000_000,
+        }
+    }
+}
+
+/// Where the direct-upload feature sends clients.
+#[derive(Clone, Debug)]
+pub struct UploadSettings {
+    pub enabled: bool,
+    pub bucket: String,
+    /// Host[:port] clients use for the upload store (what `authorize-external-upload` returns).
+    pub public_endpoint: String,
+    pub public_secure: bool,
+    pub credentials_ttl_secs: u64,
+    pub role_arn: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub table_name: String,
+    pub work_bucket: String,
+    pub shard_queue_url: String,
+    pub solve_queue_url: String,
+    pub dead_letter_queue_arns: Vec<String>,
+    pub upload: UploadSettings,
+    pub limits: Limits,
+}
+
+fn required(name: &'static str) -> Result<String, ConfigError> {
+    env::var(name).map_err(|_| ConfigError::Missing(name))
+}
+
+fn optional(name: &'static str) -> Option<String> {
+    env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError> {
+    match optional(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::Invalid { name, value: v, why: "not a number" }),
+    }
+}
+
+fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match optional(name).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(v) => Err(ConfigError::Invalid { name, value: v.into(), why: "expected true or false" }),
+    }
+}
+
+impl Settings {
+    /// Reads every setting; names not needed by a function may be absent (empty strings).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Limits::default();
+        let limits = Limits {
+            max_request_bytes: number("MAX_REQUEST_BYTES", d.max_request_bytes)?,
+            max_response_bytes: number("MAX_RESPONSE_BYTES", d.max_response_bytes)?,
+            min_encoding_size: number("MIN_ENCODING_SIZE", d.min_encoding_size)?,
+            max_encoding_size: number("MAX_ENCODING_SIZE", d.max_encoding_size)?,
+            max_upload_bytes: number("MAX_UPLOAD_BYTES", d.max_upload_bytes)?,
+            solver_max_candidate_pairs: number("SOLVER_MAX_CANDIDATE_PAIRS", d.solver_max_candidate_pairs)?,
+            similarity_scores_max_candidate_pairs: number(
+                "SIMILARITY_SCORES_MAX_CANDIDATE_PAIRS",
+                d.similarity_scores_max_candidate_pairs,
+            )?,
+            shard_target_comparisons: number("SHARD_TARGET_COMPARISONS", d.shard_target_comparisons)?,
+        };
+        if limits.shard_target_comparisons == 0 {
+            return Err(ConfigError::Invalid {
+                name: "SHARD_TARGET_COMPARISONS",
+                value: "0".into(),
+                why: "must be positive",
+            });
+        }
+        Ok(Settings {
+            table_name: required("TABLE_NAME")?,
+            work_bucket: required("WORK_BUCKET")?,
+            shard_queue_url: optional("SHARD_QUEUE_URL").unwrap_or_default(),
+            solve_queue_url: optional("SOLVE_QUEUE_URL").unwrap_or_default(),
+            dead_letter_queue_arns: optional("DEAD_LETTER_QUEUE_ARNS")
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+            upload: UploadSettings {
+                enabled: flag("EXTERNAL_UPLOAD_ENABLED", true)?,
+                bucket: optional("UPLOAD_BUCKET").unwrap_or_default(),
+                public_endpoint: optional("UPLOAD_PUBLIC_ENDPOINT").unwrap_or_else(|| {
+                    format!("s3.{}.amazonaws.com", optional("AWS_REGION").unwrap_or_else(|| "us-east-1".into()))
+                }),
+                public_secure: flag("UPLOAD_PUBLIC_SECURE", true)?,
+                credentials_ttl_secs: number("UPLOAD_CREDENTIALS_TTL_SECS", 43_200)?,
+                role_arn: optional("UPLOAD_ROLE_ARN").unwrap_or_default(),
+            },
+            limits,
+        })
+    }
+}

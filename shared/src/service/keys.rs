@@ -1,0 +1,107 @@
+//! Object keys in the working bucket. One module, so the api, fan-out, compare, solve and the
+//! cleanup agree on the layout:
+//!
+//! ```text
+//! incoming/uploads/{project}/{party}/{upload}   an upload as received (its S3 event starts ingestion)
+//! incoming/runs/{project}/{run}                 a run request (its S3 event starts the run)
+//! incoming/deletes/{project}                    a project delete (its S3 event purges everything)
+//! data/{project}/{party}/data.bin               packed entries (engine::packed)
+//! data/{project}/{party}/index.bin              block index of data.bin
+//! work/{project}/{run}/shards/{n}.json          shard descriptions
+//! work/{project}/{run}/candidates/{n}.bin       candidate pairs of shard n
+//! results/{project}/{run}/...                   published results
+//! ```
+
+pub const INCOMING_UPLOADS: &str = "incoming/uploads/";
+pub const INCOMING_RUNS: &str = "incoming/runs/";
+pub const INCOMING_DELETES: &str = "incoming/deletes/";
+
+pub fn upload(project: &str, party: u32, upload: &str) -> String {
+    format!("{INCOMING_UPLOADS}{project}/{party}/{upload}")
+}
+pub fn run_request(project: &str, run: &str) -> String {
+    format!("{INCOMING_RUNS}{project}/{run}")
+}
+pub fn delete_request(project: &str) -> String {
+    format!("{INCOMING_DELETES}{project}")
+}
+pub fn party_data(project: &str, party: u32) -> String {
+    format!("data/{project}/{party}/data.bin")
+}
+pub fn party_index(project: &str, party: u32) -> String {
+    format!("data/{project}/{party}/index.bin")
+}
+pub fn run_work_prefix(project: &str, run: &str) -> String {
+    format!("work/{project}/{run}/")
+}
+pub fn shard(project: &str, run: &str, shard: u32) -> String {
+    format!("work/{project}/{run}/shards/{shard}.json")
+}
+pub fn shard_candidates(project: &str, run: &str, shard: u32) -> String {
+    format!("work/{project}/{run}/candidates/{shard}.bin")
+}
+pub fn run_results_prefix(project: &str, run: &str) -> String {
+    format!("results/{project}/{run}/")
+}
+/// anonlink's binary candidate-pair file: the object behind `RETURN-OBJECT-STORE-ADDRESS`.
+pub fn result_candidates(project: &str, run: &str) -> String {
+    format!("results/{project}/{run}/similarity_scores.bin")
+}
+pub fn result_similarity_scores(project: &str, run: &str) -> String {
+    format!("results/{project}/{run}/similarity_scores.json")
+}
+pub fn result_groups(project: &str, run: &str) -> String {
+    format!("results/{project}/{run}/groups.json")
+}
+pub fn result_permutation(project: &str, run: &str, party: u32) -> String {
+    format!("results/{project}/{run}/permutation-{party}.json")
+}
+pub fn result_mask(project: &str, run: &str) -> String {
+    format!("results/{project}/{run}/mask.json")
+}
+/// Every prefix that can hold objects of a project (for deletion).
+pub fn project_prefixes(project: &str) -> [String; 6] {
+    [
+        format!("{INCOMING_UPLOADS}{project}/"),
+        format!("{INCOMING_RUNS}{project}/"),
+        format!("data/{project}/"),
+        format!("work/{project}/"),
+        format!("results/{project}/"),
+        delete_request(project),
+    ]
+}
+
+/// A parsed key under `incoming/`: what an S3 event asks fan-out to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Upload { project: String, party: u32, upload: String },
+    Run { project: String, run: String },
+    Delete { project: String },
+}
+
+impl Incoming {
+    pub fn parse(key: &str) -> Option<Self> {
+        if let Some(rest) = key.strip_prefix(INCOMING_UPLOADS) {
+            let mut it = rest.split('/');
+            let (project, party, upload) = (it.next()?, it.next()?, it.next()?);
+            if it.next().is_some() || project.is_empty() || upload.is_empty() {
+                return None;
+            }
+            return Some(Incoming::Upload { project: project.into(), party: party.parse().ok()?, upload: upload.into() });
+        }
+        if let Some(rest) = key.strip_prefix(INCOMING_RUNS) {
+            let (project, run) = rest.split_once('/')?;
+            if project.is_empty() || run.is_empty() || run.contains('/') {
+                return None;
+            }
+            return Some(Incoming::Run { project: project.into(), run: run.into() });
+        }
+        if let Some(project) = key.strip_prefix(INCOMING_DELETES) {
+            if project.is_empty() || project.contains('/') {
+                return None;
+            }
+            return Some(Incoming::Delete { project: project.into() });
+        }
+        None
+    }
+}

@@ -1,0 +1,20 @@
+//! The service layer: what the four functions do, written against narrow ports.
+//!
+//! - [`model`]: projects, parties, runs and their states, as stored and as reported.
+//! - [`ports`]: the traits the AWS adapters (and the in-memory ones for unit tests) implement.
+//! - [`api`]: the REST API v1 router (served by lambda_http in Lambda, by axum locally).
+//! - [`pipeline`]: fan-out (ingest, run start, planning), compare (one shard), solve (merge, solve,
+//!   publish) and the dead-letter handler.
+//! - [`keys`]: the object-key layout of the working bucket, in one place.
+
+pub mod api;
+pub mod config;
+pub mod keys;
+pub mod lambda;
+pub mod memory;
+pub mod model;
+pub mod pipeline;
+pub mod ports;
+pub mod telemetry;
+pub mod time;
+pub mod tokens;

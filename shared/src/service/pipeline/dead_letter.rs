@@ -1,0 +1,49 @@
+//! Dead letters: messages that failed on every delivery. The run or upload they belonged to is
+//! put in `error` with a message, so nobody waits forever on work that will not finish.
+
+use tracing::warn;
+
+use crate::service::keys::Incoming;
+use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+
+use super::events::s3_event_keys;
+use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
+
+pub const RUN_FAILED_MESSAGE: &str = "Run failed with an internal server error.";
+
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+    /// Handles one message from any dead-letter queue.
+    pub async fn on_dead_letter(&self, body: &str) -> Result<(), PipelineError> {
+        if let Ok(m) = serde_json::from_str::<ShardMessage>(body) {
+            warn!(project_id = m.project_id, run_id = m.run_id, shard = m.shard_index, "shard failed on every attempt");
+            let message = format!("{RUN_FAILED_MESSAGE} Shard {} could not be computed after repeated attempts.", m.shard_index);
+            self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
+            return Ok(());
+        }
+        if let Ok(m) = serde_json::from_str::<SolveMessage>(body) {
+            warn!(project_id = m.project_id, run_id = m.run_id, "solve failed on every attempt");
+            let message = format!("{RUN_FAILED_MESSAGE} The result could not be computed after repeated attempts.");
+            self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
+            return Ok(());
+        }
+        for key in s3_event_keys(body)? {
+            match Incoming::parse(&key) {
+                Some(Incoming::Upload { project, party, upload }) => {
+                    warn!(project, party, upload, "ingestion failed on every attempt");
+                    self.meta
+                        .fail_upload(&project, party, &upload, "The upload could not be processed after repeated attempts (internal error); please upload again.")
+                        .await?;
+                }
+                Some(Incoming::Run { project, run }) => {
+                    warn!(project, run, "run start failed on every attempt");
+                    self.meta.fail_run(&project, &run, RUN_FAILED_MESSAGE).await?;
+                }
+                Some(Incoming::Delete { project }) => {
+                    warn!(project, "project purge failed on every attempt; the bucket lifecycle rules remove what is left");
+                }
+                None => warn!(key, "dead letter for an unknown object"),
+            }
+        }
+        Ok(())
+    }
+}

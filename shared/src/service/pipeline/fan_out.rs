@@ -1,0 +1,382 @@
+//! fan-out: reacts to objects created under `incoming/` in the working bucket.
+//!
+//! - an upload: decode it with the engine, pack it (`data.bin` + `index.bin`), mark the party
+//!   done, then start every run that was waiting for data;
+//! - a run request: start the run if every party's data is in (otherwise it waits in `created`
+//!   and the last upload starts it);
+//! - a project delete: remove every object and item of the project.
+//!
+//! Memory: one upload decoded and packed at a time (about 2× the upload's records plus their
+//! block lists), and the block indexes of the project's parties while planning (40 bytes per
+//! block per party). Never more than the project's own data.
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::engine::encoding::{self, PartyEncodings, SizeBounds};
+use crate::engine::packed::{self, BlockIndex};
+use crate::engine::shard;
+use crate::service::keys::{self, Incoming};
+use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
+use crate::service::ports::{BlobError, BlobStore, MetaStore, Metadata, WorkQueue};
+use crate::service::time;
+
+use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
+
+/// How the api stored an upload (object metadata `kind`).
+pub const KIND_JSON: &str = "json";
+pub const KIND_BINARY: &str = "binary";
+pub const KIND_EXTERNAL: &str = "external";
+
+/// Marker written once every shard message of a run has been sent.
+fn dispatched_key(project: &str, run: &str) -> String {
+    format!("{}dispatched", keys::run_work_prefix(project, run))
+}
+
+fn meta_value<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
+    metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// An upload that cannot be ingested, with the message the project's users will see.
+#[derive(Debug)]
+struct Rejected(String);
+
+/// The reference to large data a party put in the upload bucket (written by the api).
+#[derive(Debug, serde::Deserialize)]
+pub struct ExternalUpload {
+    pub encodings: ExternalObject,
+    #[serde(default)]
+    pub blocks: Option<ExternalBlocks>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ExternalObject {
+    pub bucket: String,
+    pub path: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ExternalBlocks {
+    Object { file: ExternalObject },
+    Plain(ExternalObject),
+}
+
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+    /// Handles one object created under `incoming/`.
+    pub async fn on_incoming(&self, key: &str) -> Result<(), PipelineError> {
+        match Incoming::parse(key) {
+            Some(Incoming::Upload { project, party, upload }) => self.ingest(&project, party, &upload).await,
+            Some(Incoming::Run { project, run }) => self.start_run(&project, &run).await,
+            Some(Incoming::Delete { project }) => self.purge_project(&project).await,
+            None => {
+                warn!(key, "ignoring an object that is not a pipeline request");
+                Ok(())
+            }
+        }
+    }
+
+    async fn ingest(&self, project_id: &str, party_index: u32, upload_id: &str) -> Result<(), PipelineError> {
+        let key = keys::upload(project_id, party_index, upload_id);
+        let Some((project, parties)) = self.meta.get_project(project_id).await? else {
+            info!(project_id, "upload of a deleted project; dropping it");
+            return self.delete_quietly(&key).await;
+        };
+        let Some(party) = parties.iter().find(|p| p.index == party_index) else {
+            warn!(project_id, party_index, "upload for a party the project does not have");
+            return self.delete_quietly(&key).await;
+        };
+        if party.upload_id.as_deref() != Some(upload_id) || party.upload_state != UploadState::Pending {
+            // A redelivered event for an upload already ingested, or superseded by a retry.
+            info!(project_id, party_index, upload_id, "upload is no longer pending; nothing to do");
+            if party.upload_id.as_deref() != Some(upload_id) {
+                self.delete_quietly(&key).await?;
+            }
+            return self.start_waiting_runs(project_id).await;
+        }
+        let (body, metadata) = match self.work.get(&key).await {
+            Ok(found) => found,
+            Err(BlobError::NotFound(_)) => {
+                warn!(project_id, party_index, upload_id, "pending upload object is gone");
+                self.meta
+                    .fail_upload(project_id, party_index, upload_id, "The uploaded data was lost before it could be read; please upload again.")
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let decoded = match self.decode_upload(&project, &body, &metadata).await? {
+            Ok(d) => d,
+            Err(Rejected(message)) => {
+                info!(project_id, party_index, %message, "upload rejected");
+                self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
+                return self.delete_quietly(&key).await;
+            }
+        };
+        let (data, index) = packed::pack(&decoded);
+        let ingested = IngestedParty {
+            record_count: decoded.len() as u64,
+            encoding_size: decoded.encoding_size as u32,
+            entry_count: index.entry_count,
+            block_count: index.blocks.len() as u64,
+        };
+        drop(decoded);
+        self.work.put(&keys::party_data(project_id, party_index), Bytes::from(data), &Vec::new()).await?;
+        self.work
+            .put(&keys::party_index(project_id, party_index), Bytes::from(index.to_bytes()), &Vec::new())
+            .await?;
+        if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
+            info!(project_id, party_index, records = ingested.record_count, "upload ingested");
+        }
+        self.cleanup_upload(&key, &body, &metadata).await?;
+        self.start_waiting_runs(project_id).await
+    }
+
+    /// Decodes an upload as stored by the api. The outer error is a storage failure (retried);
+    /// the inner one is the user's data being unusable (final, reported on the project).
+    async fn decode_upload(
+        &self,
+        project: &Project,
+        body: &[u8],
+        metadata: &Metadata,
+    ) -> Result<Result<PartyEncodings, Rejected>, PipelineError> {
+        let limits = &self.settings.limits;
+        let bounds = SizeBounds { min: limits.min_encoding_size, max: limits.max_encoding_size };
+        let decoded = match meta_value(metadata, "kind") {
+            Some(KIND_JSON) => encoding::decode_json_upload(body, bounds).map_err(|e| Rejected(e.to_string())),
+            Some(KIND_BINARY) => {
+                let count = meta_value(metadata, "hash-count").and_then(|v| v.parse::<u64>().ok());
+                let size = meta_value(metadata, "hash-size").and_then(|v| v.parse::<usize>().ok());
+                match (count, size) {
+                    (Some(count), Some(size)) => {
+                        encoding::decode_binary(body, count, size, bounds).map_err(|e| Rejected(e.to_string()))
+                    }
+                    _ => Err(Rejected("Binary upload requires 'Hash-Count' and 'Hash-Size' headers".into())),
+                }
+            }
+            Some(KIND_EXTERNAL) => return self.decode_external(body, bounds).await,
+            other => Err(Rejected(format!("Upload stored in an unknown form ({other:?}); please upload again."))),
+        };
+        let decoded = match decoded {
+            Ok(d) if d.is_empty() => Err(Rejected("Missing CLKs information: the upload holds no encodings".into())),
+            other => other,
+        };
+        Ok(decoded.and_then(|d| match project.schema_encoding_size() {
+            Some(expected) if expected != d.encoding_size => Err(Rejected(format!(
+                "Encodings are {} bytes but the project's schema says {} bytes (clkConfig.l = {} bits)",
+                d.encoding_size,
+                expected,
+                expected * 8
+            ))),
+            _ => Ok(d),
+        }))
+    }
+
+    /// Pulls encodings (and blocks) a party put in the upload bucket.
+    async fn decode_external(
+        &self,
+        reference: &[u8],
+        bounds: SizeBounds,
+    ) -> Result<Result<PartyEncodings, Rejected>, PipelineError> {
+        let reference: ExternalUpload = match serde_json::from_slice(reference) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(Rejected(format!("Invalid external upload reference: {e}")))),
+        };
+        let max = self.settings.limits.max_upload_bytes;
+        let Some((len, metadata)) = self.uploads.head(&reference.encodings.path).await? else {
+            return Ok(Err(Rejected(format!(
+                "The object store has no object at '{}'; upload it before telling the service",
+                reference.encodings.path
+            ))));
+        };
+        if len > max {
+            return Ok(Err(Rejected(format!("The uploaded object is {len} bytes, over the limit of {max} bytes"))));
+        }
+        let count = meta_value(&metadata, "hash-count").and_then(|v| v.parse::<u64>().ok());
+        let size = meta_value(&metadata, "hash-size").and_then(|v| v.parse::<usize>().ok());
+        let (Some(count), Some(size)) = (count, size) else {
+            return Ok(Err(Rejected(
+                "The uploaded object must carry 'hash-count' and 'hash-size' metadata".into(),
+            )));
+        };
+        let (body, _) = self.uploads.get(&reference.encodings.path).await?;
+        let decoded = if reference.encodings.path.ends_with(".json") {
+            encoding::decode_clks_file(&body, size, bounds)
+        } else {
+            encoding::decode_binary(&body, count, size, bounds)
+        };
+        let mut decoded = match decoded {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(Rejected(e.to_string()))),
+        };
+        if let Some(blocks) = reference.blocks {
+            let file = match blocks {
+                ExternalBlocks::Object { file } => file,
+                ExternalBlocks::Plain(file) => file,
+            };
+            let Some((blen, _)) = self.uploads.head(&file.path).await? else {
+                return Ok(Err(Rejected(format!("The object store has no blocks file at '{}'", file.path))));
+            };
+            if blen > max {
+                return Ok(Err(Rejected(format!("The blocks file is {blen} bytes, over the limit of {max} bytes"))));
+            }
+            let (bbody, _) = self.uploads.get(&file.path).await?;
+            match encoding::decode_blocks_file(&bbody, decoded.len()) {
+                Ok(b) => decoded.blocks = Some(b),
+                Err(e) => return Ok(Err(Rejected(e.to_string()))),
+            }
+        }
+        Ok(Ok(decoded))
+    }
+
+    /// Deletes the incoming object and, for external uploads, the pulled objects.
+    async fn cleanup_upload(&self, key: &str, body: &[u8], metadata: &Metadata) -> Result<(), PipelineError> {
+        if meta_value(metadata, "kind") == Some(KIND_EXTERNAL) {
+            if let Ok(reference) = serde_json::from_slice::<ExternalUpload>(body) {
+                self.uploads.delete(&reference.encodings.path).await?;
+                if let Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) = reference.blocks {
+                    self.uploads.delete(&file.path).await?;
+                }
+            }
+        }
+        self.delete_quietly(key).await
+    }
+
+    async fn delete_quietly(&self, key: &str) -> Result<(), PipelineError> {
+        match self.work.delete(key).await {
+            Ok(()) | Err(BlobError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts every run of the project still waiting in `created`, if all data is in.
+    async fn start_waiting_runs(&self, project_id: &str) -> Result<(), PipelineError> {
+        let runs = self.meta.list_runs(project_id).await?;
+        for run in runs.iter().filter(|r| r.state == RunState::Created) {
+            self.start_run(project_id, &run.run_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Every party's ingestion facts, if all parties are done and their data agree.
+    async fn ready_parties(
+        &self,
+        project: &Project,
+        parties: &[Party],
+    ) -> Result<Option<Vec<IngestedParty>>, PipelineError> {
+        if parties.len() != project.number_parties as usize
+            || parties.iter().any(|p| p.upload_state != UploadState::Done)
+        {
+            return Ok(None);
+        }
+        let ingested: Vec<IngestedParty> = parties.iter().filter_map(|p| p.ingested.clone()).collect();
+        if ingested.len() != parties.len() {
+            return Err(PipelineError::Corrupt(format!("project {}: a done party has no ingestion record", project.project_id)));
+        }
+        if ingested.iter().any(|i| i.encoding_size != ingested[0].encoding_size) {
+            let sizes: Vec<String> = ingested.iter().map(|i| i.encoding_size.to_string()).collect();
+            let message = format!("Mismatch in encoding sizes: the parties uploaded encodings of {} bytes", sizes.join(", "));
+            self.meta.set_project_error(&project.project_id, &message).await?;
+            for run in self.meta.list_runs(&project.project_id).await? {
+                if !run.state.is_final() {
+                    self.meta.fail_run(&project.project_id, &run.run_id, &message).await?;
+                }
+            }
+            return Ok(None);
+        }
+        Ok(Some(ingested))
+    }
+
+    /// Moves a run from `created` to `running`: plans its shards and sends them to compare.
+    /// Safe to repeat: a redelivered request re-sends the same shards unless they were all sent.
+    pub async fn start_run(&self, project_id: &str, run_id: &str) -> Result<(), PipelineError> {
+        let Some((project, parties)) = self.meta.get_project(project_id).await? else {
+            return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
+        };
+        if project.error.is_some() {
+            return Ok(());
+        }
+        let Some(ingested) = self.ready_parties(&project, &parties).await? else {
+            return Ok(()); // the last upload starts it
+        };
+        let Some(run) = self.meta.get_run(project_id, run_id).await? else {
+            return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
+        };
+        let resume = match run.state {
+            RunState::Created => {
+                if !self.meta.claim_run(project_id, run_id).await? {
+                    return Ok(()); // another invocation claimed it and plans it
+                }
+                false
+            }
+            // Claimed by an invocation that may have died before sending every shard.
+            RunState::Queued | RunState::Running => {
+                if self.work.head(&dispatched_key(project_id, run_id)).await?.is_some() {
+                    return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
+                }
+                true
+            }
+            RunState::Completed | RunState::Error => return Ok(()),
+        };
+        let mut indexes = Vec::with_capacity(parties.len());
+        for p in &parties {
+            let (bytes, _) = self.work.get(&keys::party_index(project_id, p.index)).await?;
+            let index = BlockIndex::from_bytes(&bytes)
+                .map_err(|e| PipelineError::Corrupt(format!("block index of party {}: {e}", p.index)))?;
+            indexes.push(index);
+        }
+        let target = self.settings.limits.shard_target_comparisons;
+        let plan = tokio::task::spawn_blocking(move || shard::plan(&indexes, target))
+            .await
+            .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        let shards_total = plan.shards.len() as u32;
+        info!(project_id, run_id, shards_total, comparisons = plan.total_comparisons, resume, "run planned");
+        let mut bodies = Vec::with_capacity(plan.shards.len());
+        for s in plan.shards {
+            let index = s.index;
+            let inline = serde_json::to_vec(&s).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+            let shard = if inline.len() <= INLINE_SHARD_LIMIT {
+                Some(s)
+            } else {
+                self.work.put(&keys::shard(project_id, run_id, index), Bytes::from(inline), &Vec::new()).await?;
+                None
+            };
+            let message = ShardMessage { project_id: project_id.into(), run_id: run_id.into(), shard_index: index, shard };
+            bodies.push(serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?);
+        }
+        let run_plan = RunPlan { shards_total, total_comparisons: plan.total_comparisons, time_started: time::now_iso() };
+        let started = self.meta.start_run(project_id, run_id, &run_plan).await?;
+        if !started && !resume {
+            return Ok(()); // deleted or failed meanwhile
+        }
+        if shards_total == 0 {
+            // Nothing shares a block: solve publishes the empty result.
+            let solve = SolveMessage { project_id: project_id.into(), run_id: run_id.into() };
+            let body = serde_json::to_string(&solve).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+        } else {
+            self.queue.send(&self.settings.shard_queue_url, bodies).await?;
+        }
+        let _ = ingested;
+        self.work.put(&dispatched_key(project_id, run_id), Bytes::from_static(b"{}"), &Vec::new()).await?;
+        self.delete_quietly(&keys::run_request(project_id, run_id)).await
+    }
+
+    /// Removes every object and item of a deleted project. Runs in flight notice the project is
+    /// gone and stop; their late writes land under the same prefixes and are removed by a
+    /// redelivery of this event or by the bucket's lifecycle rules.
+    async fn purge_project(&self, project_id: &str) -> Result<(), PipelineError> {
+        for prefix in keys::project_prefixes(project_id) {
+            if prefix == keys::delete_request(project_id) {
+                continue;
+            }
+            let n = self.work.delete_prefix(&prefix).await?;
+            if n > 0 {
+                info!(project_id, prefix, objects = n, "purged");
+            }
+        }
+        self.uploads.delete_prefix(&format!("{project_id}/")).await?;
+        self.meta.purge_project(project_id).await?;
+        self.delete_quietly(&keys::delete_request(project_id)).await
+    }
+}

@@ -1,0 +1,78 @@
+//! The pipeline behind the API: what fan-out, compare and solve do with each event.
+//!
+//! ```text
+//! api ──put incoming/…──▶ work bucket ──S3 event──▶ ingest queue ──▶ fan-out
+//!                                                                  ├─ ingest an upload (packed data)
+//!                                                                  ├─ start a run: plan shards ──▶ shard queue ──▶ compare
+//!                                                                  └─ purge a deleted project          │
+//!                                              solve ◀── solve queue ◀── the shard that completes a run ┘
+//! ```
+//!
+//! AWS delivers every event at least once, may deliver it twice at the same time, and retries
+//! failures. Each step is therefore idempotent: objects are written under deterministic keys
+//! with deterministic content, and every state change is a conditional write in the metadata
+//! store (a shard is counted once; a run starts once and completes once). Messages that keep
+//! failing reach a dead-letter queue, whose handler puts the run or upload in `error`.
+
+pub mod compare;
+pub mod dead_letter;
+pub mod events;
+pub mod fan_out;
+pub mod solve;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::shard::Shard;
+
+use super::config::Settings;
+use super::ports::{BlobError, MetaError, QueueError};
+
+/// A message on the shard queue: one shard of one run. Small shards travel inline; large ones
+/// (many packed block pairs) are read from the work bucket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardMessage {
+    pub project_id: String,
+    pub run_id: String,
+    pub shard_index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// A message on the solve queue: every shard of the run is counted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SolveMessage {
+    pub project_id: String,
+    pub run_id: String,
+}
+
+/// Shards larger than this (serialized) are stored in the work bucket instead of the message
+/// (SQS allows 256 KiB per message).
+pub const INLINE_SHARD_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("malformed event: {0}")]
+    Event(String),
+    #[error("worker task failed: {0}")]
+    Worker(String),
+}
+
+/// Everything the pipeline functions share: the ports and the settings.
+#[derive(Clone)]
+pub struct Pipeline<M, B, U, Q> {
+    pub meta: M,
+    /// The working bucket.
+    pub work: B,
+    /// The upload bucket (where data providers put large encodings).
+    pub uploads: U,
+    pub queue: Q,
+    pub settings: Settings,
+}

@@ -1,0 +1,143 @@
+//! Ports: the narrow traits between the service logic and the outside world.
+//!
+//! Each function takes only the ports it uses, which matches the per-function IAM policies in
+//! `infra/template.yaml`. Futures are `Send` so handlers can run on tokio and inside axum.
+
+use std::future::Future;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::model::{
+    IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, ShardOutcome, StatusCounters,
+    UploadStart,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// A conditional write lost: the item is not in the state the caller expected.
+    #[error("conflicting update: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("metadata store error: {0}")]
+    Backend(String),
+}
+
+/// Project, party and run metadata (DynamoDB in AWS). Every state change that could race is a
+/// conditional write, so concurrent requests and redelivered events cannot corrupt state.
+pub trait MetaStore: Send + Sync + Clone + 'static {
+    // ---- projects and parties -------------------------------------------------------------
+    /// Creates the project and its parties atomically and counts it for `/status`.
+    fn create_project(&self, project: &Project, parties: &[Party]) -> impl Future<Output = Result<(), MetaError>> + Send;
+    /// All live projects (not being deleted), oldest first.
+    fn list_projects(&self) -> impl Future<Output = Result<Vec<ProjectSummary>, MetaError>> + Send;
+    /// The project with all its parties (strongly consistent). `None` if unknown or being deleted.
+    fn get_project(&self, project_id: &str) -> impl Future<Output = Result<Option<(Project, Vec<Party>)>, MetaError>> + Send;
+    /// Marks the project as being deleted (it disappears from every read at once) and uncounts
+    /// it. Returns false if it was unknown or already being deleted.
+    fn mark_project_deleted(&self, project_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// Removes every item of the project (project, parties, runs, shard markers).
+    fn purge_project(&self, project_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+    /// Puts the project in error (e.g. parties' encoding sizes disagree): `error: true` in its
+    /// description, and runs cannot be posted until a party re-uploads.
+    fn set_project_error(&self, project_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+
+    // ---- uploads ---------------------------------------------------------------------------
+    /// Moves a party's upload from `not_started`/`error` to `pending` under `upload.upload_id`,
+    /// storing the receipt token hash. `Conflict` if an upload is already pending or done.
+    fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> impl Future<Output = Result<(), MetaError>> + Send;
+    /// Undoes `begin_upload` when storing the upload failed (back to `not_started`, or `error`
+    /// with a message), only if `upload_id` is still the pending one.
+    fn abort_upload(&self, project_id: &str, party: u32, upload_id: &str, error: Option<&str>) -> impl Future<Output = Result<(), MetaError>> + Send;
+    /// Marks the pending upload `upload_id` as done with what ingestion found. False if that
+    /// upload is no longer the pending one (a redelivered event, a deleted project).
+    fn complete_upload(&self, project_id: &str, party: u32, upload_id: &str, ingested: &IngestedParty) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// Marks the pending upload `upload_id` as failed with a message a person understands.
+    fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+
+    // ---- runs ------------------------------------------------------------------------------
+    /// Stores a new run in state `created` (fails with `Conflict` if the project is gone).
+    fn create_run(&self, run: &Run) -> impl Future<Output = Result<(), MetaError>> + Send;
+    fn list_runs(&self, project_id: &str) -> impl Future<Output = Result<Vec<Run>, MetaError>> + Send;
+    fn get_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<Option<Run>, MetaError>> + Send;
+    /// Deletes the run and its shard markers. False if it did not exist.
+    fn delete_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// `created` → `queued` (stage 2). False if another invocation already claimed it.
+    fn claim_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// `queued` → `running` with the plan's totals and `time_started`. False if not queued.
+    fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// Counts shard `shard` of a running run exactly once (marker + counters in one
+    /// transaction) and returns the run as it stands afterwards.
+    fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> impl Future<Output = Result<ShardOutcome, MetaError>> + Send;
+    /// `running` stage 2 → stage 3 ("compute output"); no-op if already there.
+    fn enter_output_stage(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+    /// `running` → `completed` with `time_completed`; adds the run to the `/status` rate. False
+    /// if it was not running (already completed by a duplicate solve, deleted, failed).
+    fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// Any non-final state → `error` with a message. False if already final.
+    fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+
+    // ---- service status --------------------------------------------------------------------
+    fn status_counters(&self) -> impl Future<Output = Result<StatusCounters, MetaError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("object not found: {0}")]
+    NotFound(String),
+    #[error("object store error: {0}")]
+    Backend(String),
+}
+
+/// User metadata of an object (S3 `x-amz-meta-*`), lower-case keys.
+pub type Metadata = Vec<(String, String)>;
+
+/// An object store bucket (S3 in AWS).
+pub trait BlobStore: Send + Sync + Clone + 'static {
+    fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> impl Future<Output = Result<(), BlobError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<(Bytes, Metadata), BlobError>> + Send;
+    fn get_range(&self, key: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
+    fn head(&self, key: &str) -> impl Future<Output = Result<Option<(u64, Metadata)>, BlobError>> + Send;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), BlobError>> + Send;
+    /// Deletes every object under `prefix`; returns how many.
+    fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, BlobError>> + Send;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, BlobError>> + Send;
+    /// A time-limited GET URL for clients (results too large for a Lambda response).
+    fn presign_get(&self, key: &str, ttl_secs: u64) -> impl Future<Output = Result<String, BlobError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("queue error: {0}")]
+pub struct QueueError(pub String);
+
+/// Sends messages to the work queues (SQS in AWS).
+pub trait WorkQueue: Send + Sync + Clone + 'static {
+    /// Sends all bodies (batched as the queue allows); an error means some may not have been sent,
+    /// and the caller retries the whole send (consumers are idempotent).
+    fn send(&self, queue_url: &str, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Temporary credentials a data provider uses to upload straight to the upload bucket.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct TemporaryCredentials {
+    #[serde(rename = "AccessKeyId")]
+    pub access_key_id: String,
+    #[serde(rename = "SecretAccessKey")]
+    pub secret_access_key: String,
+    #[serde(rename = "SessionToken")]
+    pub session_token: String,
+    /// ISO 8601.
+    #[serde(rename = "Expiration")]
+    pub expiration: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("credential issuer error: {0}")]
+pub struct CredentialError(pub String);
+
+/// Mints credentials that allow only `s3:PutObject` on `bucket/prefix*` (STS AssumeRole with an
+/// inline session policy in AWS).
+pub trait CredentialIssuer: Send + Sync + Clone + 'static {
+    fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> impl Future<Output = Result<TemporaryCredentials, CredentialError>> + Send;
+}
