@@ -1,0 +1,693 @@
+//! In-memory adapters for every port: the metadata store, an object store bucket, the work
+//! queues and the credential issuer.
+//!
+//! They exist for unit tests of the API handlers and the pipeline, so they keep the exact
+//! conditional semantics of the DynamoDB adapter (`aws::dynamo`): a transition that DynamoDB
+//! guards with a condition expression is refused here under the same condition, with the same
+//! `MetaError` or `false`. All state sits behind one mutex per adapter; clones share it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::model::{
+    IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
+    UploadStart, UploadState,
+};
+use super::ports::{
+    BlobError, BlobStore, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
+    TemporaryCredentials, WorkQueue,
+};
+use super::time;
+
+/// Locks a mutex, recovering the data if a panicking test thread poisoned it (the state itself
+/// is always left consistent: every mutation below completes before the guard drops).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---- metadata ---------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct RunEntry {
+    run: Run,
+    /// Shard markers (DynamoDB: `RUN#{rid}#SHARD#{n}` items).
+    counted_shards: BTreeSet<u32>,
+}
+
+#[derive(Debug)]
+struct ProjectEntry {
+    project: Project,
+    parties: Vec<Party>,
+    runs: BTreeMap<String, RunEntry>,
+    /// Being deleted: invisible to every read, kept until `purge_project`.
+    deleted: bool,
+}
+
+#[derive(Debug, Default)]
+struct MetaTables {
+    projects: BTreeMap<String, ProjectEntry>,
+    project_count: u64,
+    completed_comparisons: u64,
+    completed_micros: u64,
+}
+
+impl MetaTables {
+    fn live_project_mut(&mut self, project_id: &str) -> Option<&mut ProjectEntry> {
+        self.projects.get_mut(project_id).filter(|p| !p.deleted)
+    }
+    fn live_run_mut(&mut self, project_id: &str, run_id: &str) -> Option<&mut RunEntry> {
+        self.live_project_mut(project_id)?.runs.get_mut(run_id)
+    }
+    fn party_mut(&mut self, project_id: &str, party: u32) -> Option<&mut Party> {
+        self.live_project_mut(project_id)?.parties.iter_mut().find(|p| p.index == party)
+    }
+}
+
+/// [`MetaStore`] in memory, with DynamoDB's conditional semantics.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryMeta {
+    tables: Arc<Mutex<MetaTables>>,
+}
+
+impl MemoryMeta {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether any item of the project remains (deleted-but-not-purged counts), for tests of
+    /// the purge path.
+    pub fn has_project_items(&self, project_id: &str) -> bool {
+        lock(&self.tables).projects.contains_key(project_id)
+    }
+}
+
+impl MetaStore for MemoryMeta {
+    async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if t.projects.contains_key(&project.project_id) {
+            return Err(MetaError::Conflict(format!("project {} already exists", project.project_id)));
+        }
+        t.projects.insert(
+            project.project_id.clone(),
+            ProjectEntry { project: project.clone(), parties: parties.to_vec(), runs: BTreeMap::new(), deleted: false },
+        );
+        t.project_count += 1;
+        Ok(())
+    }
+
+    async fn list_projects(&self) -> Result<Vec<ProjectSummary>, MetaError> {
+        let t = lock(&self.tables);
+        let mut out: Vec<ProjectSummary> = t
+            .projects
+            .values()
+            .filter(|p| !p.deleted)
+            .map(|p| ProjectSummary { project_id: p.project.project_id.clone(), time_added: p.project.time_added.clone() })
+            .collect();
+        // The GSI sort key is `time_added#project_id`: oldest first, ties by id.
+        out.sort_by(|a, b| (&a.time_added, &a.project_id).cmp(&(&b.time_added, &b.project_id)));
+        Ok(out)
+    }
+
+    async fn get_project(&self, project_id: &str) -> Result<Option<(Project, Vec<Party>)>, MetaError> {
+        let t = lock(&self.tables);
+        Ok(t.projects.get(project_id).filter(|p| !p.deleted).map(|p| (p.project.clone(), p.parties.clone())))
+    }
+
+    async fn mark_project_deleted(&self, project_id: &str) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        let Some(entry) = t.live_project_mut(project_id) else { return Ok(false) };
+        entry.deleted = true;
+        t.project_count = t.project_count.saturating_sub(1);
+        Ok(true)
+    }
+
+    async fn purge_project(&self, project_id: &str) -> Result<(), MetaError> {
+        lock(&self.tables).projects.remove(project_id);
+        Ok(())
+    }
+
+    async fn set_project_error(&self, project_id: &str, message: &str) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        let entry = t.live_project_mut(project_id).ok_or_else(|| MetaError::NotFound(format!("project {project_id}")))?;
+        entry.project.error = Some(message.to_string());
+        Ok(())
+    }
+
+    async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        let entry = t.live_project_mut(project_id).ok_or_else(|| MetaError::NotFound(format!("project {project_id}")))?;
+        let p = entry
+            .parties
+            .iter_mut()
+            .find(|p| p.index == party)
+            .ok_or_else(|| MetaError::NotFound(format!("party {party} of project {project_id}")))?;
+        if !matches!(p.upload_state, UploadState::NotStarted | UploadState::Error) {
+            return Err(MetaError::Conflict(format!("party {party} upload is {}", p.upload_state.as_str())));
+        }
+        p.upload_state = UploadState::Pending;
+        p.upload_id = Some(upload.upload_id.clone());
+        p.receipt_token_hash = Some(upload.receipt_token_hash.clone());
+        p.error = None;
+        p.ingested = None;
+        // A re-upload is how a project leaves its error state (the reference: "until a retry
+        // succeeds"); the new data is checked again when ingested.
+        entry.project.error = None;
+        Ok(())
+    }
+
+    async fn abort_upload(&self, project_id: &str, party: u32, upload_id: &str, error: Option<&str>) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if let Some(p) = t.party_mut(project_id, party)
+            && p.upload_state == UploadState::Pending
+            && p.upload_id.as_deref() == Some(upload_id)
+        {
+            match error {
+                Some(message) => {
+                    p.upload_state = UploadState::Error;
+                    p.error = Some(message.to_string());
+                }
+                None => {
+                    p.upload_state = UploadState::NotStarted;
+                    p.upload_id = None;
+                    p.receipt_token_hash = None;
+                    p.error = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete_upload(&self, project_id: &str, party: u32, upload_id: &str, ingested: &IngestedParty) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        match t.party_mut(project_id, party) {
+            Some(p) if p.upload_state == UploadState::Pending && p.upload_id.as_deref() == Some(upload_id) => {
+                p.upload_state = UploadState::Done;
+                p.ingested = Some(ingested.clone());
+                p.error = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if let Some(p) = t.party_mut(project_id, party)
+            && p.upload_state == UploadState::Pending
+            && p.upload_id.as_deref() == Some(upload_id)
+        {
+            p.upload_state = UploadState::Error;
+            p.error = Some(message.to_string());
+        }
+        Ok(())
+    }
+
+    async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        let entry = t
+            .live_project_mut(&run.project_id)
+            .ok_or_else(|| MetaError::Conflict(format!("project {} is gone", run.project_id)))?;
+        if entry.runs.contains_key(&run.run_id) {
+            return Err(MetaError::Conflict(format!("run {} already exists", run.run_id)));
+        }
+        entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new() });
+        Ok(())
+    }
+
+    async fn list_runs(&self, project_id: &str) -> Result<Vec<Run>, MetaError> {
+        let t = lock(&self.tables);
+        let Some(entry) = t.projects.get(project_id).filter(|p| !p.deleted) else { return Ok(Vec::new()) };
+        let mut runs: Vec<Run> = entry.runs.values().map(|r| r.run.clone()).collect();
+        runs.sort_by(|a, b| (&a.time_added, &a.run_id).cmp(&(&b.time_added, &b.run_id)));
+        Ok(runs)
+    }
+
+    async fn get_run(&self, project_id: &str, run_id: &str) -> Result<Option<Run>, MetaError> {
+        let mut t = lock(&self.tables);
+        Ok(t.live_run_mut(project_id, run_id).map(|r| r.run.clone()))
+    }
+
+    async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        Ok(t.live_project_mut(project_id).and_then(|p| p.runs.remove(run_id)).is_some())
+    }
+
+    async fn claim_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        match t.live_run_mut(project_id, run_id) {
+            Some(r) if r.run.state == RunState::Created => {
+                r.run.state = RunState::Queued;
+                r.run.stage = 2;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        match t.live_run_mut(project_id, run_id) {
+            Some(r) if r.run.state == RunState::Queued => {
+                r.run.state = RunState::Running;
+                r.run.stage = 2;
+                r.run.shards_total = plan.shards_total;
+                r.run.total_comparisons = plan.total_comparisons;
+                r.run.time_started = Some(plan.time_started.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
+        let mut t = lock(&self.tables);
+        let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(ShardOutcome { counted: false, run: None }) };
+        // DynamoDB: one transaction of [put marker if absent, update run if running].
+        let counted = r.run.state == RunState::Running && !r.counted_shards.contains(&shard);
+        if counted {
+            r.counted_shards.insert(shard);
+            r.run.shards_done += 1;
+            r.run.comparisons_done += comparisons;
+            r.run.candidate_count += candidates;
+        }
+        Ok(ShardOutcome { counted, run: Some(r.run.clone()) })
+    }
+
+    async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if let Some(r) = t.live_run_mut(project_id, run_id)
+            && r.run.state == RunState::Running
+            && r.run.stage == 2
+        {
+            r.run.stage = 3;
+        }
+        Ok(())
+    }
+
+    async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
+        if r.run.state != RunState::Running {
+            return Ok(false);
+        }
+        r.run.state = RunState::Completed;
+        r.run.time_completed = Some(time_completed.to_string());
+        let comparisons = r.run.total_comparisons;
+        let micros = compute_micros(r.run.time_started.as_deref(), time_completed);
+        t.completed_comparisons += comparisons;
+        t.completed_micros += micros;
+        Ok(true)
+    }
+
+    async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        match t.live_run_mut(project_id, run_id) {
+            Some(r) if !r.run.state.is_final() => {
+                r.run.state = RunState::Error;
+                r.run.error = Some(message.to_string());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn status_counters(&self) -> Result<StatusCounters, MetaError> {
+        let t = lock(&self.tables);
+        Ok(StatusCounters {
+            project_count: t.project_count,
+            completed_comparisons: t.completed_comparisons,
+            completed_seconds: t.completed_micros as f64 / 1e6,
+        })
+    }
+}
+
+/// Microseconds a run computed for (`time_started` → `time_completed`); 0 when unknown.
+/// Shared with the DynamoDB adapter so `/status`'s rate is the same everywhere.
+pub(crate) fn compute_micros(time_started: Option<&str>, time_completed: &str) -> u64 {
+    match (time_started.and_then(time::parse_iso), time::parse_iso(time_completed)) {
+        (Some(start), Some(end)) if end > start => (end - start) as u64,
+        _ => 0,
+    }
+}
+
+// ---- object store -----------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct BlobInner {
+    objects: Mutex<BTreeMap<String, (Bytes, Metadata)>>,
+    /// Makes every `put` fail, to test what callers do when storing fails.
+    failing_puts: AtomicBool,
+}
+
+/// [`BlobStore`] in memory: one bucket.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBlobs {
+    inner: Arc<BlobInner>,
+}
+
+impl MemoryBlobs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.inner.objects).keys().cloned().collect()
+    }
+
+    /// The object at `key`, if any (a synchronous peek for assertions).
+    pub fn object(&self, key: &str) -> Option<(Bytes, Metadata)> {
+        lock(&self.inner.objects).get(key).cloned()
+    }
+
+    /// While set, `put` answers a backend error.
+    pub fn fail_puts(&self, failing: bool) {
+        self.inner.failing_puts.store(failing, Ordering::SeqCst);
+    }
+}
+
+impl BlobStore for MemoryBlobs {
+    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
+        if self.inner.failing_puts.load(Ordering::SeqCst) {
+            return Err(BlobError::Backend(format!("injected failure storing {key}")));
+        }
+        lock(&self.inner.objects).insert(key.to_string(), (body, metadata.clone()));
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
+        lock(&self.inner.objects).get(key).cloned().ok_or_else(|| BlobError::NotFound(key.to_string()))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+        let objects = lock(&self.inner.objects);
+        let (body, _) = objects.get(key).ok_or_else(|| BlobError::NotFound(key.to_string()))?;
+        let len = body.len() as u64;
+        // S3 answers 416 for a range starting past the end, and truncates one ending past it.
+        if range.start >= range.end || (range.start >= len && len > 0) {
+            return Err(BlobError::Backend(format!("invalid range {range:?} of {key} ({len} bytes)")));
+        }
+        let end = range.end.min(len);
+        Ok(body.slice(range.start.min(len) as usize..end as usize))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<(u64, Metadata)>, BlobError> {
+        Ok(lock(&self.inner.objects).get(key).map(|(b, m)| (b.len() as u64, m.clone())))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        // S3 deletes are idempotent: deleting a missing key succeeds.
+        lock(&self.inner.objects).remove(key);
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, BlobError> {
+        let mut objects = lock(&self.inner.objects);
+        let doomed: Vec<String> = objects.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect();
+        for k in &doomed {
+            objects.remove(k);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let objects = lock(&self.inner.objects);
+        Ok(objects.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn presign_get(&self, key: &str, ttl_secs: u64) -> Result<String, BlobError> {
+        Ok(format!("https://memory.invalid/{key}?expires={ttl_secs}"))
+    }
+}
+
+// ---- queues -----------------------------------------------------------------------------------
+
+/// [`WorkQueue`] that records what was sent, per queue URL, in order.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryQueue {
+    sent: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every message sent so far as `(queue_url, body)`.
+    pub fn sent(&self) -> Vec<(String, String)> {
+        lock(&self.sent).clone()
+    }
+
+    /// Removes and returns the bodies sent to `queue_url` (a consumer receiving them).
+    pub fn take(&self, queue_url: &str) -> Vec<String> {
+        let mut sent = lock(&self.sent);
+        let (taken, kept): (Vec<_>, Vec<_>) = sent.drain(..).partition(|(q, _)| q == queue_url);
+        *sent = kept;
+        taken.into_iter().map(|(_, body)| body).collect()
+    }
+}
+
+impl WorkQueue for MemoryQueue {
+    async fn send(&self, queue_url: &str, bodies: Vec<String>) -> Result<(), QueueError> {
+        lock(&self.sent).extend(bodies.into_iter().map(|b| (queue_url.to_string(), b)));
+        Ok(())
+    }
+}
+
+// ---- credentials ------------------------------------------------------------------------------
+
+/// One `issue` call, as recorded by [`MemoryCredentials`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedGrant {
+    pub bucket: String,
+    pub prefix: String,
+    pub ttl_secs: u64,
+}
+
+/// [`CredentialIssuer`] that mints recognisable fake credentials and records each grant.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryCredentials {
+    issued: Arc<Mutex<Vec<IssuedGrant>>>,
+}
+
+impl MemoryCredentials {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn issued(&self) -> Vec<IssuedGrant> {
+        lock(&self.issued).clone()
+    }
+}
+
+impl CredentialIssuer for MemoryCredentials {
+    async fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
+        let n = {
+            let mut issued = lock(&self.issued);
+            issued.push(IssuedGrant { bucket: bucket.into(), prefix: prefix.into(), ttl_secs });
+            issued.len()
+        };
+        let expires = time::now_micros().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000);
+        Ok(TemporaryCredentials {
+            access_key_id: format!("MEMORYKEY{n:08}"),
+            secret_access_key: format!("memory-secret-{n}"),
+            session_token: format!("memory-session-{n}-{bucket}/{prefix}"),
+            expiration: time::format_iso(expires),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::model::ResultType;
+    use crate::service::tokens::TokenHash;
+
+    fn project(id: &str, time_added: &str) -> Project {
+        Project {
+            project_id: id.into(),
+            result_type: ResultType::Groups,
+            number_parties: 2,
+            name: String::new(),
+            notes: String::new(),
+            schema: serde_json::json!({}),
+            uses_blocking: false,
+            time_added: time_added.into(),
+            result_token_hash: TokenHash::of("r"),
+            error: None,
+        }
+    }
+
+    fn party(index: u32) -> Party {
+        Party {
+            index,
+            update_token_hash: TokenHash::of(&format!("u{index}")),
+            upload_state: UploadState::NotStarted,
+            upload_id: None,
+            receipt_token_hash: None,
+            error: None,
+            ingested: None,
+        }
+    }
+
+    fn run(project: &str, id: &str) -> Run {
+        Run {
+            project_id: project.into(),
+            run_id: id.into(),
+            threshold: 0.8,
+            name: String::new(),
+            notes: String::new(),
+            state: RunState::Created,
+            stage: 1,
+            time_added: time::now_iso(),
+            time_started: None,
+            time_completed: None,
+            total_comparisons: 0,
+            comparisons_done: 0,
+            shards_total: 0,
+            shards_done: 0,
+            candidate_count: 0,
+            error: None,
+        }
+    }
+
+    fn upload(id: &str) -> UploadStart {
+        UploadStart { upload_id: id.into(), receipt_token_hash: TokenHash::of(id) }
+    }
+
+    fn ingested() -> IngestedParty {
+        IngestedParty { record_count: 3, encoding_size: 8, entry_count: 3, block_count: 1 }
+    }
+
+    #[tokio::test]
+    async fn projects_list_oldest_first_and_vanish_when_marked_deleted() {
+        let m = MemoryMeta::new();
+        m.create_project(&project("b", "2020-01-02T00:00:00.000000+00:00"), &[party(0), party(1)]).await.unwrap();
+        m.create_project(&project("a", "2020-01-03T00:00:00.000000+00:00"), &[party(0), party(1)]).await.unwrap();
+        assert!(matches!(m.create_project(&project("a", "x"), &[]).await, Err(MetaError::Conflict(_))));
+        let ids: Vec<_> = m.list_projects().await.unwrap().into_iter().map(|p| p.project_id).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(m.status_counters().await.unwrap().project_count, 2);
+
+        assert!(m.mark_project_deleted("b").await.unwrap());
+        assert!(!m.mark_project_deleted("b").await.unwrap());
+        assert!(!m.mark_project_deleted("zzz").await.unwrap());
+        assert!(m.get_project("b").await.unwrap().is_none());
+        assert_eq!(m.list_projects().await.unwrap().len(), 1);
+        assert_eq!(m.status_counters().await.unwrap().project_count, 1);
+        assert!(m.has_project_items("b"));
+        m.purge_project("b").await.unwrap();
+        assert!(!m.has_project_items("b"));
+    }
+
+    #[tokio::test]
+    async fn uploads_follow_their_state_machine() {
+        let m = MemoryMeta::new();
+        m.create_project(&project("p", "t"), &[party(0), party(1)]).await.unwrap();
+        m.begin_upload("p", 0, &upload("u1")).await.unwrap();
+        assert!(matches!(m.begin_upload("p", 0, &upload("u2")).await, Err(MetaError::Conflict(_))));
+        assert!(matches!(m.begin_upload("p", 7, &upload("u2")).await, Err(MetaError::NotFound(_))));
+
+        // Aborting someone else's upload id changes nothing; aborting ours resets the party.
+        m.abort_upload("p", 0, "other", None).await.unwrap();
+        assert_eq!(m.get_project("p").await.unwrap().unwrap().1[0].upload_state, UploadState::Pending);
+        m.abort_upload("p", 0, "u1", None).await.unwrap();
+        let parties = m.get_project("p").await.unwrap().unwrap().1;
+        assert_eq!(parties[0].upload_state, UploadState::NotStarted);
+        assert_eq!(parties[0].receipt_token_hash, None);
+
+        m.begin_upload("p", 0, &upload("u2")).await.unwrap();
+        m.fail_upload("p", 0, "u2", "bad base64").await.unwrap();
+        assert_eq!(m.get_project("p").await.unwrap().unwrap().1[0].upload_state, UploadState::Error);
+        assert!(!m.complete_upload("p", 0, "u2", &ingested()).await.unwrap(), "failed upload is no longer pending");
+
+        m.set_project_error("p", "sizes differ").await.unwrap();
+        m.begin_upload("p", 0, &upload("u3")).await.unwrap();
+        assert_eq!(m.get_project("p").await.unwrap().unwrap().0.error, None, "a re-upload clears the project error");
+        assert!(m.complete_upload("p", 0, "u3", &ingested()).await.unwrap());
+        assert!(!m.complete_upload("p", 0, "u3", &ingested()).await.unwrap(), "redelivery");
+        assert!(matches!(m.begin_upload("p", 0, &upload("u4")).await, Err(MetaError::Conflict(_))));
+    }
+
+    #[tokio::test]
+    async fn runs_move_forward_only_and_count_each_shard_once() {
+        let m = MemoryMeta::new();
+        m.create_project(&project("p", "t"), &[party(0), party(1)]).await.unwrap();
+        m.create_run(&run("p", "r")).await.unwrap();
+        assert!(matches!(m.create_run(&run("p", "r")).await, Err(MetaError::Conflict(_))));
+        assert!(matches!(m.create_run(&run("gone", "r")).await, Err(MetaError::Conflict(_))));
+
+        let plan = RunPlan { shards_total: 2, total_comparisons: 10, time_started: "2020-01-01T00:00:00.000000+00:00".into() };
+        assert!(!m.start_run("p", "r", &plan).await.unwrap(), "not queued yet");
+        assert!(!m.record_shard("p", "r", 0, 5, 1).await.unwrap().counted, "not running yet");
+        assert!(m.claim_run("p", "r").await.unwrap());
+        assert!(!m.claim_run("p", "r").await.unwrap());
+        assert!(m.start_run("p", "r", &plan).await.unwrap());
+        assert!(!m.start_run("p", "r", &plan).await.unwrap());
+
+        let first = m.record_shard("p", "r", 0, 5, 1).await.unwrap();
+        assert!(first.counted);
+        let twin = m.record_shard("p", "r", 0, 5, 1).await.unwrap();
+        assert!(!twin.counted);
+        assert_eq!(twin.run.as_ref().map(|r| r.comparisons_done), Some(5));
+        let last = m.record_shard("p", "r", 1, 5, 2).await.unwrap().run.unwrap();
+        assert_eq!((last.shards_done, last.comparisons_done, last.candidate_count), (2, 10, 3));
+
+        m.enter_output_stage("p", "r").await.unwrap();
+        assert_eq!(m.get_run("p", "r").await.unwrap().unwrap().stage, 3);
+        assert!(m.complete_run("p", "r", "2020-01-01T00:00:02.000000+00:00").await.unwrap());
+        assert!(!m.complete_run("p", "r", "2020-01-01T00:00:03.000000+00:00").await.unwrap());
+        assert!(!m.fail_run("p", "r", "late").await.unwrap(), "completed is final");
+        let c = m.status_counters().await.unwrap();
+        assert_eq!((c.completed_comparisons, c.completed_seconds), (10, 2.0));
+
+        m.create_run(&run("p", "r2")).await.unwrap();
+        assert!(m.fail_run("p", "r2", "boom").await.unwrap());
+        assert_eq!(m.get_run("p", "r2").await.unwrap().unwrap().error.as_deref(), Some("boom"));
+        assert!(m.delete_run("p", "r2").await.unwrap());
+        assert!(!m.delete_run("p", "r2").await.unwrap());
+        assert_eq!(m.record_shard("p", "r2", 0, 1, 1).await.unwrap(), ShardOutcome { counted: false, run: None });
+        assert_eq!(m.list_runs("p").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn blobs_behave_like_a_bucket() {
+        let b = MemoryBlobs::new();
+        let meta: Metadata = vec![("kind".into(), "json".into())];
+        b.put("a/1", Bytes::from_static(b"hello"), &meta).await.unwrap();
+        b.put("a/2", Bytes::from_static(b"x"), &vec![]).await.unwrap();
+        b.put("b/1", Bytes::from_static(b"y"), &vec![]).await.unwrap();
+        assert_eq!(b.get("a/1").await.unwrap(), (Bytes::from_static(b"hello"), meta.clone()));
+        assert_eq!(b.get_range("a/1", 1..3).await.unwrap(), Bytes::from_static(b"el"));
+        assert_eq!(b.get_range("a/1", 3..100).await.unwrap(), Bytes::from_static(b"lo"));
+        assert!(b.get_range("a/1", 9..10).await.is_err());
+        assert_eq!(b.head("a/1").await.unwrap(), Some((5, meta)));
+        assert_eq!(b.head("zz").await.unwrap(), None);
+        assert!(matches!(b.get("zz").await, Err(BlobError::NotFound(_))));
+        assert_eq!(b.list("a/").await.unwrap(), ["a/1", "a/2"]);
+        assert_eq!(b.delete_prefix("a/").await.unwrap(), 2);
+        assert_eq!(b.keys(), ["b/1"]);
+        b.delete("b/1").await.unwrap();
+        b.delete("b/1").await.unwrap();
+        b.fail_puts(true);
+        assert!(b.put("c", Bytes::new(), &vec![]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn queue_and_credentials_record_what_they_did() {
+        let q = MemoryQueue::new();
+        q.send("q1", vec!["a".into(), "b".into()]).await.unwrap();
+        q.send("q2", vec!["c".into()]).await.unwrap();
+        assert_eq!(q.take("q1"), ["a", "b"]);
+        assert_eq!(q.sent(), [("q2".to_string(), "c".to_string())]);
+
+        let c = MemoryCredentials::new();
+        let creds = c.issue("up", "p/0", 60).await.unwrap();
+        assert!(!creds.access_key_id.is_empty());
+        assert_eq!(c.issued(), [IssuedGrant { bucket: "up".into(), prefix: "p/0".into(), ttl_secs: 60 }]);
+    }
+}
