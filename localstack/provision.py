@@ -646,7 +646,8 @@ def apply_buckets(plan, clients):
             want = notification_config(b)
             have = s3.get_bucket_notification_configuration(Bucket=b["name"])
             have = {"QueueConfigurations": have.get("QueueConfigurations", [])}
-            if json.dumps(have, sort_keys=True) != json.dumps(want, sort_keys=True):
+            # S3 answers filter rule names capitalised ("Prefix"); the template may write "prefix".
+            if json.dumps(have, sort_keys=True).lower() != json.dumps(want, sort_keys=True).lower():
                 # S3 (and LocalStack) send an s3:TestEvent to the queue when this is set; consumers skip it.
                 s3.put_bucket_notification_configuration(Bucket=b["name"], NotificationConfiguration=want)
                 log(f"bucket {b['name']}: notifications -> {[n['queue_arn'] for n in b['notifications']]}")
