@@ -1,0 +1,549 @@
+//! The Dice kernel: compares one shard's records and keeps the pairs at or above the threshold.
+//!
+//! # Exactness (bit-identical to anonlink 0.15.3 `dice_coefficient_accelerated`, k=None)
+//!
+//! A pair's score is `(2·c) as f64 / (pa + pb) as f64` with `c = popcount(a & b)` and `pa`, `pb`
+//! the records' popcounts, exactly anonlink's expression; a pair is kept iff `score >= t`.
+//! The kernel never divides per pair. For a popcount sum `s`, the score is non-decreasing in `c`
+//! (f64 division is correctly rounded, hence monotone), so "score ≥ t" is equivalent to
+//! `c >= needed[s]`, where `needed[s]` is the least `c` for which the *same f64 expression*
+//! passes ([`ThresholdTable`]); the score is computed only for kept pairs, with that expression.
+//!
+//! anonlink also skips, for the row `a` of the first dataset, every `b` with
+//! `|pa − pb| > trunc(2·pa·(1/t − 1))` (its `calculate_max_difference`, computed in f64 and
+//! truncated to u32). In exact arithmetic that filter drops only pairs that cannot pass, but its
+//! rounding could in principle drop a pair scoring exactly `t`; we apply the identical filter so
+//! that even then the answers agree. Records with popcount 0 follow anonlink too: a zero row of
+//! the first dataset matches nothing when `t > 0`, and `0/0` scores 0.0 (only `t ≤ 0` keeps it).
+//!
+//! # Pruning
+//!
+//! `c ≤ min(pa, pb)`, so a pair with `min(pa, pb) < needed[pa + pb]` cannot pass and is skipped
+//! without touching its encodings. The check is exact and needs no sorting, so entry order (and
+//! thus the planner's contiguous spans) is untouched.
+//!
+//! # Speed
+//!
+//! - Runtime CPU-feature dispatch ([`KernelPath`]): AVX2, `popcnt`, or portable Rust. The
+//!   release build needs no `-C target-cpu`; each path is compiled with `#[target_feature]` and
+//!   chosen once with `is_x86_feature_detected!`.
+//! - Word counts common for CLKs (64, 128, 256, 512 bytes) get a fully unrolled const-generic
+//!   loop with four independent accumulators; other sizes a generic loop.
+//! - Cache tiling: each rayon work item is a tile of [`A_TILE`] rows of the first side, which
+//!   walks the other side in tiles of [`B_TILE`] rows, so a B tile (~17 KB for 1024-bit CLKs)
+//!   stays in L1 while every A row of the work item meets it.
+//! - rayon parallelism within a shard over (task, A tile) work items.
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::candidates::{self, Candidate};
+use super::packed::{Entries, FormatError};
+use super::shard::Shard;
+
+/// Rows of the first side per work item (and per tile).
+pub const A_TILE: usize = 64;
+/// Rows of the second side kept hot in L1 while an A tile passes over them.
+pub const B_TILE: usize = 128;
+
+/// `needed[s]` for "never passes".
+const NEVER: u32 = u32::MAX;
+
+/// The exact Dice formula of anonlink's `dice_coeff`: `2·popcount(a&b) / (popcount(a) +
+/// popcount(b))` as f64, and 0.0 when either side has no bit set. Slices of different lengths
+/// are compared over the shorter length (the engine never does that; encodings of a project
+/// share one size).
+pub fn dice(a: &[u8], b: &[u8]) -> f64 {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let pa: u32 = a.iter().map(|x| x.count_ones()).sum();
+    let pb: u32 = b.iter().map(|x| x.count_ones()).sum();
+    if pa == 0 || pb == 0 {
+        return 0.0;
+    }
+    let c: u32 = a.iter().zip(b).map(|(x, y)| (x & y).count_ones()).sum();
+    score(c, pa + pb)
+}
+
+/// anonlink's score expression, `(2 * uv_popc) / (double)(u_popc + v_popc)`, with the 0/0 case
+/// (two empty encodings) defined as 0.0 like its `dice_coeff`.
+#[inline]
+pub fn score(and_count: u32, popcount_sum: u32) -> f64 {
+    if popcount_sum == 0 {
+        return 0.0;
+    }
+    (2 * u64::from(and_count)) as f64 / f64::from(popcount_sum)
+}
+
+/// Per-threshold tables that replace every per-pair division (see the module doc).
+#[derive(Clone, Debug)]
+pub struct ThresholdTable {
+    threshold: f64,
+    bits: u32,
+    /// `needed[s]`: least AND-count whose score at popcount sum `s` is `>= threshold`.
+    needed: Vec<u32>,
+    /// anonlink's `calculate_max_difference(pa, t)` per popcount `pa` of the first side.
+    max_delta: Vec<u32>,
+}
+
+impl ThresholdTable {
+    /// Tables for encodings of `encoding_size` bytes.
+    pub fn new(threshold: f64, encoding_size: usize) -> Self {
+        let bits = (encoding_size * 8) as u32;
+        let needed = (0..=2 * bits).map(|s| least_passing_and_count(threshold, s)).collect();
+        let max_delta = (0..=bits)
+            .map(|pa| {
+                if threshold > 0.0 {
+                    // C: uint32 * double → double, truncated back to uint32 (saturating here,
+                    // where C would be undefined; only thresholds near 0 get there).
+                    (f64::from(2 * pa) * (1.0 / threshold - 1.0)) as u32
+                } else {
+                    bits
+                }
+            })
+            .collect();
+        ThresholdTable { threshold, bits, needed, max_delta }
+    }
+
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Whether a pair with these popcounts can pass at all (exact bound plus anonlink's filter).
+    #[inline(always)]
+    fn admissible(&self, pa: u32, pb: u32) -> Option<u32> {
+        debug_assert!(pa <= self.bits && pb <= self.bits);
+        // SAFETY: popcounts come from validated `Entries` (equal to the real popcount of an
+        // encoding of `bits` bits), so pa, pb ≤ bits and the tables are long enough.
+        let (needed, delta) =
+            unsafe { (*self.needed.get_unchecked((pa + pb) as usize), *self.max_delta.get_unchecked(pa as usize)) };
+        (pa.abs_diff(pb) <= delta && pa.min(pb) >= needed).then_some(needed)
+    }
+
+    /// Whether the pair with these counts is kept (the plain, table-free definition).
+    pub fn keeps(&self, pa: u32, pb: u32, and_count: u32) -> bool {
+        if pa == 0 && self.threshold > 0.0 {
+            return false;
+        }
+        let delta_ok = self.threshold <= 0.0 || pa.abs_diff(pb) <= self.max_delta[pa as usize];
+        delta_ok && score(and_count, pa + pb) >= self.threshold
+    }
+}
+
+/// The least `c ≤ s/2` with `score(c, s) >= t`, evaluated with the same f64 expression, or
+/// [`NEVER`]. `s/2` bounds `c` because `c ≤ min(pa, pb) ≤ s/2`.
+fn least_passing_and_count(t: f64, s: u32) -> u32 {
+    let passes = |c: u32| score(c, s) >= t;
+    let max_c = s / 2;
+    if !passes(max_c) {
+        return NEVER;
+    }
+    // Start near the answer (ceil(t·s/2)), then step to the exact boundary.
+    let guess = if t.is_finite() && t > 0.0 { ((t * f64::from(s)) / 2.0).ceil().min(f64::from(max_c)) as u32 } else { 0 };
+    let mut c = guess;
+    while c > 0 && passes(c - 1) {
+        c -= 1;
+    }
+    while !passes(c) {
+        c += 1;
+    }
+    c
+}
+
+/// Which inner loop runs the AND-popcounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelPath {
+    /// Plain Rust, any CPU (`count_ones` compiles to a bit-twiddling sequence).
+    Portable,
+    /// x86-64 `popcnt` on 64-bit words, four accumulators.
+    Popcnt,
+    /// x86-64 AVX2: AND and nibble-LUT popcount on 256-bit vectors, one horizontal sum per pair.
+    Avx2,
+}
+
+impl KernelPath {
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Popcnt => std::arch::is_x86_feature_detected!("popcnt"),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every path this CPU can run.
+    pub fn available() -> Vec<KernelPath> {
+        [KernelPath::Portable, KernelPath::Popcnt, KernelPath::Avx2].into_iter().filter(|p| p.is_available()).collect()
+    }
+
+    /// The fastest available path, detected once. On Zen 3 scalar `popcnt` (4 per cycle) beats
+    /// AVX2 nibble-LUT counting for 128-byte CLKs (see docs/kernel-benchmark.md), so `popcnt`
+    /// is preferred whenever present.
+    pub fn detect() -> KernelPath {
+        static DETECTED: OnceLock<KernelPath> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if KernelPath::Popcnt.is_available() {
+                KernelPath::Popcnt
+            } else if KernelPath::Avx2.is_available() {
+                KernelPath::Avx2
+            } else {
+                KernelPath::Portable
+            }
+        })
+    }
+}
+
+/// One side of a block-pair comparison, with its popcounts gathered contiguously so that the
+/// pruning check streams through a dense array instead of strided entry headers.
+struct Side<'a> {
+    entries: Entries<'a>,
+    popcounts: Vec<u32>,
+}
+
+impl<'a> Side<'a> {
+    fn new(entries: Entries<'a>) -> Self {
+        let popcounts = (0..entries.len()).map(|i| entries.popcount(i)).collect();
+        Side { entries, popcounts }
+    }
+}
+
+/// A kept pair: local entry positions within the two sides, and its AND-count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hit {
+    a: u32,
+    b: u32,
+    and_count: u32,
+}
+
+/// A kept pair of [`compare_entries`]: entry positions within the two views, and the score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Match {
+    pub a: u32,
+    pub b: u32,
+    pub score: f64,
+}
+
+/// Compares every entry of `a` with every entry of `b` on `path` (A-major order of the result).
+/// `a` plays anonlink's first dataset. `parallel` runs A tiles on the rayon pool.
+///
+/// Errors when the two views hold different encoding sizes or the path is not available here.
+pub fn compare_entries(
+    a: Entries<'_>,
+    b: Entries<'_>,
+    threshold: f64,
+    path: KernelPath,
+    parallel: bool,
+) -> Result<Vec<Match>, FormatError> {
+    check_sizes(&a, &b)?;
+    check_path(path)?;
+    let table = ThresholdTable::new(threshold, a.encoding_size());
+    let (sa, sb) = (Side::new(a), Side::new(b));
+    let tiles: Vec<Range<usize>> = tiles_of(sa.entries.len());
+    let run = |rows: &Range<usize>| {
+        let mut hits = Vec::new();
+        run_tile(path, &table, &sa, &sb, rows.clone(), &mut hits);
+        hits
+    };
+    let hits: Vec<Vec<Hit>> = if parallel { tiles.par_iter().map(run).collect() } else { tiles.iter().map(run).collect() };
+    Ok(hits
+        .into_iter()
+        .flatten()
+        .map(|h| Match {
+            a: h.a,
+            b: h.b,
+            score: score(h.and_count, sa.popcounts[h.a as usize] + sb.popcounts[h.b as usize]),
+        })
+        .collect())
+}
+
+/// Runs one shard. `inputs` holds, for every party in `shard.entry_spans()`, the entries of that
+/// span. Returns the shard's candidates sorted in the anonlink order and deduplicated (a pair
+/// sharing several blocks of the shard appears once).
+pub fn compare_shard(shard: &Shard, threshold: f64, inputs: &[(u32, Entries<'_>)]) -> Result<Vec<Candidate>, FormatError> {
+    compare_shard_with(KernelPath::detect(), shard, threshold, inputs)
+}
+
+/// [`compare_shard`] on an explicit kernel path (tests and benchmarks).
+pub fn compare_shard_with(
+    path: KernelPath,
+    shard: &Shard,
+    threshold: f64,
+    inputs: &[(u32, Entries<'_>)],
+) -> Result<Vec<Candidate>, FormatError> {
+    check_path(path)?;
+    let view = |party: u32, range: &Range<u64>| -> Result<Entries<'_>, FormatError> {
+        let (_, entries) = inputs
+            .iter()
+            .find(|(p, _)| *p == party)
+            .ok_or_else(|| FormatError::ShardInput(format!("no entries given for party {party}")))?;
+        entries.slice(range.clone()).ok_or_else(|| {
+            FormatError::ShardInput(format!(
+                "party {party}: entries {range:?} are outside the given span starting at {} with {} entries",
+                entries.first_entry(),
+                entries.len()
+            ))
+        })
+    };
+    let mut sides = Vec::with_capacity(shard.tasks.len());
+    for task in &shard.tasks {
+        let (a, b) = (view(task.party_a, &task.a)?, view(task.party_b, &task.b)?);
+        check_sizes(&a, &b)?;
+        sides.push((task.party_a, task.party_b, Side::new(a), Side::new(b)));
+    }
+    let Some(encoding_size) = sides.first().map(|(_, _, a, _)| a.entries.encoding_size()) else {
+        return Ok(Vec::new());
+    };
+    if let Some((_, _, other, _)) = sides.iter().find(|(_, _, a, _)| a.entries.encoding_size() != encoding_size) {
+        return Err(FormatError::ShardInput(format!(
+            "parties hold encodings of different sizes ({encoding_size} and {} bytes)",
+            other.entries.encoding_size()
+        )));
+    }
+    let table = ThresholdTable::new(threshold, encoding_size);
+    let work: Vec<(usize, Range<usize>)> = sides
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, _, b))| !b.entries.is_empty())
+        .flat_map(|(t, (_, _, a, _))| tiles_of(a.entries.len()).into_iter().map(move |rows| (t, rows)))
+        .collect();
+    let per_item: Vec<Vec<Candidate>> = work
+        .par_iter()
+        .map(|(t, rows)| {
+            let (d0, d1, sa, sb) = &sides[*t];
+            let mut hits = Vec::new();
+            run_tile(path, &table, sa, sb, rows.clone(), &mut hits);
+            hits.iter()
+                .map(|h| Candidate {
+                    score: score(h.and_count, sa.popcounts[h.a as usize] + sb.popcounts[h.b as usize]),
+                    d0: *d0,
+                    r0: sa.entries.record_index(h.a as usize),
+                    d1: *d1,
+                    r1: sb.entries.record_index(h.b as usize),
+                })
+                .collect()
+        })
+        .collect();
+    let mut all: Vec<Candidate> = per_item.into_iter().flatten().collect();
+    candidates::sort_dedup(&mut all);
+    Ok(all)
+}
+
+fn check_sizes(a: &Entries<'_>, b: &Entries<'_>) -> Result<(), FormatError> {
+    if a.encoding_size() != b.encoding_size() {
+        return Err(FormatError::ShardInput(format!(
+            "encodings of {} and {} bytes cannot be compared",
+            a.encoding_size(),
+            b.encoding_size()
+        )));
+    }
+    Ok(())
+}
+
+fn check_path(path: KernelPath) -> Result<(), FormatError> {
+    if !path.is_available() {
+        return Err(FormatError::Other(format!("kernel path {path:?} is not supported by this CPU")));
+    }
+    Ok(())
+}
+
+fn tiles_of(len: usize) -> Vec<Range<usize>> {
+    (0..len).step_by(A_TILE).map(|start| start..(start + A_TILE).min(len)).collect()
+}
+
+/// Compares rows `rows` of `a` with all of `b`, appending kept pairs to `out`.
+fn run_tile(path: KernelPath, table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
+    let words = a.entries.encoding_size() / 8;
+    match path {
+        KernelPath::Portable => portable::run(words, table, a, b, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers check `path.is_available()` (check_path) before reaching here.
+        KernelPath::Popcnt => unsafe { x86::run_popcnt(words, table, a, b, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { x86::run_avx2(words, table, a, b, rows, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => portable::run(words, table, a, b, rows, out),
+    }
+}
+
+/// The tiled loop shared by every path; `and_count(a_ptr, b_ptr)` is the path's inner kernel.
+/// `#[inline(always)]` so that it is compiled inside each path's `#[target_feature]` function.
+///
+/// # Safety
+/// `and_count` must read at most `encoding_size` bytes from each pointer.
+#[inline(always)]
+unsafe fn tiled<F: Fn(*const u8, *const u8) -> u32>(
+    table: &ThresholdTable,
+    a: &Side<'_>,
+    b: &Side<'_>,
+    rows: Range<usize>,
+    out: &mut Vec<Hit>,
+    and_count: F,
+) {
+    let stride = a.entries.encoding_size() + 8;
+    let (a_bytes, b_bytes) = (a.entries.bytes(), b.entries.bytes());
+    debug_assert!(rows.end <= a.popcounts.len());
+    for b_start in (0..b.popcounts.len()).step_by(B_TILE) {
+        let b_end = (b_start + B_TILE).min(b.popcounts.len());
+        let b_popcounts = &b.popcounts[b_start..b_end];
+        for ia in rows.clone() {
+            let pa = a.popcounts[ia];
+            // SAFETY: ia < a.len(), so the entry's encoding lies inside a_bytes.
+            let a_ptr = unsafe { a_bytes.as_ptr().add(ia * stride + 8) };
+            for (offset, &pb) in b_popcounts.iter().enumerate() {
+                let Some(needed) = table.admissible(pa, pb) else { continue };
+                let ib = b_start + offset;
+                // SAFETY: ib < b.len(), so the entry's encoding lies inside b_bytes.
+                let b_ptr = unsafe { b_bytes.as_ptr().add(ib * stride + 8) };
+                let c = and_count(a_ptr, b_ptr);
+                if c >= needed {
+                    out.push(Hit { a: ia as u32, b: ib as u32, and_count: c });
+                }
+            }
+        }
+    }
+}
+
+/// AND-popcount of `W` 64-bit words, four accumulators (breaks the add dependency chain).
+///
+/// # Safety
+/// Both pointers must be valid for `8 * W` bytes.
+#[inline(always)]
+unsafe fn and_count_words<const W: usize>(a: *const u8, b: *const u8) -> u32 {
+    let mut acc = [0u32; 4];
+    for k in 0..W {
+        // SAFETY: k < W, caller guarantees 8·W readable bytes.
+        let (x, y) = unsafe { ((a.add(8 * k) as *const u64).read_unaligned(), (b.add(8 * k) as *const u64).read_unaligned()) };
+        acc[k % 4] += (x & y).count_ones();
+    }
+    acc[0] + acc[1] + acc[2] + acc[3]
+}
+
+/// [`and_count_words`] for a word count known only at run time.
+///
+/// # Safety
+/// Both pointers must be valid for `8 * words` bytes.
+#[inline(always)]
+unsafe fn and_count_dyn(a: *const u8, b: *const u8, words: usize) -> u32 {
+    let mut acc = [0u32; 4];
+    for k in 0..words {
+        // SAFETY: k < words, caller guarantees 8·words readable bytes.
+        let (x, y) = unsafe { ((a.add(8 * k) as *const u64).read_unaligned(), (b.add(8 * k) as *const u64).read_unaligned()) };
+        acc[k % 4] += (x & y).count_ones();
+    }
+    acc[0] + acc[1] + acc[2] + acc[3]
+}
+
+/// Instantiates the tiled loop for the common CLK sizes with a const word count.
+macro_rules! dispatch_words {
+    ($words:expr, $table:expr, $a:expr, $b:expr, $rows:expr, $out:expr) => {
+        // SAFETY (all arms): every encoding is exactly `words` 64-bit words (Entries validated
+        // encoding_size % 8 == 0 and both sides share it).
+        match $words {
+            8 => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_words::<8>(x, y)) },
+            16 => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_words::<16>(x, y)) },
+            32 => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_words::<32>(x, y)) },
+            64 => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_words::<64>(x, y)) },
+            words => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_dyn(x, y, words)) },
+        }
+    };
+}
+
+mod portable {
+    use super::*;
+
+    pub(super) fn run(words: usize, table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
+        dispatch_words!(words, table, a, b, rows, out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support `popcnt`.
+    #[target_feature(enable = "popcnt")]
+    pub(super) unsafe fn run_popcnt(
+        words: usize,
+        table: &ThresholdTable,
+        a: &Side<'_>,
+        b: &Side<'_>,
+        rows: Range<usize>,
+        out: &mut Vec<Hit>,
+    ) {
+        dispatch_words!(words, table, a, b, rows, out)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 (and `popcnt`, implied on every AVX2 CPU, used for tails).
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) unsafe fn run_avx2(
+        words: usize,
+        table: &ThresholdTable,
+        a: &Side<'_>,
+        b: &Side<'_>,
+        rows: Range<usize>,
+        out: &mut Vec<Hit>,
+    ) {
+        // SAFETY: encodings are `words` words long; AVX2 is enabled on this function.
+        unsafe {
+            match words {
+                16 => tiled(table, a, b, rows, out, |x, y| and_count_avx2(x, y, 16)),
+                words => tiled(table, a, b, rows, out, |x, y| and_count_avx2(x, y, words)),
+            }
+        }
+    }
+
+    /// AND-popcount with AVX2: per 32 bytes, AND, split into nibbles, look each nibble's
+    /// popcount up with `vpshufb`, add bytewise; `vpsadbw` folds bytes into four u64 lanes
+    /// before a byte counter could overflow (every 16 vectors: 16·8 = 128 < 256).
+    ///
+    /// # Safety
+    /// AVX2 must be available; both pointers valid for `8 * words` bytes.
+    #[inline(always)]
+    unsafe fn and_count_avx2(a: *const u8, b: *const u8, words: usize) -> u32 {
+        // SAFETY: the caller guarantees AVX2 and `8 * words` readable bytes; every load below
+        // stays below that bound.
+        unsafe {
+            let lut = _mm256_setr_epi8(
+                0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+            );
+            let low_nibbles = _mm256_set1_epi8(0x0f);
+            let vectors = words / 4;
+            let mut total = _mm256_setzero_si256();
+            let mut v = 0;
+            while v < vectors {
+                let batch_end = (v + 16).min(vectors);
+                let mut bytes = _mm256_setzero_si256();
+                while v < batch_end {
+                    let x = _mm256_and_si256(
+                        _mm256_loadu_si256(a.add(32 * v) as *const __m256i),
+                        _mm256_loadu_si256(b.add(32 * v) as *const __m256i),
+                    );
+                    let lo = _mm256_and_si256(x, low_nibbles);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low_nibbles);
+                    bytes = _mm256_add_epi8(bytes, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi)));
+                    v += 1;
+                }
+                total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+            }
+            let folded = _mm_add_epi64(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+            let sum = _mm_add_epi64(folded, _mm_unpackhi_epi64(folded, folded));
+            let mut count = _mm_cvtsi128_si64(sum) as u32;
+            for k in 4 * vectors..words {
+                let x = (a.add(8 * k) as *const u64).read_unaligned();
+                let y = (b.add(8 * k) as *const u64).read_unaligned();
+                count += (x & y).count_ones();
+            }
+            count
+        }
+    }
+}
