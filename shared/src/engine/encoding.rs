@@ -861,3 +861,221 @@ impl<'de> Visitor<'de> for KindSeed {
         Ok(ValueKind::Other)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use proptest::prelude::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        STANDARD.encode(bytes)
+    }
+
+    fn decode(body: &str) -> Result<PartyEncodings, DecodeError> {
+        decode_json_upload(body.as_bytes(), SizeBounds::default())
+    }
+
+    #[test]
+    fn clks_with_and_without_newlines() {
+        let (r0, r1) = ([1u8; 16], [2u8; 16]);
+        let wrapped = format!("{}\\n{}", &b64(&r1)[..10], &b64(&r1)[10..]);
+        let body = format!(r#"{{"clks": ["{}", "{wrapped}"], "other": {{"x": [1]}}}}"#, b64(&r0));
+        let enc = decode(&body).unwrap();
+        assert_eq!((enc.encoding_size, enc.len(), enc.blocks.clone()), (16, 2, None));
+        assert_eq!((enc.record(0), enc.record(1)), (&r0[..], &r1[..]));
+        // Unpadded base64 is accepted too.
+        let unpadded = b64(&[7u8; 8]).trim_end_matches('=').to_string();
+        assert_eq!(decode(&format!(r#"{{"clks": ["{unpadded}"]}}"#)).unwrap().data, vec![7u8; 8]);
+    }
+
+    #[test]
+    fn first_record_length_wins() {
+        let body = format!(r#"{{"clks": ["{}", "{}", "{}"]}}"#, b64(&[9u8; 8]), b64(&[1u8; 4]), b64(&[2u8; 12]));
+        let enc = decode(&body).unwrap();
+        assert_eq!(enc.encoding_size, 8);
+        assert_eq!(enc.record(1), &[1, 1, 1, 1, 0, 0, 0, 0], "shorter records are zero-padded");
+        assert_eq!(enc.record(2), &[2u8; 8], "longer records are truncated");
+    }
+
+    #[test]
+    fn clknblocks_with_string_and_integer_ids() {
+        let body = format!(
+            r#"{{"clknblocks": [["{}", "a", 3], ["{}"], ["{}", "3"]]}}"#,
+            b64(&[1u8; 8]),
+            b64(&[2u8; 8]),
+            b64(&[3u8; 8])
+        );
+        let enc = decode(&body).unwrap();
+        assert_eq!(enc.len(), 3);
+        let blocks = enc.blocks.unwrap();
+        assert_eq!(blocks[0], vec![BlockKey::of("a"), BlockKey::of("3")]);
+        assert!(blocks[1].is_empty(), "a record without blocks is kept but never compared");
+        assert_eq!(blocks[2], vec![BlockKey::of("3")]);
+    }
+
+    #[test]
+    fn encodings_follow_blocks_map_order() {
+        let e: Vec<String> = (0u8..4).map(|i| b64(&[i; 8])).collect();
+        let body = format!(
+            r#"{{"blocks": {{"2": ["x"], "0": [1, "y"], "3": []}}, "encodings": ["{}", "{}", "{}", "{}"]}}"#,
+            e[0], e[1], e[2], e[3]
+        );
+        let enc = decode(&body).unwrap();
+        assert_eq!(enc.len(), 3, "encoding 1 is missing from the map and dropped");
+        assert_eq!((enc.record(0), enc.record(1), enc.record(2)), (&[2u8; 8][..], &[0u8; 8][..], &[3u8; 8][..]));
+        let blocks = enc.blocks.unwrap();
+        assert_eq!(blocks[0], vec![BlockKey::of("x")]);
+        assert_eq!(blocks[1], vec![BlockKey::of("1"), BlockKey::of("y")]);
+        assert!(blocks[2].is_empty());
+
+        let plain = decode(&format!(r#"{{"encodings": ["{}", "{}"]}}"#, e[0], e[1])).unwrap();
+        assert_eq!((plain.len(), plain.blocks), (2, None));
+    }
+
+    #[test]
+    fn encodings_errors() {
+        let e = b64(&[1u8; 8]);
+        let unknown = format!(r#"{{"encodings": ["{e}"], "blocks": {{"5": ["x"]}}}}"#);
+        assert_eq!(decode(&unknown), Err(DecodeError::BlocksUnknownRecord { index: 5, count: 1 }));
+        let bad_key = format!(r#"{{"encodings": ["{e}"], "blocks": {{"zero": ["x"]}}}}"#);
+        assert_eq!(decode(&bad_key), Err(DecodeError::BadBlocksKey { key: "zero".into() }));
+        let external = r#"{"encodings": {"file": {"bucket": "b", "path": "p"}}}"#;
+        assert_eq!(decode(external), Err(DecodeError::ExternalEncodings));
+        let mixed = format!(r#"{{"encodings": ["{e}"], "blocks": {{"file": {{"bucket": "b", "path": "p"}}}}}}"#);
+        assert_eq!(decode(&mixed), Err(DecodeError::MixedExternalData));
+        let bad_id = format!(r#"{{"encodings": ["{e}"], "blocks": {{"0": [1.5]}}}}"#);
+        assert_eq!(decode(&bad_id), Err(DecodeError::BadBlockId { record: 0 }));
+    }
+
+    #[test]
+    fn json_upload_errors_are_typed_and_readable() {
+        assert_eq!(decode(r#"{"clks": []}"#), Err(DecodeError::Empty));
+        assert_eq!(decode(r#"{"nothing": 1}"#), Err(DecodeError::NoEncodings));
+        assert!(matches!(decode("not json"), Err(DecodeError::Json(_))));
+        assert!(matches!(decode(r#"["clks"]"#), Err(DecodeError::Json(_))));
+        assert!(matches!(decode(r#"{"clks": ["AAAAAAAAAAA="]} trailing"#), Err(DecodeError::Json(_))));
+        let bad = format!(r#"{{"clks": ["{}", "!!notbase64!!"]}}"#, b64(&[1u8; 8]));
+        let err = decode(&bad).unwrap_err();
+        assert_eq!(err, DecodeError::InvalidBase64 { record: 1 });
+        assert_eq!(err.to_string(), "record 1 is not valid base64");
+        assert!(matches!(decode(r#"{"clks": ["AAAAAAAAAAA=", 7]}"#), Err(DecodeError::BadRecord { record: 1, .. })));
+        let twenty = decode(&format!(r#"{{"clks": ["{}"]}}"#, b64(&[1u8; 20]))).unwrap_err();
+        assert_eq!(twenty, DecodeError::SizeNotMultipleOf8 { size: 20 });
+        assert!(twenty.to_string().starts_with("Encoding size must be multiple of 8 bytes (64 bits)"));
+        let four = decode(&format!(r#"{{"clks": ["{}"]}}"#, b64(&[1u8; 4]))).unwrap_err();
+        assert_eq!(four, DecodeError::SizeOutOfBounds { size: 4, min: 8, max: 1024 });
+        assert!(four.to_string().starts_with("Encoding size out of configured bounds"));
+        let big = decode(&format!(r#"{{"clks": ["{}"]}}"#, b64(&[1u8; 1032]))).unwrap_err();
+        assert!(matches!(big, DecodeError::SizeOutOfBounds { size: 1032, .. }));
+        assert!(matches!(decode(r#"{"clknblocks": [[]]}"#), Err(DecodeError::BadRecord { record: 0, .. })));
+        let bad_id = format!(r#"{{"clknblocks": [["{}", null]]}}"#, b64(&[1u8; 8]));
+        assert_eq!(decode(&bad_id), Err(DecodeError::BadBlockId { record: 0 }));
+    }
+
+    #[test]
+    fn upload_shapes() {
+        let shape = |s: &str| upload_shape(s.as_bytes()).unwrap();
+        assert_eq!(shape(r#"{"clks": []}"#), UploadShape::Clks);
+        assert_eq!(shape(r#"{"clknblocks": [], "clks": []}"#), UploadShape::Clks);
+        assert_eq!(shape(r#"{"clknblocks": [["x", 1]]}"#), UploadShape::ClknBlocks);
+        assert_eq!(shape(r#"{"encodings": []}"#), UploadShape::Encodings { external_encodings: false, blocks: None });
+        assert_eq!(
+            shape(r#"{"encodings": {"file": {}}, "blocks": {"file": {"bucket": "b"}}}"#),
+            UploadShape::Encodings { external_encodings: true, blocks: Some(true) }
+        );
+        assert_eq!(
+            shape(r#"{"encodings": ["x"], "blocks": {"0": ["a"]}}"#),
+            UploadShape::Encodings { external_encodings: false, blocks: Some(false) }
+        );
+        assert_eq!(shape(r#"{"other": 1}"#), UploadShape::None);
+        assert!(matches!(upload_shape(b"[1]"), Err(DecodeError::Json(_))));
+    }
+
+    #[test]
+    fn binary_uploads() {
+        let body: Vec<u8> = (0..40).collect();
+        let enc = decode_binary(&body, 2, 16, SizeBounds::default()).unwrap();
+        assert_eq!((enc.len(), enc.encoding_size, enc.record(1)), (2, 16, &body[16..32]));
+        assert!(matches!(decode_binary(&body, 3, 16, SizeBounds::default()), Err(DecodeError::BinaryLength { .. })));
+        assert_eq!(decode_binary(&body, 0, 8, SizeBounds::default()), Err(DecodeError::ZeroCount));
+        assert!(matches!(
+            decode_binary(&body, u64::MAX / 2, 8, SizeBounds::default()),
+            Err(DecodeError::TooManyRecords { .. })
+        ));
+        assert!(matches!(
+            decode_binary(&body, u32::MAX as u64, 1024, SizeBounds::default()),
+            Err(DecodeError::BinaryLength { .. })
+        ));
+        assert_eq!(decode_binary(&body, 1, 20, SizeBounds::default()), Err(DecodeError::SizeNotMultipleOf8 { size: 20 }));
+        assert!(matches!(decode_binary(&body, 1, 16, SizeBounds { min: 32, max: 64 }), Err(DecodeError::SizeOutOfBounds { .. })));
+        // The reference's e2e upload: 128000 bytes declared as 1000 × 8.
+        let big = vec![0u8; 128_000];
+        assert_eq!(decode_binary(&big, 1000, 8, SizeBounds::default()).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn clks_file_declared_size_wins() {
+        // 'ssssssss' is 6 bytes, declared as 8 (the reference's object-store test).
+        let enc = decode_clks_file(br#"{"clks": ["ssssssss", "AAAAAAAAAAAAAAAAAAAA"]}"#, 8, SizeBounds::default()).unwrap();
+        assert_eq!((enc.encoding_size, enc.len()), (8, 2));
+        assert_eq!(&enc.record(0)[6..], &[0, 0]);
+        assert_eq!(decode_clks_file(br#"{"clks": []}"#, 8, SizeBounds::default()), Err(DecodeError::Empty));
+        assert_eq!(decode_clks_file(br#"{"x": 1}"#, 8, SizeBounds::default()), Err(DecodeError::Empty));
+        assert_eq!(
+            decode_clks_file(br#"{"clks": ["ssssssss"]}"#, 12, SizeBounds::default()),
+            Err(DecodeError::SizeNotMultipleOf8 { size: 12 })
+        );
+    }
+
+    #[test]
+    fn blocks_files() {
+        let body = br#"{"meta": {"source": "blocklib"}, "blocks": {"1": ["a", 2], "0": ["b"], "2": []}}"#;
+        let blocks = decode_blocks_file(body, 3).unwrap();
+        assert_eq!(blocks[0], vec![BlockKey::of("b")]);
+        assert_eq!(blocks[1], vec![BlockKey::of("a"), BlockKey::of("2")]);
+        assert!(blocks[2].is_empty());
+        assert_eq!(decode_blocks_file(body, 4), Err(DecodeError::BlockCountMismatch { expected: 4, actual: 3 }));
+        let out_of_range = br#"{"blocks": {"0": ["a"], "7": ["b"]}}"#;
+        assert_eq!(decode_blocks_file(out_of_range, 2), Err(DecodeError::BlocksUnknownRecord { index: 7, count: 2 }));
+        let duplicate = br#"{"blocks": {"0": ["a"], "00": ["b"]}}"#;
+        assert_eq!(decode_blocks_file(duplicate, 2), Err(DecodeError::DuplicateBlocksKey { index: 0 }));
+        assert!(matches!(decode_blocks_file(br#"{"meta": {}}"#, 0), Err(DecodeError::Json(_))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn decoders_never_panic_on_bytes(body in prop::collection::vec(any::<u8>(), 0..300), count in any::<u64>(), size in 0usize..2048) {
+            let _ = decode_json_upload(&body, SizeBounds::default());
+            let _ = upload_shape(&body);
+            let _ = decode_binary(&body, count, size, SizeBounds::default());
+            let _ = decode_clks_file(&body, size, SizeBounds::default());
+            let _ = decode_blocks_file(&body, size);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_jsonish_text(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "{", "}", "[", "]", ",", ":", "\"clks\"", "\"clknblocks\"", "\"encodings\"", "\"blocks\"",
+                "\"file\"", "\"0\"", "\"1\"", "\"AAAAAAAAAAA=\"", "\"////////////\"", "\"a b\"", "1", "-3", "1.5",
+                "null", "true", "\"\\n\"", "\"=\"",
+            ]), 0..40),
+        ) {
+            let body = parts.concat();
+            let _ = decode_json_upload(body.as_bytes(), SizeBounds::default());
+            let _ = upload_shape(body.as_bytes());
+            let _ = decode_clks_file(body.as_bytes(), 8, SizeBounds::default());
+            let _ = decode_blocks_file(body.as_bytes(), 2);
+        }
+
+        #[test]
+        fn clks_roundtrip(records in prop::collection::vec(prop::collection::vec(any::<u8>(), 16), 1..20)) {
+            let texts: Vec<String> = records.iter().map(|r| format!("\"{}\"", b64(r))).collect();
+            let body = format!(r#"{{"clks": [{}]}}"#, texts.join(","));
+            let enc = decode(&body).unwrap();
+            prop_assert_eq!(enc.data, records.concat());
+        }
+    }
+}
