@@ -54,7 +54,15 @@ stop() {
   rm -f "$f"
 }
 
-for n in "${ORDER[@]}"; do stop "$n"; done
+# Consumers first (runner, api), then the emulators in parallel (LocalStack alone takes seconds).
+pids=()
+for n in "${ORDER[@]}"; do
+  case $n in
+    runner|api) stop "$n" ;;
+    *) stop "$n" & pids+=($!) ;;
+  esac
+done
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 
 if [ "${1:-}" != "--only" ]; then
   left=""

