@@ -221,9 +221,9 @@ proptest! {
         prop_assert_eq!(p.rows, rows);
         prop_assert_eq!(p.mask.len() as u64, rows);
         prop_assert_eq!(p.permutations.len(), 2);
-        for party in 0..2 {
-            prop_assert_eq!(p.permutations[party].len() as u64, sizes[party]);
-            prop_assert!(is_bijection(&p.permutations[party]));
+        for (perm, size) in p.permutations.iter().zip(sizes) {
+            prop_assert_eq!(perm.len() as u64, size);
+            prop_assert!(is_bijection(perm));
         }
         // Matched pairs share a slot, and exactly those slots are set in the mask.
         let mut matched_slots = std::collections::HashSet::new();
