@@ -66,7 +66,7 @@ impl SizeBounds {
         if size < self.min || size > self.max {
             return Err(DecodeError::SizeOutOfBounds { size, min: self.min, max: self.max });
         }
-        if size % 8 != 0 {
+        if !size.is_multiple_of(8) {
             return Err(DecodeError::SizeNotMultipleOf8 { size });
         }
         Ok(())

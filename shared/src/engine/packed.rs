@@ -136,7 +136,7 @@ impl BlockIndex {
                 actual: directory_len as u64,
             });
         }
-        if encoding_size == 0 || encoding_size % 8 != 0 {
+        if encoding_size == 0 || !encoding_size.is_multiple_of(8) {
             return Err(FormatError::BadEncodingSize(encoding_size as usize));
         }
         let mut blocks = Vec::with_capacity(block_count as usize);
@@ -251,11 +251,11 @@ pub struct Entries<'a> {
 
 impl<'a> Entries<'a> {
     pub fn new(bytes: &'a [u8], encoding_size: usize, first_entry: u64) -> Result<Self, FormatError> {
-        if encoding_size == 0 || encoding_size % 8 != 0 || encoding_size > u32::MAX as usize / 8 {
+        if encoding_size == 0 || !encoding_size.is_multiple_of(8) || encoding_size > u32::MAX as usize / 8 {
             return Err(FormatError::BadEncodingSize(encoding_size));
         }
         let stride = entry_stride(encoding_size);
-        if bytes.len() % stride != 0 {
+        if !bytes.len().is_multiple_of(stride) {
             return Err(FormatError::Length {
                 what: "entry data",
                 expected: (bytes.len() / stride * stride) as u64,
