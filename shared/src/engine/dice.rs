@@ -497,8 +497,94 @@ mod x86 {
         // SAFETY: encodings are `words` words long; AVX2 is enabled on this function.
         unsafe {
             match words {
-                16 => tiled(table, a, b, rows, out, |x, y| and_count_avx2(x, y, 16)),
+                16 => tiled_avx2_1024(table, a, b, rows, out),
                 words => tiled(table, a, b, rows, out, |x, y| and_count_avx2(x, y, words)),
+            }
+        }
+    }
+
+    /// Per-byte popcounts of `x` (each byte 0..=8) via two nibble lookups.
+    #[inline(always)]
+    unsafe fn byte_popcounts(x: __m256i, lut: __m256i, low_nibbles: __m256i) -> __m256i {
+        // SAFETY: AVX2 is enabled by every caller's `#[target_feature]`.
+        unsafe {
+            let lo = _mm256_and_si256(x, low_nibbles);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low_nibbles);
+            _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
+        }
+    }
+
+    /// The tiled loop specialised for 1024-bit encodings (the CLK size in practice): the A row's
+    /// four vectors stay in registers across the B tile, and two B rows share one horizontal
+    /// reduction (`vpunpck{l,h}qdq` + one 128-bit fold for both sums), which is the costliest
+    /// part of a per-pair AVX2 popcount. Same results as [`super::tiled`]: pairs are checked for
+    /// admissibility first and only admissible ones are kept.
+    ///
+    /// # Safety
+    /// AVX2 must be available; both sides hold 128-byte encodings.
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn tiled_avx2_1024(table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
+        const STRIDE: usize = 8 + 128;
+        debug_assert_eq!(a.entries.encoding_size(), 128);
+        debug_assert_eq!(b.entries.encoding_size(), 128);
+        let (a_bytes, b_bytes) = (a.entries.bytes(), b.entries.bytes());
+        // SAFETY: AVX2 is enabled on this function; every pointer below addresses the 128
+        // encoding bytes of an entry index < len of its side.
+        unsafe {
+            let lut = _mm256_setr_epi8(
+                0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+            );
+            let low = _mm256_set1_epi8(0x0f);
+            let zero = _mm256_setzero_si256();
+            let count_bytes = |av: &[__m256i; 4], p: *const u8| {
+                let mut sum = byte_popcounts(_mm256_and_si256(av[0], _mm256_loadu_si256(p as *const __m256i)), lut, low);
+                for (k, &ak) in av.iter().enumerate().skip(1) {
+                    let x = _mm256_and_si256(ak, _mm256_loadu_si256(p.add(32 * k) as *const __m256i));
+                    sum = _mm256_add_epi8(sum, byte_popcounts(x, lut, low));
+                }
+                // Each byte ≤ 4·8 = 32: no overflow before the fold into u64 lanes.
+                _mm256_sad_epu8(sum, zero)
+            };
+            for b_start in (0..b.popcounts.len()).step_by(B_TILE) {
+                let b_end = (b_start + B_TILE).min(b.popcounts.len());
+                let b_popcounts = &b.popcounts[b_start..b_end];
+                for ia in rows.clone() {
+                    let pa = a.popcounts[ia];
+                    let ap = a_bytes.as_ptr().add(ia * STRIDE + 8);
+                    let av: [__m256i; 4] = std::array::from_fn(|k| _mm256_loadu_si256(ap.add(32 * k) as *const __m256i));
+                    let mut j = 0;
+                    while j + 1 < b_popcounts.len() {
+                        let (n0, n1) = (table.admissible(pa, b_popcounts[j]), table.admissible(pa, b_popcounts[j + 1]));
+                        if n0.is_some() || n1.is_some() {
+                            let ib = b_start + j;
+                            let s0 = count_bytes(&av, b_bytes.as_ptr().add(ib * STRIDE + 8));
+                            let s1 = count_bytes(&av, b_bytes.as_ptr().add((ib + 1) * STRIDE + 8));
+                            let pairs = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+                            let both = _mm_add_epi64(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+                            let (c0, c1) = (_mm_cvtsi128_si64(both) as u32, _mm_extract_epi64(both, 1) as u32);
+                            if let Some(needed) = n0
+                                && c0 >= needed
+                            {
+                                out.push(Hit { a: ia as u32, b: ib as u32, and_count: c0 });
+                            }
+                            if let Some(needed) = n1
+                                && c1 >= needed
+                            {
+                                out.push(Hit { a: ia as u32, b: ib as u32 + 1, and_count: c1 });
+                            }
+                        }
+                        j += 2;
+                    }
+                    if j < b_popcounts.len()
+                        && let Some(needed) = table.admissible(pa, b_popcounts[j])
+                    {
+                        let ib = b_start + j;
+                        let c = and_count_avx2(ap, b_bytes.as_ptr().add(ib * STRIDE + 8), 16);
+                        if c >= needed {
+                            out.push(Hit { a: ia as u32, b: ib as u32, and_count: c });
+                        }
+                    }
+                }
             }
         }
     }
