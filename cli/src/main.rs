@@ -4,6 +4,7 @@
 //! errors to exit codes (2 for usage errors, 1 for everything else).
 
 mod args;
+mod client;
 mod commands;
 mod progress;
 

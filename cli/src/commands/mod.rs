@@ -1,6 +1,7 @@
 //! The subcommand dispatcher. Each subcommand is a module with a `run(&[String])` entry point
 //! and a `USAGE` text; adding one means adding a module and a line to [`COMMANDS`].
 
+mod demo;
 mod link;
 
 use crate::args::UsageError;
@@ -8,11 +9,10 @@ use crate::args::UsageError;
 type Run = fn(&[String]) -> anyhow::Result<()>;
 
 /// (name, one-line summary, entry point) of every subcommand.
-const COMMANDS: &[(&str, &str, Run)] = &[(
-    "link",
-    "link parties' encodings offline, exactly as the service would",
-    link::run,
-)];
+const COMMANDS: &[(&str, &str, Run)] = &[
+    ("link", "link parties' encodings offline, exactly as the service would", link::run),
+    ("demo", "link the FEBRL4 sample through a running service and report accuracy", demo::run),
+];
 
 fn help() -> String {
     let mut out = String::from(

@@ -76,3 +76,6 @@ pub struct Pipeline<M, B, U, Q> {
     pub queue: Q,
     pub settings: Settings,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+//! The pipeline against in-memory ports: every queue drained by hand, with duplicated and
+//! concurrent deliveries, compared with the engine's own answer on the same data.
+
+use bytes::Bytes;
+
+use crate::engine::encoding::{BlockKey, PartyEncodings};
+use crate::engine::{link, output, solver};
+use crate::service::config::{Limits, Settings, UploadSettings};
+use crate::service::keys;
+use crate::service::memory::{MemoryBlobs, MemoryMeta, MemoryQueue};
+use crate::service::model::*;
+use crate::service::ports::{BlobStore, MetaStore};
+use crate::service::tokens::TokenHash;
+
+use super::fan_out::KIND_JSON;
+use super::{Pipeline, ShardMessage, SolveMessage};
+
+const SHARDS: &str = "shards";
+const SOLVES: &str = "solves";
+
+type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue>;
+
+fn pipeline(shard_target: u64) -> TestPipeline {
+    let limits = Limits { shard_target_comparisons: shard_target, ..Limits::default() };
+    Pipeline {
+        meta: MemoryMeta::new(),
+        work: MemoryBlobs::new(),
+        uploads: MemoryBlobs::new(),
+        queue: MemoryQueue::new(),
+        settings: Settings {
+            table_name: "t".into(),
+            work_bucket: "w".into(),
+            shard_queue_url: SHARDS.into(),
+            solve_queue_url: SOLVES.into(),
+            dead_letter_queue_arns: vec![],
+            upload: UploadSettings {
+                enabled: true,
+                bucket: "u".into(),
+                public_endpoint: "x".into(),
+                public_secure: false,
+                credentials_ttl_secs: 60,
+                role_arn: String::new(),
+            },
+            limits,
+        },
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Low-entropy 8-byte encodings (many ties) with a few blocks per record.
+fn parties(seed: u64, n: usize, count: usize, blocking: bool) -> Vec<(PartyEncodings, Vec<Vec<String>>)> {
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|_| {
+            let data: Vec<u8> = (0..count * 8).map(|_| (rng.next() & rng.next() & 0xFF) as u8).collect();
+            let ids: Vec<Vec<String>> =
+                (0..count).map(|_| (0..1 + rng.next() % 2).map(|_| format!("b{}", rng.next() % 3)).collect()).collect();
+            let blocks = blocking.then(|| ids.iter().map(|b| b.iter().map(|x| BlockKey::of(x)).collect()).collect());
+            (PartyEncodings { encoding_size: 8, data, blocks }, ids)
+        })
+        .collect()
+}
+
+fn upload_body(p: &(PartyEncodings, Vec<Vec<String>>), blocking: bool) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |r: &[u8]| base64::engine::general_purpose::STANDARD.encode(r);
+    let rows: Vec<&[u8]> = p.0.data.chunks(8).collect();
+    let body = if blocking {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .zip(&p.1)
+            .map(|(r, ids)| {
+                let mut row = vec![serde_json::json!(b64(r))];
+                row.extend(ids.iter().map(|i| serde_json::json!(i)));
+                serde_json::Value::Array(row)
+            })
+            .collect();
+        serde_json::json!({ "clknblocks": rows })
+    } else {
+        serde_json::json!({ "clks": rows.iter().map(|r| b64(r)).collect::<Vec<_>>() })
+    };
+    serde_json::to_vec(&body).unwrap()
+}
+
+async fn create_project(p: &TestPipeline, result_type: ResultType, n: u32, blocking: bool) -> String {
+    let project_id = format!("proj{n}{}", result_type.as_str());
+    let project = Project {
+        project_id: project_id.clone(),
+        result_type,
+        number_parties: n,
+        name: String::new(),
+        notes: String::new(),
+        schema: serde_json::json!({}),
+        uses_blocking: blocking,
+        time_added: crate::service::time::now_iso(),
+        result_token_hash: TokenHash::of("result"),
+        error: None,
+    };
+    let parties: Vec<Party> = (0..n)
+        .map(|i| Party {
+            index: i,
+            update_token_hash: TokenHash::of(&format!("update{i}")),
+            upload_state: UploadState::NotStarted,
+            upload_id: None,
+            receipt_token_hash: None,
+            error: None,
+            ingested: None,
+        })
+        .collect();
+    p.meta.create_project(&project, &parties).await.unwrap();
+    project_id
+}
+
+/// What the api does for an upload, then the S3 event fan-out gets for it.
+async fn upload(p: &TestPipeline, project: &str, party: u32, body: Vec<u8>) {
+    let upload_id = format!("up{party}");
+    let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(project, party, &start).await.unwrap();
+    let key = keys::upload(project, party, &upload_id);
+    p.work.put(&key, Bytes::from(body), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+}
+
+async fn post_run(p: &TestPipeline, project: &str, run_id: &str, threshold: f64) {
+    let run = Run {
+        project_id: project.into(),
+        run_id: run_id.into(),
+        threshold,
+        name: String::new(),
+        notes: String::new(),
+        state: RunState::Created,
+        stage: 1,
+        time_added: crate::service::time::now_iso(),
+        time_started: None,
+        time_completed: None,
+        total_comparisons: 0,
+        comparisons_done: 0,
+        shards_total: 0,
+        shards_done: 0,
+        candidate_count: 0,
+        error: None,
+    };
+    p.meta.create_run(&run).await.unwrap();
+    let key = keys::run_request(project, run_id);
+    p.work.put(&key, Bytes::from_static(b"{}"), &Vec::new()).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+}
+
+/// Delivers every queued message `copies` times (twins run concurrently), until the queues
+/// are empty.
+async fn drain(p: &TestPipeline, copies: usize) {
+    loop {
+        let shards = p.queue.take(SHARDS);
+        let solves = p.queue.take(SOLVES);
+        if shards.is_empty() && solves.is_empty() {
+            return;
+        }
+        for body in shards {
+            let m: ShardMessage = serde_json::from_str(&body).unwrap();
+            let twins = (0..copies).map(|_| p.compare(&m));
+            for r in futures::future::join_all(twins).await {
+                r.unwrap();
+            }
+        }
+        for body in solves {
+            let m: SolveMessage = serde_json::from_str(&body).unwrap();
+            for _ in 0..copies {
+                p.solve(&m).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn case(n: u32, blocking: bool, result_type: ResultType, seed: u64, shard_target: u64, copies: usize) {
+    let p = pipeline(shard_target);
+    let data = parties(seed, n as usize, 40, blocking);
+    let project = create_project(&p, result_type, n, blocking).await;
+    post_run(&p, &project, "run1", 0.6).await;
+    assert_eq!(p.meta.get_run(&project, "run1").await.unwrap().unwrap().state, RunState::Created);
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, blocking)).await;
+    }
+    drain(&p, copies).await;
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Completed, "{run:?}");
+    assert_eq!(run.shards_done, run.shards_total, "each shard counted once");
+    assert_eq!(run.comparisons_done, run.total_comparisons);
+
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.6, shard_target).unwrap();
+    assert_eq!(run.total_comparisons, expected.total_comparisons);
+    match result_type {
+        ResultType::SimilarityScores => {
+            let (got, _) = p.work.get(&keys::result_similarity_scores(&project, "run1")).await.unwrap();
+            let mut want = Vec::new();
+            output::write_similarity_scores(&mut want, expected.candidates.into_iter()).unwrap();
+            assert_eq!(&got[..], &want[..]);
+        }
+        _ => {
+            let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
+            let want = output::groups_json(&solver::greedy_solve(expected.candidates));
+            assert_eq!(&got[..], want.as_bytes());
+        }
+    }
+    assert!(p.work.keys().iter().all(|k| !k.starts_with("work/")), "shard files are cleaned up");
+    assert!(p.work.keys().iter().all(|k| !k.starts_with("incoming/")), "requests are consumed");
+}
+
+#[tokio::test]
+async fn two_parties_groups_equal_the_engine() {
+    case(2, false, ResultType::Groups, 1, 300, 1).await;
+}
+
+#[tokio::test]
+async fn every_message_delivered_twice_at_once_changes_nothing() {
+    case(3, true, ResultType::Groups, 2, 200, 2).await;
+    case(2, true, ResultType::SimilarityScores, 3, 100, 3).await;
+}
+
+#[tokio::test]
+async fn five_parties_with_blocks_and_many_shards() {
+    case(5, true, ResultType::Groups, 4, 50, 1).await;
+}
+
+#[tokio::test]
+async fn deleting_a_project_purges_objects_and_items() {
+    let p = pipeline(1000);
+    let data = parties(9, 2, 20, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "r", 0.5).await;
+    // Deleted while its shards are still queued: they must stop quietly.
+    assert!(p.meta.mark_project_deleted(&project).await.unwrap());
+    let key = keys::delete_request(&project);
+    p.work.put(&key, Bytes::new(), &Vec::new()).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+    drain(&p, 1).await;
+    assert!(p.work.keys().iter().all(|k| !k.contains(&project)), "{:?}", p.work.keys());
+    assert!(!p.meta.has_project_items(&project));
+}
+
+#[tokio::test]
+async fn undecodable_uploads_fail_the_party_with_a_readable_message() {
+    let p = pipeline(1000);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    upload(&p, &project, 0, br#"{"clks": ["not base64!"]}"#.to_vec()).await;
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    assert_eq!(parties[0].upload_state, UploadState::Error);
+    let message = parties[0].error.clone().unwrap_or_default();
+    assert!(message.to_lowercase().contains("base64"), "{message}");
+}
+
+#[tokio::test]
+async fn mismatched_encoding_sizes_fail_the_runs() {
+    let p = pipeline(1000);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    post_run(&p, &project, "r", 0.5).await;
+    let a = parties(1, 1, 5, false).remove(0);
+    upload(&p, &project, 0, upload_body(&a, false)).await;
+    upload(&p, &project, 1, serde_json::to_vec(&serde_json::json!({"clks": ["AAAAAAAAAAAAAAAAAAAAAA=="]})).unwrap()).await;
+    let run = p.meta.get_run(&project, "r").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Error);
+    assert!(run.error.unwrap_or_default().contains("Mismatch in encoding sizes"));
+}

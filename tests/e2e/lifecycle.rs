@@ -1,0 +1,121 @@
+//! Run and project lifecycles as users meet them: waiting for data, bad uploads and retries,
+//! deletes that leave nothing behind.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+fn small_clks(seed: u64, n: usize, size: usize) -> Value {
+    let data = synthetic_parties(seed, 1, n, size, 8);
+    json!({ "clks": data[0].iter().map(|r| b64(r)).collect::<Vec<_>>() })
+}
+
+#[tokio::test]
+async fn a_run_posted_before_the_data_waits_then_completes() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    let run = api.post_run(&project, 0.9).await?;
+    let status = api.run_status(&project, &run).await?;
+    assert_eq!(status["state"], "created", "{status}");
+    assert_eq!(status["current_stage"]["number"], 1);
+    assert_eq!(status["current_stage"]["progress"]["absolute"], 0);
+    api.upload_json(&project, 0, &small_clks(1, 50, 64)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api.run_status(&project, &run).await?;
+    assert_eq!(status["state"], "created", "one party is not enough: {status}");
+    assert_eq!(status["current_stage"]["progress"]["absolute"], 1);
+    api.upload_json(&project, 1, &small_clks(1, 50, 64)).await?;
+    let status = api.wait_for_run(&project, &run, RUN_LIMIT).await?;
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(status["total_number_comparisons"], 2500);
+    let (code, result) = api.result(&project, &run, &project.result_token).await?;
+    assert_eq!(code, 200);
+    // Both parties are noisy copies of the same 50 records.
+    assert!(result["groups"].as_array().unwrap().len() >= 40, "{result}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_upload_puts_the_project_in_error_and_a_retry_with_the_same_token_works() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    // 20-byte encodings are accepted at upload time (as the reference does) and fail ingestion.
+    api.upload_json(&project, 0, &small_clks(7, 30, 20)).await?;
+    let run = api.post_run(&project, 0.9).await;
+    let mut described = Value::Null;
+    for _ in 0..80 {
+        described = api.describe(&project).await?;
+        if described["error"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(described["error"], true, "{described}");
+    if let Ok(run) = &run {
+        let status = api.run_status(&project, run).await?;
+        assert_eq!(status["state"], "error", "{status}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(message.contains("multiple of 8"), "the message says what is wrong: {status}");
+    }
+    // The failed upload did not consume the token.
+    api.upload_json(&project, 0, &small_clks(7, 30, 64)).await?;
+    api.upload_json(&project, 1, &small_clks(7, 30, 64)).await?;
+    let run = api.post_run(&project, 0.9).await?;
+    let status = api.wait_for_run(&project, &run, RUN_LIMIT).await?;
+    assert_eq!(status["state"], "completed", "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn parties_with_different_encoding_sizes_fail_the_run_with_a_clear_message() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    let run = api.post_run(&project, 0.9).await?;
+    api.upload_json(&project, 0, &small_clks(9, 20, 64)).await?;
+    api.upload_json(&project, 1, &small_clks(9, 20, 128)).await?;
+    let status = api.wait_for_run(&project, &run, RUN_LIMIT).await?;
+    assert_eq!(status["state"], "error", "{status}");
+    assert!(status["message"].as_str().unwrap_or_default().contains("Mismatch in encoding sizes"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_project_leaves_nothing_behind() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("similarity_scores", 2, false).await?;
+    api.upload_json(&project, 0, &small_clks(11, 40, 64)).await?;
+    api.upload_json(&project, 1, &small_clks(11, 40, 64)).await?;
+    let run = api.post_run(&project, 0.8).await?;
+    let status = api.wait_for_run(&project, &run, RUN_LIMIT).await?;
+    assert_eq!(status["state"], "completed");
+
+    let r = api
+        .http
+        .delete(api.url(&format!("/projects/{}", project.id)))
+        .header("Authorization", &project.result_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    let r = api
+        .http
+        .get(api.url(&format!("/projects/{}", project.id)))
+        .header("Authorization", &project.result_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403, "a deleted project is unknown at once");
+
+    let stack = crate::faults::Stack::connect().await;
+    let mut left = (Vec::new(), 0usize);
+    for _ in 0..120 {
+        left = stack.project_leftovers(&project.id).await?;
+        if left.0.is_empty() && left.1 == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("after 30 s the project still has objects {:?} and {} items", left.0, left.1);
+}
