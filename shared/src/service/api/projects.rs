@@ -1,0 +1,209 @@
+//! `/projects` and `/projects/{project_id}`: create, list, describe, delete.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::access::{Allowed, authorize};
+use super::error::{ApiError, ApiResult};
+use super::extract::{AuthToken, ProjectId, parse_json, read_body};
+use super::Shared;
+use crate::service::keys;
+use crate::service::model::{Party, Project, ResultType, UploadState};
+use crate::service::ports::{BlobStore, CredentialIssuer, MetaStore};
+use crate::service::{time, tokens};
+
+/// The reference's message for a missing or unknown `result_type` (also for the removed `mapping`).
+const INVALID_RESULT_TYPE: &str = r#"result_type must be either "groups", "permutations", or "similarity_scores""#;
+
+/// The most parties a project may have: the project, its parties and the `/status` counter are
+/// created in one DynamoDB transaction, which holds at most 100 items.
+pub const MAX_PARTIES: u32 = 98;
+
+/// POST `/projects` body. Unknown fields are ignored, as connexion does.
+#[derive(Debug, Deserialize)]
+struct NewProject {
+    schema: Option<Value>,
+    result_type: Option<String>,
+    #[serde(default = "two")]
+    number_parties: i64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    uses_blocking: bool,
+}
+
+fn two() -> i64 {
+    2
+}
+
+/// The validated parts of a [`NewProject`].
+struct ProjectRequest {
+    schema: Value,
+    result_type: ResultType,
+    number_parties: u32,
+    name: String,
+    notes: String,
+    uses_blocking: bool,
+}
+
+impl NewProject {
+    fn validate(self) -> Result<ProjectRequest, ApiError> {
+        let schema = match self.schema {
+            Some(schema @ Value::Object(_)) => schema,
+            Some(_) => return Err(ApiError::BadRequest("'schema' must be a JSON object".into())),
+            None => return Err(ApiError::BadRequest("Schema information required".into())),
+        };
+        let result_type = self
+            .result_type
+            .as_deref()
+            .and_then(ResultType::parse)
+            .ok_or_else(|| ApiError::BadRequest(INVALID_RESULT_TYPE.into()))?;
+        if self.number_parties > 2 && result_type != ResultType::Groups {
+            return Err(ApiError::BadRequest("Multi-party linkage requires result type 'groups'.".into()));
+        }
+        if self.number_parties < 2 {
+            return Err(ApiError::BadRequest("Record linkage requires at least 2 parties!".into()));
+        }
+        let number_parties = u32::try_from(self.number_parties)
+            .ok()
+            .filter(|n| *n <= MAX_PARTIES)
+            .ok_or_else(|| ApiError::BadRequest(format!("A project may have at most {MAX_PARTIES} parties.")))?;
+        Ok(ProjectRequest {
+            schema,
+            result_type,
+            number_parties,
+            name: self.name,
+            notes: self.notes,
+            uses_blocking: self.uses_blocking,
+        })
+    }
+}
+
+/// GET `/projects`: every live project (the reference lists them without authentication).
+pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+) -> ApiResult<Json<Value>> {
+    let projects = state.meta.list_projects().await?;
+    Ok(Json(json!(projects)))
+}
+
+/// POST `/projects`: 201 `{"project_id","update_tokens","result_token"}`. An `Authorization`
+/// header, if sent, is ignored.
+pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
+    let request = parse_json::<NewProject>(&headers, &body)?.validate()?;
+
+    let project_id = tokens::generate();
+    let result_token = tokens::generate();
+    let update_tokens: Vec<String> = (0..request.number_parties).map(|_| tokens::generate()).collect();
+    let project = Project {
+        project_id: project_id.clone(),
+        result_type: request.result_type,
+        number_parties: request.number_parties,
+        name: request.name,
+        notes: request.notes,
+        schema: request.schema,
+        uses_blocking: request.uses_blocking,
+        time_added: time::now_iso(),
+        result_token_hash: tokens::TokenHash::of(&result_token),
+        error: None,
+    };
+    let parties: Vec<Party> = update_tokens
+        .iter()
+        .zip(0u32..)
+        .map(|(token, index)| Party {
+            index,
+            update_token_hash: tokens::TokenHash::of(token),
+            upload_state: UploadState::NotStarted,
+            upload_id: None,
+            receipt_token_hash: None,
+            error: None,
+            ingested: None,
+        })
+        .collect();
+    state.meta.create_project(&project, &parties).await?;
+    tracing::info!(project_id = %project_id, parties = request.number_parties, result_type = project.result_type.as_str(), "project created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"project_id": project_id, "update_tokens": update_tokens, "result_token": result_token})),
+    ))
+}
+
+/// Whether the project cannot be linked as it stands: a party's upload failed, or ingestion
+/// found the parties' data inconsistent. The reference's `error` flag.
+pub(crate) fn project_in_error(project: &Project, parties: &[Party]) -> bool {
+    project.error.is_some() || parties.iter().any(|p| p.upload_state == UploadState::Error)
+}
+
+/// Why the project is in error, for run status messages.
+pub(crate) fn project_error_message(project: &Project, parties: &[Party]) -> Option<String> {
+    if let Some(e) = &project.error {
+        return Some(e.clone());
+    }
+    parties
+        .iter()
+        .find(|p| p.upload_state == UploadState::Error)
+        .map(|p| format!("upload of party {} failed: {}", p.index, p.error.as_deref().unwrap_or("unknown error")))
+}
+
+pub(crate) fn parties_contributed(parties: &[Party]) -> usize {
+    parties.iter().filter(|p| p.upload_state == UploadState::Done).count()
+}
+
+/// GET `/projects/{project_id}`: the ProjectDescription (result token, or a receipt for
+/// permutations projects).
+pub async fn describe<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+) -> ApiResult<Json<Value>> {
+    let (project, parties) = state.project(&project_id).await?;
+    authorize(&project, &parties, &token, Allowed::ResultOrPermutationsReceipt)?;
+    Ok(Json(json!({
+        "project_id": project.project_id,
+        "parties_contributed": parties_contributed(&parties),
+        "schema": project.schema,
+        "result_type": project.result_type.as_str(),
+        "number_parties": project.number_parties,
+        "name": project.name,
+        "notes": project.notes,
+        "error": project_in_error(&project, &parties),
+        "uses_blocking": project.uses_blocking,
+    })))
+}
+
+/// DELETE `/projects/{project_id}`: 204. The project disappears from every read at once; the
+/// delete request object's S3 event makes fan-out purge its objects and items.
+pub async fn delete<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+) -> ApiResult<StatusCode> {
+    let (project, parties) = state.project(&project_id).await?;
+    authorize(&project, &parties, &token, Allowed::ResultOnly)?;
+    if !state.meta.mark_project_deleted(&project_id).await? {
+        // A concurrent delete won: to this caller the project no longer exists.
+        return Err(ApiError::InvalidAccess);
+    }
+    let request = json!({"project_id": project_id, "time_requested": time::now_iso()});
+    let metadata = vec![("kind".to_string(), "delete".to_string())];
+    if let Err(e) = state.work.put(&keys::delete_request(&project_id), Bytes::from(request.to_string()), &metadata).await {
+        // The project is already invisible to every read, so for the client it is deleted (a
+        // retry would get 403); only the purge of its objects and items is missed, which the
+        // log reports for an operator.
+        tracing::error!(project_id = %project_id, error = %e, "storing the delete request failed; project objects are orphaned");
+    }
+    tracing::info!(project_id = %project_id, "project deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

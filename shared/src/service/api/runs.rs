@@ -1,0 +1,236 @@
+//! Runs: `/projects/{project_id}/runs` (list, post), `/runs/{run_id}` (describe, delete) and
+//! `/runs/{run_id}/status`.
+//!
+//! Posting a run stores it as `created` and drops a run request object in the working bucket;
+//! that object's S3 event makes fan-out start the run as soon as every party's data is in (and
+//! fan-out also starts waiting runs when the last upload is ingested).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::access::{Allowed, authorize};
+use super::error::{ApiError, ApiResult};
+use super::extract::{AuthToken, ProjectId, RunIds, parse_json, read_body};
+use super::projects::{parties_contributed, project_error_message, project_in_error};
+use super::Shared;
+use crate::service::keys;
+use crate::service::model::{Party, Project, Run, RunState};
+use crate::service::ports::{BlobStore, CredentialIssuer, MetaError, MetaStore};
+use crate::service::{time, tokens};
+
+/// POST `/runs` body. Unknown fields are ignored, as connexion does.
+#[derive(Debug, Deserialize)]
+struct NewRun {
+    threshold: Option<f64>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    notes: String,
+}
+
+fn run_description(run: &Run) -> Value {
+    json!({"run_id": run.run_id, "threshold": run.threshold, "name": run.name, "notes": run.notes})
+}
+
+/// The project, after checking the result token (every run endpoint but status and result).
+async fn project_for_result_token<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    state: &super::ApiState<M, B, C>,
+    project_id: &str,
+    token: &str,
+) -> Result<(Project, Vec<Party>), ApiError> {
+    let (project, parties) = state.project(project_id).await?;
+    authorize(&project, &parties, token, Allowed::ResultOnly)?;
+    Ok((project, parties))
+}
+
+/// GET `/projects/{project_id}/runs`: `[{"run_id","time_added","state"}]`.
+pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+) -> ApiResult<Json<Value>> {
+    project_for_result_token(&state, &project_id, &token).await?;
+    let runs = state.meta.list_runs(&project_id).await?;
+    let listed: Vec<Value> = runs
+        .iter()
+        .map(|r| json!({"run_id": r.run_id, "time_added": r.time_added, "state": r.state.as_str()}))
+        .collect();
+    Ok(Json(Value::Array(listed)))
+}
+
+/// POST `/projects/{project_id}/runs`: 201 `{"run_id","threshold","name","notes"}`.
+pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (project, parties) = project_for_result_token(&state, &project_id, &token).await?;
+    let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
+    let request: NewRun = parse_json(&headers, &body)?;
+    let threshold = request.threshold.ok_or_else(|| ApiError::BadRequest("'threshold' is a required property".into()))?;
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(ApiError::BadRequest(format!("threshold must be greater than 0 and at most 1, not {threshold}")));
+    }
+    if project_in_error(&project, &parties) {
+        return Err(ApiError::Conflict("Can't post run as project has errors".into()));
+    }
+    let run = Run {
+        project_id: project_id.clone(),
+        run_id: tokens::generate(),
+        threshold,
+        name: request.name,
+        notes: request.notes,
+        state: RunState::Created,
+        stage: 1,
+        time_added: time::now_iso(),
+        time_started: None,
+        time_completed: None,
+        total_comparisons: 0,
+        comparisons_done: 0,
+        shards_total: 0,
+        shards_done: 0,
+        candidate_count: 0,
+        error: None,
+    };
+    match state.meta.create_run(&run).await {
+        Ok(()) => {}
+        // The project was deleted since we read it.
+        Err(MetaError::Conflict(_)) => return Err(ApiError::InvalidAccess),
+        Err(e) => return Err(e.into()),
+    }
+    let request = json!({"project_id": project_id, "run_id": run.run_id});
+    let metadata = vec![("kind".to_string(), "run".to_string())];
+    if let Err(e) = state.work.put(&keys::run_request(&project_id, &run.run_id), Bytes::from(request.to_string()), &metadata).await {
+        // Without its request object the run might never start: take it back, let the client retry.
+        if let Err(undo) = state.meta.delete_run(&project_id, &run.run_id).await {
+            tracing::error!(project_id = %project_id, run_id = %run.run_id, error = %undo, "could not remove a run whose request was not stored");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(project_id = %project_id, run_id = %run.run_id, threshold, "run created");
+    Ok((StatusCode::CREATED, Json(run_description(&run))))
+}
+
+/// The run, after checking the result token.
+async fn run_for_result_token<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    state: &super::ApiState<M, B, C>,
+    ids: &RunIds,
+    token: &str,
+) -> Result<Run, ApiError> {
+    project_for_result_token(state, &ids.project_id, token).await?;
+    state.meta.get_run(&ids.project_id, &ids.run_id).await?.ok_or(ApiError::InvalidAccess)
+}
+
+/// GET `/projects/{project_id}/runs/{run_id}`: `{"run_id","threshold","name","notes"}`.
+pub async fn describe<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ids: RunIds,
+    AuthToken(token): AuthToken,
+) -> ApiResult<Json<Value>> {
+    let run = run_for_result_token(&state, &ids, &token).await?;
+    Ok(Json(run_description(&run)))
+}
+
+/// DELETE `/projects/{project_id}/runs/{run_id}`: 204, then 403 for the deleted run.
+pub async fn delete<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ids: RunIds,
+    AuthToken(token): AuthToken,
+) -> ApiResult<StatusCode> {
+    let RunIds { project_id, run_id } = &ids;
+    project_for_result_token(&state, project_id, &token).await?;
+    if !state.meta.delete_run(project_id, run_id).await? {
+        return Err(ApiError::InvalidAccess);
+    }
+    // The run is gone for every reader; its objects are garbage from here on. A failure to
+    // remove them is logged, not reported: the project's purge removes them at the latest.
+    for prefix in [keys::run_work_prefix(project_id, run_id), keys::run_results_prefix(project_id, run_id)] {
+        if let Err(e) = state.work.delete_prefix(&prefix).await {
+            tracing::warn!(project_id = %project_id, run_id = %run_id, prefix, error = %e, "could not delete a deleted run's objects");
+        }
+    }
+    if let Err(e) = state.work.delete(&keys::run_request(project_id, run_id)).await {
+        tracing::warn!(project_id = %project_id, run_id = %run_id, error = %e, "could not delete a deleted run's request");
+    }
+    tracing::info!(project_id = %project_id, run_id = %run_id, "run deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The reference's stage names (`models/run.py`).
+fn stage_description(stage: u8) -> &'static str {
+    match stage {
+        1 => "waiting for CLKs",
+        2 => "compute similarity scores",
+        3 => "compute output",
+        _ => "there is no description for this stage",
+    }
+}
+
+fn progress(absolute: u64, of: u64, description: &str) -> Value {
+    let relative = if of == 0 { 0.0 } else { (absolute as f64 / of as f64).min(1.0) };
+    json!({"absolute": absolute, "relative": relative, "description": description})
+}
+
+/// The RunStatus document: state, stages, current stage with progress, and the per-state extras.
+pub(crate) fn run_status(project: &Project, parties: &[Party], run: &Run) -> Value {
+    // The reference reports `error` whenever the project is in error, whatever the run's state.
+    let project_error = project_error_message(project, parties);
+    let state = if project_error.is_some() { RunState::Error } else { run.state };
+
+    let mut current = Map::new();
+    current.insert("number".into(), json!(run.stage));
+    current.insert("description".into(), json!(stage_description(run.stage)));
+    match run.stage {
+        1 => {
+            let contributed = parties_contributed(parties) as u64;
+            current.insert("progress".into(), progress(contributed, u64::from(project.number_parties), "number of parties already contributed"));
+        }
+        2 => {
+            current.insert(
+                "progress".into(),
+                progress(run.comparisons_done, run.total_comparisons, "number of already computed similarity scores"),
+            );
+        }
+        _ => {}
+    }
+
+    let mut status = Map::new();
+    status.insert("state".into(), json!(state.as_str()));
+    status.insert("time_added".into(), json!(run.time_added));
+    status.insert("stages".into(), json!(project.result_type.stages()));
+    status.insert("current_stage".into(), Value::Object(current));
+    match state {
+        RunState::Created | RunState::Queued | RunState::Running => {
+            status.insert("time_started".into(), json!(run.time_started));
+        }
+        RunState::Completed => {
+            status.insert("time_started".into(), json!(run.time_started));
+            status.insert("time_completed".into(), json!(run.time_completed));
+            status.insert("total_number_comparisons".into(), json!(run.total_comparisons));
+        }
+        RunState::Error => {
+            status.insert("message".into(), json!(run.error.clone().or(project_error)));
+        }
+    }
+    Value::Object(status)
+}
+
+/// GET `/projects/{project_id}/runs/{run_id}/status` (result token, or a receipt for
+/// permutations projects).
+pub async fn status<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ids: RunIds,
+    AuthToken(token): AuthToken,
+) -> ApiResult<Json<Value>> {
+    let (project, parties) = state.project(&ids.project_id).await?;
+    let run = state.meta.get_run(&ids.project_id, &ids.run_id).await?.ok_or(ApiError::InvalidAccess)?;
+    authorize(&project, &parties, &token, Allowed::ResultOrPermutationsReceipt)?;
+    Ok(Json(run_status(&project, &parties, &run)))
+}

@@ -1,0 +1,844 @@
+//! Handler tests against the in-memory adapters, through the whole router (`oneshot`), so path
+//! normalisation, extraction and problem rendering are exercised too.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::uploads::{ExternalBlocks, ExternalUpload, ObjectRef};
+use super::{ApiState, BASE_PATH, ROUTES, router};
+use crate::service::config::{Limits, Settings, UploadSettings};
+use crate::service::keys;
+use crate::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
+use crate::service::model::{IngestedParty, RunPlan};
+use crate::service::ports::{BlobStore, MetaStore};
+use crate::service::time;
+
+const MAX_REQUEST: usize = 64 * 1024;
+const MAX_RESPONSE: usize = 1024;
+const UPLOAD_BUCKET: &str = "uploads";
+
+fn settings(upload_enabled: bool) -> Settings {
+    Settings {
+        table_name: "table".into(),
+        work_bucket: "work".into(),
+        shard_queue_url: String::new(),
+        solve_queue_url: String::new(),
+        dead_letter_queue_arns: Vec::new(),
+        upload: UploadSettings {
+            enabled: upload_enabled,
+            bucket: UPLOAD_BUCKET.into(),
+            public_endpoint: "uploads.example.org:9000".into(),
+            public_secure: false,
+            credentials_ttl_secs: 900,
+            role_arn: "arn:aws:iam::000000000000:role/upload".into(),
+        },
+        limits: Limits { max_request_bytes: MAX_REQUEST, max_response_bytes: MAX_RESPONSE, ..Limits::default() },
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    /// Asserts a problem document with this status and returns its detail.
+    fn problem(&self, status: u16) -> String {
+        assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(self.headers[header::CONTENT_TYPE], "application/problem+json");
+        let p = self.json();
+        assert_eq!(p["type"], "about:blank");
+        assert_eq!(p["status"], status);
+        assert!(p["title"].is_string());
+        p["detail"].as_str().expect("detail").to_string()
+    }
+}
+
+struct Api {
+    app: Router,
+    meta: MemoryMeta,
+    work: MemoryBlobs,
+    credentials: MemoryCredentials,
+}
+
+/// A request under construction.
+struct Call<'a> {
+    api: &'a Api,
+    req: axum::http::request::Builder,
+    body: Body,
+}
+
+impl Call<'_> {
+    fn token(mut self, token: &str) -> Self {
+        self.req = self.req.header(header::AUTHORIZATION, token);
+        self
+    }
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.req = self.req.header(name, value);
+        self
+    }
+    fn json(mut self, body: Value) -> Self {
+        self.req = self.req.header(header::CONTENT_TYPE, "application/json");
+        self.body = Body::from(body.to_string());
+        self
+    }
+    fn raw(mut self, content_type: &str, body: impl Into<Bytes>) -> Self {
+        self.req = self.req.header(header::CONTENT_TYPE, content_type);
+        self.body = Body::from(body.into());
+        self
+    }
+    async fn send(self) -> Reply {
+        let req = self.req.body(self.body).expect("request");
+        let res = self.api.app.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("body");
+        Reply { status, headers, body }
+    }
+}
+
+struct Project {
+    id: String,
+    result_token: String,
+    update_tokens: Vec<String>,
+}
+
+impl Api {
+    fn new() -> Self {
+        Self::with_settings(settings(true))
+    }
+    fn with_settings(settings: Settings) -> Self {
+        let (meta, work, credentials) = (MemoryMeta::new(), MemoryBlobs::new(), MemoryCredentials::new());
+        let app = router(ApiState { meta: meta.clone(), work: work.clone(), credentials: credentials.clone(), settings });
+        Api { app, meta, work, credentials }
+    }
+    fn call(&self, method: Method, path: &str) -> Call<'_> {
+        Call { api: self, req: Request::builder().method(method).uri(format!("{BASE_PATH}{path}")), body: Body::empty() }
+    }
+    fn get(&self, path: &str) -> Call<'_> {
+        self.call(Method::GET, path)
+    }
+    fn post(&self, path: &str) -> Call<'_> {
+        self.call(Method::POST, path)
+    }
+    fn delete(&self, path: &str) -> Call<'_> {
+        self.call(Method::DELETE, path)
+    }
+
+    async fn project_with(&self, body: Value) -> Project {
+        let r = self.post("/projects").json(body).send().await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let v = r.json();
+        Project {
+            id: v["project_id"].as_str().unwrap().into(),
+            result_token: v["result_token"].as_str().unwrap().into(),
+            update_tokens: v["update_tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect(),
+        }
+    }
+    async fn project(&self, result_type: &str) -> Project {
+        self.project_with(json!({"schema": {"clkConfig": {"l": 64}}, "result_type": result_type})).await
+    }
+    async fn upload_clks(&self, p: &Project, party: usize) -> Reply {
+        self.post(&format!("/projects/{}/clks", p.id))
+            .token(&p.update_tokens[party])
+            .json(json!({"clks": ["AAAAAAAAAAA=", "AQEBAQEBAQE="]}))
+            .send()
+            .await
+    }
+    async fn receipt(&self, p: &Project, party: usize) -> String {
+        let r = self.upload_clks(p, party).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.json()["receipt_token"].as_str().unwrap().to_string()
+    }
+    async fn run(&self, p: &Project) -> String {
+        let r = self.post(&format!("/projects/{}/runs", p.id)).token(&p.result_token).json(json!({"threshold": 0.8})).send().await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.json()["run_id"].as_str().unwrap().to_string()
+    }
+    /// Drives a run through the pipeline's state transitions to `completed`.
+    async fn complete(&self, p: &Project, run: &str) {
+        let m = &self.meta;
+        assert!(m.claim_run(&p.id, run).await.unwrap());
+        let plan = RunPlan { shards_total: 1, total_comparisons: 4, time_started: time::now_iso() };
+        assert!(m.start_run(&p.id, run, &plan).await.unwrap());
+        assert!(m.record_shard(&p.id, run, 0, 4, 1).await.unwrap().counted);
+        m.enter_output_stage(&p.id, run).await.unwrap();
+        assert!(m.complete_run(&p.id, run, &time::now_iso()).await.unwrap());
+    }
+    async fn put(&self, key: &str, body: &str) {
+        self.work.put(key, Bytes::from(body.to_string()), &vec![]).await.unwrap();
+    }
+    fn upload_keys(&self, p: &Project) -> Vec<String> {
+        self.work.keys().into_iter().filter(|k| k.starts_with(&format!("{}{}/", keys::INCOMING_UPLOADS, p.id))).collect()
+    }
+}
+
+fn ingested() -> IngestedParty {
+    IngestedParty { record_count: 2, encoding_size: 8, entry_count: 2, block_count: 1 }
+}
+
+// ---- service information --------------------------------------------------------------------
+
+#[tokio::test]
+async fn status_and_version() {
+    let api = Api::new();
+    let r = api.get("/status").send().await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"status": "ok", "project_count": 0, "rate": 1}));
+    api.project("groups").await;
+    assert_eq!(api.get("/status").send().await.json()["project_count"], 1);
+
+    let v = api.get("/version").send().await.json();
+    assert_eq!(v["anonlink"], "0.15.3");
+    assert!(v["entityservice"].is_string() && v["rust"].is_string());
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_problems() {
+    let api = Api::new();
+    api.get("/nope").send().await.problem(404);
+    let r = Call { api: &api, req: Request::builder().uri("/somewhere/else"), body: Body::empty() }.send().await;
+    r.problem(404);
+    api.delete("/projects").send().await.problem(405);
+    api.call(Method::PUT, "/status").send().await.problem(405);
+}
+
+#[tokio::test]
+async fn doubled_and_trailing_slashes_are_collapsed() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    for path in ["//projects", "//projects/", "/projects//"] {
+        let r = api.get(path).send().await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.json().as_array().unwrap().len(), 1);
+    }
+    assert_eq!(api.get("//version").send().await.status, StatusCode::OK);
+    let r = api.get(&format!("//projects//{}//runs", p.id)).token(&p.result_token).send().await;
+    assert_eq!((r.status, r.json()), (StatusCode::OK, json!([])));
+    let r = api.post("//projects").json(json!({"schema": {}, "result_type": "groups"})).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+// ---- projects ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn create_project_answers_tokens() {
+    let api = Api::new();
+    let r = api
+        .post("/projects")
+        .token("ignored")
+        .json(json!({"schema": {}, "result_type": "groups", "number_parties": 3, "name": "n", "notes": "x", "uses_blocking": true, "extra": 1}))
+        .send()
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v = r.json();
+    let hex48 = |s: &Value| s.as_str().is_some_and(|s| s.len() == 48 && s.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert!(hex48(&v["project_id"]) && hex48(&v["result_token"]));
+    assert_eq!(v["update_tokens"].as_array().unwrap().len(), 3);
+    assert!(v["update_tokens"].as_array().unwrap().iter().all(hex48));
+
+    let listed = api.get("/projects").send().await.json();
+    assert_eq!(listed[0]["project_id"], v["project_id"]);
+    assert!(time::parse_iso(listed[0]["time_added"].as_str().unwrap()).is_some());
+}
+
+#[tokio::test]
+async fn create_project_rejects_bad_requests_with_400() {
+    let api = Api::new();
+    let cases = [
+        (json!({"result_type": "groups"}), "Schema information required"),
+        (json!({"schema": null, "result_type": "groups"}), "Schema information required"),
+        (json!({"schema": [1], "result_type": "groups"}), "object"),
+        (json!({"schema": {}}), "result_type must be"),
+        (json!({"schema": {}, "result_type": "mapping"}), "result_type must be"),
+        (json!({"schema": {}, "result_type": 3}), "Invalid request body"),
+        (json!({"schema": {}, "result_type": "permutations", "number_parties": 3}), "requires result type 'groups'"),
+        (json!({"schema": {}, "result_type": "groups", "number_parties": 1}), "at least 2 parties"),
+        (json!({"schema": {}, "result_type": "groups", "number_parties": 100000}), "at most"),
+        (json!({"schema": {}, "result_type": "groups", "number_parties": "2"}), "Invalid request body"),
+        (json!({"schema": {}, "result_type": "groups", "name": 5}), "Invalid request body"),
+        (json!({"schema": {}, "result_type": "groups", "uses_blocking": "yes"}), "Invalid request body"),
+        (json!([1, 2]), "Invalid request body"),
+    ];
+    for (body, expected) in cases {
+        let detail = api.post("/projects").json(body.clone()).send().await.problem(400);
+        assert!(detail.contains(expected), "{body}: {detail}");
+    }
+    api.post("/projects").raw("application/json", "{not json").send().await.problem(400);
+    api.post("/projects").raw("text/plain", "{}").send().await.problem(415);
+    assert_eq!(api.meta.list_projects().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn describe_project_by_token_kind() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let other = api.project("groups").await;
+    let path = format!("/projects/{}", p.id);
+
+    api.get(&path).send().await.problem(400);
+    let unknown = api.get("/projects/0123").token(&p.result_token).send().await.problem(403);
+    let wrong = api.get(&path).token("wrong").send().await.problem(403);
+    assert_eq!(unknown, wrong, "unknown project and wrong token are indistinguishable");
+    api.get(&path).token(&p.update_tokens[0]).send().await.problem(403);
+    api.get(&path).token(&other.result_token).send().await.problem(403);
+    let receipt = api.receipt(&p, 0).await;
+    api.get(&path).token(&receipt).send().await.problem(403);
+
+    let r = api.get(&path).token(&p.result_token).send().await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["project_id"], p.id.as_str());
+    assert_eq!(v["result_type"], "groups");
+    assert_eq!(v["number_parties"], 2);
+    assert_eq!(v["schema"], json!({"clkConfig": {"l": 64}}));
+    assert_eq!((v["name"].as_str(), v["notes"].as_str()), (Some(""), Some("")));
+    assert_eq!((v["error"].as_bool(), v["uses_blocking"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(v["parties_contributed"], 0, "pending uploads are not contributions yet");
+    assert!(v.get("public_key").is_none() && v.get("paillier_context").is_none());
+
+    // Ingestion marks the upload done; a failed one puts the project in error.
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload_id.clone().unwrap();
+    api.meta.complete_upload(&p.id, 0, &upload, &ingested()).await.unwrap();
+    assert_eq!(api.get(&path).token(&p.result_token).send().await.json()["parties_contributed"], 1);
+    api.receipt(&p, 1).await;
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[1].upload_id.clone().unwrap();
+    api.meta.fail_upload(&p.id, 1, &upload, "record 3 is not valid base64").await.unwrap();
+    assert_eq!(api.get(&path).token(&p.result_token).send().await.json()["error"], true);
+}
+
+#[tokio::test]
+async fn permutations_receipts_describe_the_project() {
+    let api = Api::new();
+    let p = api.project("permutations").await;
+    let receipt = api.receipt(&p, 1).await;
+    let r = api.get(&format!("/projects/{}", p.id)).token(&receipt).send().await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn delete_project() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let other = api.project("groups").await;
+    let path = format!("/projects/{}", p.id);
+    api.delete(&path).send().await.problem(400);
+    api.delete(&path).token(&p.update_tokens[0]).send().await.problem(403);
+    api.delete(&path).token(&other.result_token).send().await.problem(403);
+
+    let r = api.delete(&path).token(&p.result_token).send().await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.body.is_empty());
+    assert!(api.work.object(&keys::delete_request(&p.id)).is_some(), "fan-out is asked to purge");
+    api.delete(&path).token(&p.result_token).send().await.problem(403);
+    api.get(&path).token(&p.result_token).send().await.problem(403);
+    api.get(&format!("{path}/runs")).token(&p.result_token).send().await.problem(403);
+    let listed = api.get("/projects").send().await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(api.get("/status").send().await.json()["project_count"], 1);
+}
+
+// ---- uploads ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn clks_upload_is_stored_and_answered_with_a_receipt() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let r = api.upload_clks(&p, 0).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v = r.json();
+    assert_eq!(v["message"], "Updated");
+    assert_eq!(v["receipt_token"].as_str().map(str::len), Some(48));
+
+    let keys = api.upload_keys(&p);
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].starts_with(&format!("{}{}/0/", keys::INCOMING_UPLOADS, p.id)));
+    let (body, metadata) = api.work.object(&keys[0]).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["clks"][1], "AQEBAQEBAQE=");
+    assert_eq!(metadata, vec![("kind".to_string(), "json".to_string())]);
+
+    let detail = api.upload_clks(&p, 0).await.problem(403);
+    assert_eq!(detail, "This token has already been used to upload clks.");
+    assert_eq!(api.upload_clks(&p, 1).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn clks_upload_refuses_other_tokens() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let other = api.project("groups").await;
+    let path = format!("/projects/{}/clks", p.id);
+    let body = json!({"clks": ["AAAAAAAAAAA="]});
+    api.post(&path).json(body.clone()).send().await.problem(400);
+    api.post(&path).token(&p.result_token).json(body.clone()).send().await.problem(403);
+    api.post(&path).token(&other.update_tokens[0]).json(body.clone()).send().await.problem(403);
+    api.post("/projects/unknown/clks").token(&p.update_tokens[0]).json(body.clone()).send().await.problem(403);
+    let receipt = api.receipt(&p, 0).await;
+    api.post(&path).token(&receipt).json(body).send().await.problem(403);
+    assert!(api.upload_keys(&other).is_empty());
+}
+
+#[tokio::test]
+async fn clks_upload_mistakes_are_4xx_and_leave_the_token_usable() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let path = format!("/projects/{}/clks", p.id);
+    let token = &p.update_tokens[0];
+    let post = |ct: &'static str, body: String| api.post(&path).token(token).raw(ct, body);
+
+    assert_eq!(post("application/json", r#"{"clks": []}"#.into()).send().await.problem(400), "Missing CLKs information");
+    assert_eq!(post("text/plain", r#"{"clks": ["AA=="]}"#.into()).send().await.problem(400), "Content Type not supported");
+    assert_eq!(post("application/octet-stream", "abc".into()).send().await.problem(400), "Content Type not supported");
+    assert!(post("application/json", "{nope".into()).send().await.problem(400).contains("not valid JSON"));
+    assert!(post("application/json", r#"{"clks": "AA=="}"#.into()).send().await.problem(400).contains("upload format"));
+    assert!(post("application/json", r#"[1, 2]"#.into()).send().await.problem(400).contains("upload format"));
+    assert_eq!(post("application/json", r#"{"other": 1}"#.into()).send().await.problem(403), "Missing encoding information");
+    let detail = post("application/json", r#"{"clknblocks": [["AA==", "1"]]}"#.into()).send().await.problem(403);
+    assert!(detail.starts_with("Blocking has been disabled"));
+    post("application/json", r#"{"encodings": ["AA=="], "blocks": {"0": ["1"]}}"#.into()).send().await.problem(403);
+
+    let big = format!(r#"{{"clks": ["{}"]}}"#, "A".repeat(MAX_REQUEST));
+    let detail = post("application/json", big).send().await.problem(413);
+    assert!(detail.contains("authorize-external-upload"), "{detail}");
+
+    // Storing fails: 503, and the token is not consumed.
+    api.work.fail_puts(true);
+    api.upload_clks(&p, 0).await.problem(503);
+    api.work.fail_puts(false);
+    assert!(api.upload_keys(&p).is_empty());
+    assert_eq!(api.upload_clks(&p, 0).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn oversized_body_without_content_length_is_413() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..(MAX_REQUEST / 1024 + 2)).map(|_| Ok(Bytes::from(vec![b' '; 1024]))).collect();
+    let stream = futures::stream::iter(chunks);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{BASE_PATH}/projects/{}/clks", p.id))
+        .header(header::AUTHORIZATION, &p.update_tokens[0])
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let res = api.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn blocking_projects_take_clknblocks_and_encodings_with_blocks() {
+    let api = Api::new();
+    let p = api.project_with(json!({"schema": {}, "result_type": "groups", "uses_blocking": true})).await;
+    let path = format!("/projects/{}/clks", p.id);
+    let detail = api.post(&path).token(&p.update_tokens[0]).json(json!({"clks": ["AA=="]})).send().await.problem(403);
+    assert!(detail.starts_with("Expecting blocking information"));
+    let empty = json!({"encodings": ["AA=="], "blocks": {}});
+    assert_eq!(api.post(&path).token(&p.update_tokens[0]).json(empty).send().await.problem(400), "Missing CLKs information");
+    let stray = json!({"clks": ["AA=="], "blocks": {"0": ["1"]}});
+    api.post(&path).token(&p.update_tokens[0]).json(stray).send().await.problem(400);
+
+    let r = api.post(&path).token(&p.update_tokens[0]).json(json!({"clknblocks": [["AA==", "1", 2]]})).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let body = json!({"encodings": ["AA==", "AQ=="], "blocks": {"0": ["a"], "1": ["a", 3]}});
+    let r = api.post(&path).token(&p.update_tokens[1]).json(body).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn external_uploads_must_stay_under_the_party_prefix() {
+    let api = Api::new();
+    let p = api.project_with(json!({"schema": {}, "result_type": "groups", "uses_blocking": true})).await;
+    let path = format!("/projects/{}/clks", p.id);
+    let file = |party: usize, name: &str| json!({"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/{party}/{name}", p.id), "endpoint": "x"}, "credentials": {"AccessKeyId": "k"}});
+
+    let foreign = json!({"encodings": file(1, "e.json"), "blocks": file(0, "b.json")});
+    assert_eq!(api.post(&path).token(&p.update_tokens[0]).json(foreign).send().await.problem(403), "Provided object store path is not allowed");
+    let foreign_blocks = json!({"encodings": file(0, "e.json"), "blocks": file(1, "b.json")});
+    api.post(&path).token(&p.update_tokens[0]).json(foreign_blocks).send().await.problem(403);
+    let wrong_bucket = json!({"encodings": {"file": {"bucket": "other", "path": format!("{}/0/e.json", p.id)}}, "blocks": file(0, "b.json")});
+    api.post(&path).token(&p.update_tokens[0]).json(wrong_bucket).send().await.problem(403);
+    let sneaky = json!({"encodings": {"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/01/e.json", p.id)}}, "blocks": file(0, "b.json")});
+    api.post(&path).token(&p.update_tokens[0]).json(sneaky).send().await.problem(403);
+    let mixed = json!({"encodings": ["AA=="], "blocks": file(0, "b.json")});
+    api.post(&path).token(&p.update_tokens[0]).json(mixed).send().await.problem(400);
+
+    let ok = json!({"encodings": file(0, "e.json"), "blocks": file(0, "b.json")});
+    assert_eq!(api.post(&path).token(&p.update_tokens[0]).json(ok).send().await.status, StatusCode::CREATED);
+    let (body, metadata) = api.work.object(&api.upload_keys(&p)[0]).unwrap();
+    assert_eq!(metadata, vec![("kind".to_string(), "external".to_string())]);
+    let stored: ExternalUpload = serde_json::from_slice(&body).unwrap();
+    let obj = |name: &str| ObjectRef { bucket: UPLOAD_BUCKET.into(), path: format!("{}/0/{name}", p.id) };
+    assert_eq!(stored, ExternalUpload { encodings: obj("e.json"), blocks: Some(ExternalBlocks::Object(obj("b.json"))) });
+
+    let inline_blocks = json!({"encodings": file(1, "e.bin"), "blocks": {"0": ["x"], "1": [7]}});
+    assert_eq!(api.post(&path).token(&p.update_tokens[1]).json(inline_blocks).send().await.status, StatusCode::CREATED);
+    let key = api.upload_keys(&p).into_iter().find(|k| k.contains(&format!("{}/1/", p.id))).unwrap();
+    let stored: ExternalUpload = serde_json::from_slice(&api.work.object(&key).unwrap().0).unwrap();
+    let Some(ExternalBlocks::Inline(map)) = stored.blocks else { panic!("inline blocks expected") };
+    assert_eq!(Value::Object(map), json!({"0": ["x"], "1": [7]}));
+}
+
+#[tokio::test]
+async fn external_encodings_without_blocks_and_with_the_feature_off() {
+    let api = Api::with_settings(settings(false));
+    let p = api.project("groups").await;
+    let body = json!({"encodings": {"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/0/e.json", p.id)}}});
+    api.post(&format!("/projects/{}/clks", p.id)).token(&p.update_tokens[0]).json(body.clone()).send().await.problem(400);
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let body = json!({"encodings": {"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/0/e.json", p.id)}}});
+    let r = api.post(&format!("/projects/{}/clks", p.id)).token(&p.update_tokens[0]).json(body).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn binary_upload() {
+    let api = Api::new();
+    let p = api.project("groups").await; // schema clkConfig.l = 64 → 8 bytes
+    let path = format!("/projects/{}/binaryclks", p.id);
+    let send = |count: Option<&str>, size: Option<&str>, ct: &'static str, body: Vec<u8>| {
+        let mut c = api.post(&path).token(&p.update_tokens[0]).raw(ct, body);
+        if let Some(n) = count {
+            c = c.header("Hash-Count", n);
+        }
+        if let Some(s) = size {
+            c = c.header("Hash-Size", s);
+        }
+        c.send()
+    };
+    let oct = "application/octet-stream";
+    let headers_msg = "Binary upload requires 'Hash-Count' and 'Hash-Size' headers";
+    assert_eq!(send(None, Some("8"), oct, vec![0; 8]).await.problem(400), headers_msg);
+    assert_eq!(send(Some("1"), None, oct, vec![0; 8]).await.problem(400), headers_msg);
+    assert_eq!(send(Some("0"), Some("8"), oct, vec![]).await.problem(400), "Invalid value for Hash-Count header");
+    assert_eq!(send(Some("x"), Some("8"), oct, vec![0; 8]).await.problem(400), "Invalid value for Hash-Count header");
+    assert_eq!(send(Some("-3"), Some("8"), oct, vec![0; 8]).await.problem(400), "Invalid value for Hash-Count header");
+    assert_eq!(send(Some("1"), Some("4096"), oct, vec![0; 8]).await.problem(400), "Invalid value for Hash-Size header");
+    assert_eq!(send(Some("1"), Some("16"), oct, vec![0; 16]).await.problem(400), "Upload 'Hash-Size' doesn't match project settings");
+    let size_msg = "Uploaded data did not match the expected size. Check request headers are correct";
+    assert_eq!(send(Some("3"), Some("8"), oct, vec![0; 23]).await.problem(400), size_msg);
+    assert_eq!(send(Some("3"), Some("8"), oct, vec![0; 25]).await.problem(400), size_msg);
+    assert_eq!(send(Some("18446744073709551615"), Some("8"), oct, vec![0; 8]).await.problem(400), size_msg);
+    assert!(send(Some("1000000"), Some("8"), oct, vec![0; 8]).await.problem(413).contains("authorize-external-upload"));
+    assert_eq!(send(Some("1"), Some("8"), "application/json", vec![0; 8]).await.problem(400), "Content Type not supported");
+
+    let r = send(Some("3"), Some(" 8 "), oct, (0..24).collect()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["message"], "Updated");
+    let (body, metadata) = api.work.object(&api.upload_keys(&p)[0]).unwrap();
+    assert_eq!(body.as_ref(), (0..24).collect::<Vec<u8>>().as_slice());
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(metadata, vec![kv("kind", "binary"), kv("hash-count", "3"), kv("hash-size", "8")]);
+    send(Some("3"), Some("8"), oct, vec![0; 24]).await.problem(403);
+}
+
+#[tokio::test]
+async fn authorize_external_upload() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let path = format!("/projects/{}/authorize-external-upload", p.id);
+    api.get(&path).send().await.problem(400);
+    api.get(&path).token(&p.result_token).send().await.problem(403);
+    api.post(&path).token(&p.update_tokens[0]).send().await.problem(405);
+
+    let r = api.get(&path).token(&p.update_tokens[1]).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v = r.json();
+    for field in ["AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"] {
+        assert!(v["credentials"][field].is_string(), "{field}");
+    }
+    assert_eq!(
+        v["upload"],
+        json!({"endpoint": "uploads.example.org:9000", "secure": false, "bucket": UPLOAD_BUCKET, "path": format!("{}/1", p.id)})
+    );
+    let grant = &api.credentials.issued()[0];
+    assert_eq!((grant.bucket.as_str(), grant.prefix.clone(), grant.ttl_secs), (UPLOAD_BUCKET, format!("{}/1/", p.id), 900));
+
+    api.receipt(&p, 1).await;
+    api.get(&path).token(&p.update_tokens[1]).send().await.problem(403);
+
+    let off = Api::with_settings(settings(false));
+    let p = off.project("groups").await;
+    let r = off.get(&format!("/projects/{}/authorize-external-upload", p.id)).token(&p.update_tokens[0]).send().await;
+    r.problem(500);
+    assert_eq!(r.json()["title"], "Feature Disabled");
+}
+
+// ---- runs -------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn post_list_describe_and_delete_runs() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let other = api.project("groups").await;
+    let runs = format!("/projects/{}/runs", p.id);
+
+    let r = api.post(&runs).token(&p.result_token).json(json!({"threshold": 0.85, "name": "r", "notes": "n"})).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v = r.json();
+    let run = v["run_id"].as_str().unwrap().to_string();
+    assert_eq!(v, json!({"run_id": run, "threshold": 0.85, "name": "r", "notes": "n"}));
+    assert!(api.work.object(&keys::run_request(&p.id, &run)).is_some(), "fan-out is asked to start it");
+
+    let listed = api.get(&runs).token(&p.result_token).send().await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!((listed[0]["run_id"].as_str(), listed[0]["state"].as_str()), (Some(run.as_str()), Some("created")));
+    assert!(listed[0]["time_added"].is_string());
+
+    let one = format!("{runs}/{run}");
+    assert_eq!(api.get(&one).token(&p.result_token).send().await.json(), v);
+    for bad in [p.update_tokens[0].as_str(), other.result_token.as_str(), "x"] {
+        api.get(&one).token(bad).send().await.problem(403);
+        api.get(&runs).token(bad).send().await.problem(403);
+        api.post(&runs).token(bad).json(json!({"threshold": 0.5})).send().await.problem(403);
+        api.delete(&one).token(bad).send().await.problem(403);
+    }
+    api.get(&runs).send().await.problem(400);
+    api.get(&format!("{runs}/nope")).token(&p.result_token).send().await.problem(403);
+    api.get(&format!("/projects/{}/runs/{run}", other.id)).token(&other.result_token).send().await.problem(403);
+
+    api.put(&format!("{}x", keys::run_results_prefix(&p.id, &run)), "{}").await;
+    let r = api.delete(&one).token(&p.result_token).send().await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(api.work.keys().iter().all(|k| !k.contains(&run)), "{:?}", api.work.keys());
+    api.get(&one).token(&p.result_token).send().await.problem(403);
+    api.delete(&one).token(&p.result_token).send().await.problem(403);
+    assert_eq!(api.get(&runs).token(&p.result_token).send().await.json(), json!([]));
+}
+
+#[tokio::test]
+async fn post_run_validates_its_body() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let runs = format!("/projects/{}/runs", p.id);
+    for body in [json!({}), json!({"threshold": 0}), json!({"threshold": -0.1}), json!({"threshold": 1.0001}), json!({"threshold": "0.5"}), json!({"threshold": null}), json!([0.5]), json!({"threshold": 0.5, "name": 1})] {
+        api.post(&runs).token(&p.result_token).json(body).send().await.problem(400);
+    }
+    api.post(&runs).token(&p.result_token).raw("application/json", "0.5}").send().await.problem(400);
+    api.post(&runs).token(&p.result_token).raw("text/csv", "threshold\n0.5").send().await.problem(415);
+    assert_eq!(api.post(&runs).token(&p.result_token).json(json!({"threshold": 1})).send().await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn runs_cannot_be_posted_while_the_project_is_in_error() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let run = api.run(&p).await;
+    api.receipt(&p, 0).await;
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload_id.clone().unwrap();
+    api.meta.fail_upload(&p.id, 0, &upload, "record 1 is not valid base64").await.unwrap();
+
+    let detail = api.post(&format!("/projects/{}/runs", p.id)).token(&p.result_token).json(json!({"threshold": 0.5})).send().await.problem(409);
+    assert_eq!(detail, "Can't post run as project has errors");
+    let status = api.get(&format!("/projects/{}/runs/{run}/status", p.id)).token(&p.result_token).send().await.json();
+    assert_eq!(status["state"], "error");
+    assert!(status["message"].as_str().unwrap().contains("not valid base64"));
+
+    // A re-upload with the same token takes the project out of error.
+    assert_eq!(api.upload_clks(&p, 0).await.status, StatusCode::CREATED);
+    assert_eq!(api.run(&p).await.len(), 48);
+}
+
+#[tokio::test]
+async fn run_status_follows_the_stages() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let run = api.run(&p).await;
+    let path = format!("/projects/{}/runs/{run}/status", p.id);
+    let status = || api.get(&path).token(&p.result_token);
+
+    let v = status().send().await.json();
+    assert_eq!(v["state"], "created");
+    assert_eq!(v["stages"], 3);
+    assert!(v["time_started"].is_null() && v.as_object().unwrap().contains_key("time_started"));
+    assert_eq!(
+        v["current_stage"],
+        json!({"number": 1, "description": "waiting for CLKs", "progress": {"absolute": 0, "relative": 0.0, "description": "number of parties already contributed"}})
+    );
+    api.receipt(&p, 0).await;
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload_id.clone().unwrap();
+    api.meta.complete_upload(&p.id, 0, &upload, &ingested()).await.unwrap();
+    assert_eq!(status().send().await.json()["current_stage"]["progress"]["relative"], 0.5);
+
+    api.meta.claim_run(&p.id, &run).await.unwrap();
+    let plan = RunPlan { shards_total: 2, total_comparisons: 8, time_started: time::now_iso() };
+    api.meta.start_run(&p.id, &run, &plan).await.unwrap();
+    api.meta.record_shard(&p.id, &run, 0, 2, 0).await.unwrap();
+    let v = status().send().await.json();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["time_started"], plan.time_started.as_str());
+    assert_eq!(
+        v["current_stage"],
+        json!({"number": 2, "description": "compute similarity scores", "progress": {"absolute": 2, "relative": 0.25, "description": "number of already computed similarity scores"}})
+    );
+    api.meta.record_shard(&p.id, &run, 1, 6, 0).await.unwrap();
+    api.meta.enter_output_stage(&p.id, &run).await.unwrap();
+    assert_eq!(status().send().await.json()["current_stage"], json!({"number": 3, "description": "compute output"}));
+    api.meta.complete_run(&p.id, &run, &time::now_iso()).await.unwrap();
+    let v = status().send().await.json();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["total_number_comparisons"], 8);
+    assert!(v["time_completed"].is_string() && v["time_started"].is_string());
+
+    // Tokens: receipts only for permutations; update tokens never.
+    let receipt = api.receipt(&p, 1).await;
+    status().send().await; // sanity: still fine
+    api.get(&path).token(&receipt).send().await.problem(403);
+    api.get(&path).token(&p.update_tokens[0]).send().await.problem(403);
+    api.get(&path).send().await.problem(400);
+    api.get(&format!("/projects/{}/runs/nope/status", p.id)).token(&p.result_token).send().await.problem(403);
+
+    let rate = api.get("/status").send().await.json()["rate"].as_u64().unwrap();
+    assert!(rate >= 1);
+}
+
+#[tokio::test]
+async fn similarity_scores_runs_have_two_stages_and_errors_carry_a_message() {
+    let api = Api::new();
+    let p = api.project("similarity_scores").await;
+    let run = api.run(&p).await;
+    let path = format!("/projects/{}/runs/{run}/status", p.id);
+    assert_eq!(api.get(&path).token(&p.result_token).send().await.json()["stages"], 2);
+    api.meta.fail_run(&p.id, &run, "too many candidate pairs").await.unwrap();
+    let v = api.get(&path).token(&p.result_token).send().await.json();
+    assert_eq!((v["state"].as_str(), v["message"].as_str()), (Some("error"), Some("too many candidate pairs")));
+    assert!(v.get("time_started").is_none());
+}
+
+// ---- results ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn results_by_result_type_and_token() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let run = api.run(&p).await;
+    let path = format!("/projects/{}/runs/{run}/result", p.id);
+    let receipt = api.receipt(&p, 0).await;
+
+    // Not complete: 404 before the token is looked at.
+    assert_eq!(api.get(&path).token("whatever").send().await.problem(404), "run is not complete");
+    api.get(&path).send().await.problem(400);
+    api.get(&format!("/projects/{}/runs/nope/result", p.id)).token(&p.result_token).send().await.problem(403);
+
+    api.complete(&p, &run).await;
+    let groups = r#"{"groups":[[[0,1],[1,0]]]}"#;
+    api.put(&keys::result_groups(&p.id, &run), groups).await;
+    let r = api.get(&path).token(&p.result_token).send().await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(r.body, groups.as_bytes());
+    api.get(&path).token(&receipt).send().await.problem(403);
+    api.get(&path).token(&p.update_tokens[1]).send().await.problem(403);
+    api.get(&format!("//projects//{}//runs//{run}//result", p.id)).token(&p.result_token).send().await;
+
+    // Large results are redirected to the object store.
+    let large = format!(r#"{{"groups":[{}]}}"#, vec!["[[0,1],[1,2]]"; MAX_RESPONSE].join(","));
+    api.put(&keys::result_groups(&p.id, &run), &large).await;
+    let r = api.get(&path).token(&p.result_token).send().await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.headers[header::LOCATION].to_str().unwrap().contains(&keys::result_groups(&p.id, &run)));
+}
+
+#[tokio::test]
+async fn permutations_results_split_between_receipts_and_the_result_token() {
+    let api = Api::new();
+    let p = api.project("permutations").await;
+    let other = api.project("permutations").await;
+    let run = api.run(&p).await;
+    let receipts = [api.receipt(&p, 0).await, api.receipt(&p, 1).await];
+    api.complete(&p, &run).await;
+    api.put(&keys::result_mask(&p.id, &run), r#"{"mask":[1,0]}"#).await;
+    api.put(&keys::result_permutation(&p.id, &run, 0), r#"{"permutation":[1,0],"rows":2}"#).await;
+    api.put(&keys::result_permutation(&p.id, &run, 1), r#"{"permutation":[0,1],"rows":2}"#).await;
+    let path = format!("/projects/{}/runs/{run}/result", p.id);
+
+    assert_eq!(api.get(&path).token(&p.result_token).send().await.json(), json!({"mask": [1, 0]}));
+    assert_eq!(api.get(&path).token(&receipts[0]).send().await.json()["permutation"], json!([1, 0]));
+    assert_eq!(api.get(&path).token(&receipts[1]).send().await.json()["permutation"], json!([0, 1]));
+    let status = format!("/projects/{}/runs/{run}/status", p.id);
+    assert_eq!(api.get(&status).token(&receipts[1]).send().await.status, StatusCode::OK);
+    let other_receipt = api.receipt(&other, 0).await;
+    api.get(&path).token(&other_receipt).send().await.problem(403);
+    api.get(&status).token(&other_receipt).send().await.problem(403);
+}
+
+#[tokio::test]
+async fn similarity_scores_results_and_object_store_address() {
+    let api = Api::new();
+    let p = api.project("similarity_scores").await;
+    let run = api.run(&p).await;
+    api.complete(&p, &run).await;
+    let path = format!("/projects/{}/runs/{run}/result", p.id);
+
+    // Completed, but solve's objects are missing: a server fault.
+    api.get(&path).token(&p.result_token).send().await.problem(500);
+
+    let scores = r#"{"similarity_scores":[[[0,0],[1,0],0.9]]}"#;
+    api.put(&keys::result_similarity_scores(&p.id, &run), scores).await;
+    api.put(&keys::result_candidates(&p.id, &run), "\u{1}\u{8}\u{4}\u{4}").await;
+    assert_eq!(api.get(&path).token(&p.result_token).send().await.body, scores.as_bytes());
+
+    let r = api.get(&path).token(&p.result_token).header("RETURN-OBJECT-STORE-ADDRESS", "true").send().await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["object"]["bucket"], "work");
+    assert_eq!(v["object"]["path"], keys::result_candidates(&p.id, &run).as_str());
+    assert_eq!((v["object"]["endpoint"].as_str(), v["object"]["secure"].as_bool()), (Some("memory.invalid"), Some(true)));
+    assert!(v["object"]["url"].is_string());
+}
+
+#[tokio::test]
+async fn failed_runs_answer_409_with_their_message_to_token_holders() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let run = api.run(&p).await;
+    api.meta.fail_run(&p.id, &run, "encoding sizes differ: 8 and 16").await.unwrap();
+    let path = format!("/projects/{}/runs/{run}/result", p.id);
+    api.get(&path).token("wrong").send().await.problem(403);
+    let detail = api.get(&path).token(&p.result_token).send().await.problem(409);
+    assert!(detail.contains("encoding sizes differ"), "{detail}");
+}
+
+// ---- the OpenAPI document ---------------------------------------------------------------------
+
+/// `docs/openapi.json` documents exactly the router's operations.
+#[test]
+fn openapi_documents_every_route_and_nothing_else() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let doc: Value = serde_json::from_str(&text).expect("openapi.json is JSON");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert_eq!(doc["servers"][0]["url"], BASE_PATH);
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (route, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+                documented.push((method.to_uppercase(), route.clone()));
+            }
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    served.sort();
+    assert_eq!(documented, served);
+}
+
+/// Every route in [`ROUTES`] is actually served (not 404/405).
+#[tokio::test]
+async fn routes_table_matches_the_router() {
+    let api = Api::new();
+    for (method, path) in ROUTES {
+        let path = path.replace("{project_id}", "p").replace("{run_id}", "r");
+        let r = api.call(method.parse().unwrap(), &path).send().await;
+        assert!(![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&r.status) || r.status == StatusCode::NOT_FOUND && r.json()["detail"] == "run is not complete", "{method} {path}: {}", r.status);
+    }
+}

@@ -1,0 +1,395 @@
+//! Uploads: POST `/clks` (the three JSON forms, inline or in the object store), POST
+//! `/binaryclks`, and GET `authorize-external-upload`.
+//!
+//! An upload is answered 201 with a receipt as soon as it is stored in the working bucket under
+//! `keys::upload` (as the reference does: sizes and base64 are checked later, by ingestion in
+//! fan-out, and failures surface as the project's `error`). What is checked here is what the
+//! reference checks at request time: the token, the upload's shape against the project's
+//! blocking setting, binary headers and length, and object-store paths.
+
+use std::fmt;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::access::{Access, Allowed, authorize};
+use super::error::{ApiError, ApiResult};
+use super::extract::{AuthToken, ProjectId, media_type, read_body};
+use super::Shared;
+use crate::service::keys;
+use crate::service::model::{Party, Project, UploadStart, UploadState};
+use crate::service::ports::{BlobStore, CredentialIssuer, Metadata, MetaError, MetaStore};
+use crate::service::tokens::{self, TokenHash};
+
+const TOKEN_ALREADY_USED: &str = "This token has already been used to upload clks.";
+const PATH_NOT_ALLOWED: &str = "Provided object store path is not allowed";
+
+// ---- what the working bucket receives ---------------------------------------------------------
+
+/// Metadata key naming the form of an object under `incoming/uploads/`.
+pub const KIND: &str = "kind";
+/// The JSON body as received (`clks`, `clknblocks` or inline `encodings`).
+pub const KIND_JSON: &str = "json";
+/// Raw `Hash-Count` × `Hash-Size` bytes; metadata also carries `hash-count` and `hash-size`.
+pub const KIND_BINARY: &str = "binary";
+/// An [`ExternalUpload`] document: the encodings (and maybe blocks) are in the upload bucket.
+pub const KIND_EXTERNAL: &str = "external";
+pub const HASH_COUNT: &str = "hash-count";
+pub const HASH_SIZE: &str = "hash-size";
+
+/// An object in the upload bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub path: String,
+}
+
+/// Blocks of an external upload: another object, or the map given inline in the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalBlocks {
+    Object(ObjectRef),
+    /// `{"<record index>": [block ids]}` exactly as the client sent it.
+    Inline(serde_json::Map<String, Value>),
+}
+
+/// What `/clks` stores (metadata `kind=external`) for an upload whose encodings are in the
+/// upload bucket; fan-out pulls the objects it names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExternalUpload {
+    pub encodings: ObjectRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<ExternalBlocks>,
+}
+
+// ---- reading a JSON upload without decoding it ------------------------------------------------
+
+/// The `file` part of the reference's ExternalData (`endpoint`, `secure` and `credentials` are
+/// accepted and ignored: the service pulls with its own credentials, as the reference does).
+#[derive(Debug, Deserialize)]
+struct ExternalFile {
+    bucket: String,
+    path: String,
+}
+
+/// `encodings` or `blocks`: inline (counted, not decoded) or ExternalData.
+#[derive(Debug)]
+enum Source {
+    Inline(usize),
+    External(ExternalFile),
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SourceVisitor;
+        impl<'de> Visitor<'de> for SourceVisitor {
+            type Value = Source;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array, an object of blocks, or {\"file\": {\"bucket\", \"path\"}}")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Source, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Source::Inline(n))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
+                let (mut file, mut entries) = (None, 0);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "file" => file = Some(map.next_value::<ExternalFile>()?),
+                        // ExternalData's credentials: accepted, ignored (see ExternalFile).
+                        "credentials" => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            entries += 1;
+                        }
+                    }
+                }
+                Ok(file.map_or(Source::Inline(entries), Source::External))
+            }
+        }
+        d.deserialize_any(SourceVisitor)
+    }
+}
+
+/// Number of elements of a JSON array, without keeping them.
+#[derive(Debug)]
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+        impl<'de> Visitor<'de> for CountVisitor {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(CountVisitor)
+    }
+}
+
+/// The shape of a JSON upload: which forms it uses and how many records each holds.
+#[derive(Debug, Deserialize)]
+struct UploadProbe {
+    clks: Option<Count>,
+    clknblocks: Option<Count>,
+    encodings: Option<Source>,
+    blocks: Option<Source>,
+}
+
+fn probe(body: &[u8]) -> Result<UploadProbe, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() { "is not valid JSON" } else { "does not match any upload format" };
+        ApiError::BadRequest(format!("The upload {what}: {e}"))
+    })
+}
+
+/// The reference's `abort_if_inconsistent_upload` (403s, sic).
+fn check_consistency(uses_blocking: bool, p: &UploadProbe) -> Result<(), ApiError> {
+    let has_blocks = p.clknblocks.is_some() || p.blocks.is_some();
+    if uses_blocking && !has_blocks {
+        return Err(ApiError::Forbidden(r#"Expecting blocking information. Either in "blocks" or "clksnblocks""#.into()));
+    }
+    if !uses_blocking && has_blocks {
+        return Err(ApiError::Forbidden(
+            "Blocking has been disabled for this project, but received blocking information".into(),
+        ));
+    }
+    if p.clks.is_none() && p.clknblocks.is_none() && p.encodings.is_none() {
+        return Err(ApiError::Forbidden("Missing encoding information".into()));
+    }
+    Ok(())
+}
+
+/// Where a party may put its encodings: `{project}/{party}/...` in the upload bucket.
+pub fn upload_prefix(project_id: &str, party: u32) -> String {
+    format!("{project_id}/{party}")
+}
+
+fn check_object_allowed(state_bucket: &str, project_id: &str, party: u32, file: &ExternalFile) -> Result<ObjectRef, ApiError> {
+    // The trailing slash keeps party 1 out of party 10's objects.
+    let prefix = format!("{}/", upload_prefix(project_id, party));
+    if file.bucket != state_bucket || !file.path.starts_with(&prefix) || file.path.len() == prefix.len() {
+        return Err(ApiError::Forbidden(PATH_NOT_ALLOWED.into()));
+    }
+    Ok(ObjectRef { bucket: file.bucket.clone(), path: file.path.clone() })
+}
+
+/// A stored upload: what to put under `keys::upload` and with which metadata.
+struct Stored {
+    body: Bytes,
+    metadata: Metadata,
+}
+
+fn meta(pairs: &[(&str, String)]) -> Metadata {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// Validates a JSON upload and decides what to store.
+fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    state: &super::ApiState<M, B, C>,
+    project: &Project,
+    party: u32,
+    body: Bytes,
+) -> Result<Stored, ApiError> {
+    let p = probe(&body)?;
+    check_consistency(project.uses_blocking, &p)?;
+    let upload = &state.settings.upload;
+
+    if let Some(Source::External(file)) = &p.encodings {
+        if !upload.enabled {
+            return Err(ApiError::BadRequest(
+                "Uploads through the object store are disabled on this service; send the encodings in the request body."
+                    .into(),
+            ));
+        }
+        let encodings = check_object_allowed(&upload.bucket, &project.project_id, party, file)?;
+        let blocks = match &p.blocks {
+            None => None,
+            Some(Source::External(file)) => {
+                Some(ExternalBlocks::Object(check_object_allowed(&upload.bucket, &project.project_id, party, file)?))
+            }
+            Some(Source::Inline(_)) => {
+                // Keep the client's map as is; fan-out reads it like an external blocks file.
+                let full: Value = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("The upload is not valid JSON: {e}")))?;
+                match full.get("blocks") {
+                    Some(Value::Object(map)) => Some(ExternalBlocks::Inline(map.clone())),
+                    _ => return Err(ApiError::BadRequest("'blocks' must be an object mapping record indices to block ids.".into())),
+                }
+            }
+        };
+        let reference = ExternalUpload { encodings, blocks };
+        let body = serde_json::to_vec(&reference).map_err(|e| ApiError::Internal(format!("serialising upload reference: {e}")))?;
+        return Ok(Stored { body: Bytes::from(body), metadata: meta(&[(KIND, KIND_EXTERNAL.into())]) });
+    }
+
+    if let Some(Source::External(_)) = &p.blocks {
+        return Err(ApiError::BadRequest(
+            "Blocks in the object store need the encodings in the object store too; send both inline or both as files.".into(),
+        ));
+    }
+    let records = match (&p.encodings, &p.blocks, &p.clknblocks, &p.clks) {
+        // Inline encodings become records by iterating the blocks map when there is one.
+        (Some(Source::Inline(_)), Some(Source::Inline(blocks)), _, _) => *blocks,
+        (Some(Source::Inline(n)), None, _, _) => *n,
+        (None, Some(_), _, _) => {
+            return Err(ApiError::BadRequest("'blocks' is accepted only together with 'encodings'.".into()));
+        }
+        (None, None, Some(Count(n)), _) => *n,
+        (None, None, None, Some(Count(n))) => *n,
+        _ => 0,
+    };
+    if records == 0 {
+        return Err(ApiError::BadRequest("Missing CLKs information".into()));
+    }
+    Ok(Stored { body, metadata: meta(&[(KIND, KIND_JSON.into())]) })
+}
+
+/// The party whose update token this is, if its token has not been used yet.
+fn uploading_party(project: &Project, parties: &[Party], token: &str) -> Result<u32, ApiError> {
+    let Access::Update(index) = authorize(project, parties, token, Allowed::UpdateOnly)? else {
+        return Err(ApiError::InvalidAccess);
+    };
+    match parties.iter().find(|p| p.index == index).map(|p| p.upload_state) {
+        Some(UploadState::NotStarted | UploadState::Error) => Ok(index),
+        _ => Err(ApiError::Forbidden(TOKEN_ALREADY_USED.into())),
+    }
+}
+
+/// Records the upload as pending, stores it, and answers 201 with a fresh receipt token; undoes
+/// the pending state if storing fails, so the token can be used again.
+async fn accept_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    state: &super::ApiState<M, B, C>,
+    project_id: &str,
+    party: u32,
+    stored: Stored,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let receipt_token = tokens::generate();
+    let upload = UploadStart { upload_id: tokens::generate(), receipt_token_hash: TokenHash::of(&receipt_token) };
+    match state.meta.begin_upload(project_id, party, &upload).await {
+        Ok(()) => {}
+        Err(MetaError::Conflict(_)) => return Err(ApiError::Forbidden(TOKEN_ALREADY_USED.into())),
+        Err(e) => return Err(e.into()),
+    }
+    let key = keys::upload(project_id, party, &upload.upload_id);
+    let size = stored.body.len();
+    if let Err(e) = state.work.put(&key, stored.body, &stored.metadata).await {
+        if let Err(undo) = state.meta.abort_upload(project_id, party, &upload.upload_id, None).await {
+            tracing::error!(project_id, party, error = %undo, "could not reset the party after a failed upload; it stays pending");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(project_id, party, upload_id = %upload.upload_id, bytes = size, "upload stored");
+    Ok((StatusCode::CREATED, Json(json!({"message": "Updated", "receipt_token": receipt_token}))))
+}
+
+/// POST `/projects/{project_id}/clks` (`application/json`).
+pub async fn clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (project, parties) = state.project(&project_id).await?;
+    let party = uploading_party(&project, &parties, &token)?;
+    if media_type(&headers).as_deref() != Some("application/json") {
+        return Err(ApiError::BadRequest("Content Type not supported".into()));
+    }
+    let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
+    let stored = plan_json_upload(&state, &project, party, body)?;
+    accept_upload(&state, &project_id, party, stored).await
+}
+
+/// A positive integer header as Python's `int()` reads it, within `min..=max`.
+fn header_int(headers: &HeaderMap, name: &str, min: u64, max: u64) -> Result<u64, ApiError> {
+    let invalid = || ApiError::BadRequest(format!("Invalid value for {name} header"));
+    let value = headers.get(name).ok_or_else(invalid)?.to_str().map_err(|_| invalid())?;
+    let n: i128 = value.trim().trim_start_matches('+').parse().map_err(|_| invalid())?;
+    u64::try_from(n).ok().filter(|n| (min..=max).contains(n)).ok_or_else(invalid)
+}
+
+/// POST `/projects/{project_id}/binaryclks` (`application/octet-stream`, `Hash-Count`,
+/// `Hash-Size`): exactly count × size bytes, one encoding after another.
+pub async fn binary_clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (project, parties) = state.project(&project_id).await?;
+    let party = uploading_party(&project, &parties, &token)?;
+    if media_type(&headers).as_deref() != Some("application/octet-stream") {
+        return Err(ApiError::BadRequest("Content Type not supported".into()));
+    }
+    if !headers.contains_key("hash-count") || !headers.contains_key("hash-size") {
+        return Err(ApiError::BadRequest("Binary upload requires 'Hash-Count' and 'Hash-Size' headers".into()));
+    }
+    let limits = &state.settings.limits;
+    let size = header_int(&headers, "Hash-Size", limits.min_encoding_size as u64, limits.max_encoding_size as u64)?;
+    let count = header_int(&headers, "Hash-Count", 1, u64::MAX)?;
+    if project.schema_encoding_size().is_some_and(|expected| expected as u64 != size) {
+        return Err(ApiError::BadRequest("Upload 'Hash-Size' doesn't match project settings".into()));
+    }
+    let wrong_size = || ApiError::BadRequest("Uploaded data did not match the expected size. Check request headers are correct".into());
+    // A declared total beyond the request limit can never arrive inline: say where to put it.
+    let expected = count.checked_mul(size).ok_or_else(wrong_size)?;
+    if expected > limits.max_request_bytes as u64 {
+        return Err(ApiError::PayloadTooLarge { limit: limits.max_request_bytes });
+    }
+    let body = read_body(&headers, body, limits.max_request_bytes).await?;
+    if body.len() as u64 != expected {
+        return Err(wrong_size());
+    }
+    let metadata = meta(&[(KIND, KIND_BINARY.into()), (HASH_COUNT, count.to_string()), (HASH_SIZE, size.to_string())]);
+    accept_upload(&state, &project_id, party, Stored { body, metadata }).await
+}
+
+/// GET `/projects/{project_id}/authorize-external-upload` → 201 credentials that allow only
+/// `PutObject` under the party's own prefix of the upload bucket.
+pub async fn authorize_external_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
+    State(state): State<Shared<M, B, C>>,
+    ProjectId(project_id): ProjectId,
+    AuthToken(token): AuthToken,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let upload = &state.settings.upload;
+    if !upload.enabled {
+        return Err(ApiError::FeatureDisabled);
+    }
+    let (project, parties) = state.project(&project_id).await?;
+    let party = uploading_party(&project, &parties, &token)?;
+    let path = upload_prefix(&project_id, party);
+    let credentials = state.credentials.issue(&upload.bucket, &format!("{path}/"), upload.credentials_ttl_secs).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "credentials": credentials,
+            "upload": {
+                "endpoint": upload.public_endpoint,
+                "secure": upload.public_secure,
+                "bucket": upload.bucket,
+                "path": path,
+            }
+        })),
+    ))
+}
