@@ -64,7 +64,6 @@ impl Instance {
 
     pub async fn serve(mut self, sqs: aws_sdk_sqs::Client) -> anyhow::Result<()> {
         let sources = self.function.event_sources.clone();
-        let wait_secs = if sources.len() > 1 { 1 } else { 2 };
         let timeout = Duration::from_secs(self.function.timeout_secs);
         let mut turn = 0usize;
         loop {
@@ -73,8 +72,15 @@ impl Instance {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 self.restart().await?;
             }
-            let source = &sources[turn % sources.len()];
+            // Long-poll the main queue; the others (dead-letter queues) are checked in passing.
+            let index = turn % sources.len();
+            let source = &sources[index];
             turn += 1;
+            let wait_secs = match (sources.len(), index) {
+                (1, _) => 2,
+                (_, 0) => 1,
+                _ => 0,
+            };
             let messages = match sqs_source::receive(&sqs, source, wait_secs).await {
                 Ok(m) => m,
                 Err(e) => {

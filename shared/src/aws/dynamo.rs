@@ -1,0 +1,831 @@
+//! [`MetaStore`] on one DynamoDB table (`docs/data-model.md`).
+//!
+//! Every item of a project shares the partition `P#{project_id}` (project, parties, runs, shard
+//! markers), so reading a project with its parties is one query and purging it is a query plus
+//! batch deletes. Racing transitions are conditional writes or transactions; a lost condition
+//! is the normal outcome of a duplicate delivery and is reported as `false`/`Conflict`, never as
+//! a backend error. Reads that decide anything are strongly consistent; only the project list
+//! (a GSI) is eventually consistent.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
+};
+
+use crate::service::memory::compute_micros;
+use crate::service::model::{
+    IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
+    UploadStart, UploadState,
+};
+use crate::service::ports::{MetaError, MetaStore};
+use crate::service::tokens::TokenHash;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The metadata table.
+#[derive(Clone, Debug)]
+pub struct DynamoMeta {
+    pub client: Client,
+    pub table: String,
+}
+
+impl DynamoMeta {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoMeta { client, table: table.into() }
+    }
+}
+
+// ---- keys -------------------------------------------------------------------------------------
+
+const PROJECT_SK: &str = "PROJECT";
+const PROJECTS_GSI: &str = "gsi1";
+const PROJECTS_GSI_PK: &str = "PROJECTS";
+const STATS: &str = "STATS";
+/// `live` condition on a project item: it exists and is not being deleted.
+const PROJECT_LIVE: &str = "attribute_exists(pk) AND deleted = :false";
+
+fn project_pk(project_id: &str) -> String {
+    format!("P#{project_id}")
+}
+fn party_sk(index: u32) -> String {
+    format!("PARTY#{index:05}")
+}
+fn run_sk(run_id: &str) -> String {
+    format!("RUN#{run_id}")
+}
+fn shard_prefix(run_id: &str) -> String {
+    format!("RUN#{run_id}#SHARD#")
+}
+fn shard_sk(run_id: &str, shard: u32) -> String {
+    format!("RUN#{run_id}#SHARD#{shard:08}")
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn key(pk: String, sk: String) -> Item {
+    HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+}
+fn project_key(project_id: &str) -> Item {
+    key(project_pk(project_id), PROJECT_SK.into())
+}
+fn stats_key() -> Item {
+    key(STATS.into(), STATS.into())
+}
+
+// ---- reading items ----------------------------------------------------------------------------
+
+fn corrupt(what: &str, item: &Item) -> MetaError {
+    let pk = item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+    MetaError::Backend(format!("item {pk} has a missing or malformed {what}"))
+}
+fn get_s(item: &Item, name: &str) -> Result<String, MetaError> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned().ok_or_else(|| corrupt(name, item))
+}
+fn opt_s(item: &Item, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+fn get_n<T: FromStr>(item: &Item, name: &str) -> Result<T, MetaError> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(name, item))
+}
+/// A counter that ADD may not have created yet.
+fn counter(item: &Item, name: &str) -> Result<u64, MetaError> {
+    match item.get(name) {
+        None => Ok(0),
+        Some(_) => get_n(item, name),
+    }
+}
+fn get_bool(item: &Item, name: &str) -> bool {
+    item.get(name).and_then(|v| v.as_bool().ok()).copied().unwrap_or(false)
+}
+
+fn project_item(p: &Project) -> Item {
+    let mut item = project_key(&p.project_id);
+    item.extend([
+        ("project_id".into(), s(&p.project_id)),
+        ("result_type".into(), s(p.result_type.as_str())),
+        ("number_parties".into(), n(p.number_parties)),
+        ("name".into(), s(&p.name)),
+        ("notes".into(), s(&p.notes)),
+        ("schema".into(), s(p.schema.to_string())),
+        ("uses_blocking".into(), AttributeValue::Bool(p.uses_blocking)),
+        ("time_added".into(), s(&p.time_added)),
+        ("result_token_hash".into(), s(&p.result_token_hash.0)),
+        ("deleted".into(), AttributeValue::Bool(false)),
+        ("gsi1pk".into(), s(PROJECTS_GSI_PK)),
+        ("gsi1sk".into(), s(format!("{}#{}", p.time_added, p.project_id))),
+    ]);
+    if let Some(e) = &p.error {
+        item.insert("error".into(), s(e));
+    }
+    item
+}
+
+fn project_from(item: &Item) -> Result<Project, MetaError> {
+    Ok(Project {
+        project_id: get_s(item, "project_id")?,
+        result_type: ResultType::parse(&get_s(item, "result_type")?).ok_or_else(|| corrupt("result_type", item))?,
+        number_parties: get_n(item, "number_parties")?,
+        name: get_s(item, "name")?,
+        notes: get_s(item, "notes")?,
+        schema: serde_json::from_str(&get_s(item, "schema")?).map_err(|_| corrupt("schema", item))?,
+        uses_blocking: get_bool(item, "uses_blocking"),
+        time_added: get_s(item, "time_added")?,
+        result_token_hash: TokenHash(get_s(item, "result_token_hash")?),
+        error: opt_s(item, "error"),
+    })
+}
+
+fn party_item(project_id: &str, p: &Party) -> Item {
+    let mut item = key(project_pk(project_id), party_sk(p.index));
+    item.extend([
+        ("party_index".into(), n(p.index)),
+        ("update_token_hash".into(), s(&p.update_token_hash.0)),
+        ("upload_state".into(), s(p.upload_state.as_str())),
+    ]);
+    if let Some(v) = &p.upload_id {
+        item.insert("upload_id".into(), s(v));
+    }
+    if let Some(v) = &p.receipt_token_hash {
+        item.insert("receipt_token_hash".into(), s(&v.0));
+    }
+    if let Some(v) = &p.error {
+        item.insert("error".into(), s(v));
+    }
+    if let Some(i) = &p.ingested {
+        item.extend(ingested_attrs(i));
+    }
+    item
+}
+
+fn ingested_attrs(i: &IngestedParty) -> [(String, AttributeValue); 4] {
+    [
+        ("record_count".into(), n(i.record_count)),
+        ("encoding_size".into(), n(i.encoding_size)),
+        ("entry_count".into(), n(i.entry_count)),
+        ("block_count".into(), n(i.block_count)),
+    ]
+}
+
+fn party_from(item: &Item) -> Result<Party, MetaError> {
+    let ingested = match item.get("record_count") {
+        None => None,
+        Some(_) => Some(IngestedParty {
+            record_count: get_n(item, "record_count")?,
+            encoding_size: get_n(item, "encoding_size")?,
+            entry_count: get_n(item, "entry_count")?,
+            block_count: get_n(item, "block_count")?,
+        }),
+    };
+    Ok(Party {
+        index: get_n(item, "party_index")?,
+        update_token_hash: TokenHash(get_s(item, "update_token_hash")?),
+        upload_state: UploadState::parse(&get_s(item, "upload_state")?).ok_or_else(|| corrupt("upload_state", item))?,
+        upload_id: opt_s(item, "upload_id"),
+        receipt_token_hash: opt_s(item, "receipt_token_hash").map(TokenHash),
+        error: opt_s(item, "error"),
+        ingested,
+    })
+}
+
+fn run_item(r: &Run) -> Item {
+    let mut item = key(project_pk(&r.project_id), run_sk(&r.run_id));
+    item.extend([
+        ("project_id".into(), s(&r.project_id)),
+        ("run_id".into(), s(&r.run_id)),
+        ("threshold".into(), n(r.threshold)),
+        ("name".into(), s(&r.name)),
+        ("notes".into(), s(&r.notes)),
+        ("state".into(), s(r.state.as_str())),
+        ("stage".into(), n(r.stage)),
+        ("time_added".into(), s(&r.time_added)),
+        ("total_comparisons".into(), n(r.total_comparisons)),
+        ("comparisons_done".into(), n(r.comparisons_done)),
+        ("shards_total".into(), n(r.shards_total)),
+        ("shards_done".into(), n(r.shards_done)),
+        ("candidate_count".into(), n(r.candidate_count)),
+    ]);
+    for (name, value) in [("time_started", &r.time_started), ("time_completed", &r.time_completed), ("error", &r.error)] {
+        if let Some(v) = value {
+            item.insert(name.into(), s(v));
+        }
+    }
+    item
+}
+
+fn run_from(item: &Item) -> Result<Run, MetaError> {
+    Ok(Run {
+        project_id: get_s(item, "project_id")?,
+        run_id: get_s(item, "run_id")?,
+        threshold: get_n(item, "threshold")?,
+        name: get_s(item, "name")?,
+        notes: get_s(item, "notes")?,
+        state: RunState::parse(&get_s(item, "state")?).ok_or_else(|| corrupt("state", item))?,
+        stage: get_n(item, "stage")?,
+        time_added: get_s(item, "time_added")?,
+        time_started: opt_s(item, "time_started"),
+        time_completed: opt_s(item, "time_completed"),
+        total_comparisons: counter(item, "total_comparisons")?,
+        comparisons_done: counter(item, "comparisons_done")?,
+        shards_total: get_n(item, "shards_total")?,
+        shards_done: get_n(item, "shards_done")?,
+        candidate_count: counter(item, "candidate_count")?,
+        error: opt_s(item, "error"),
+    })
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+fn backend<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(op: &str, e: SdkError<E, R>) -> MetaError {
+    MetaError::Backend(format!("{op}: {}", DisplayErrorContext(e)))
+}
+
+/// Outcome of a conditional write: done, or a condition did not hold (and which items' did not).
+enum Written {
+    Done,
+    /// Indices (in the transaction) of the items whose condition failed; `[0]` for single writes.
+    ConditionFailed(Vec<usize>),
+}
+
+fn update_outcome<R: std::fmt::Debug>(op: &str, r: Result<R, SdkError<UpdateItemError>>) -> Result<Written, MetaError> {
+    match r {
+        Ok(_) => Ok(Written::Done),
+        Err(SdkError::ServiceError(se)) if se.err().is_conditional_check_failed_exception() => {
+            Ok(Written::ConditionFailed(vec![0]))
+        }
+        Err(e) => Err(backend(op, e)),
+    }
+}
+
+fn transaction_outcome<R: std::fmt::Debug>(op: &str, r: Result<R, SdkError<TransactWriteItemsError>>) -> Result<Written, MetaError> {
+    match r {
+        Ok(_) => Ok(Written::Done),
+        Err(SdkError::ServiceError(se)) => match se.err() {
+            TransactWriteItemsError::TransactionCanceledException(tc) => {
+                let reasons = tc.cancellation_reasons();
+                let failed: Vec<usize> = reasons
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
+                    .map(|(i, _)| i)
+                    .collect();
+                if failed.is_empty() {
+                    // Cancelled for another reason (a concurrent transaction, throttling): retryable.
+                    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).collect();
+                    Err(MetaError::Backend(format!("{op}: transaction cancelled ({})", codes.join(", "))))
+                } else {
+                    Ok(Written::ConditionFailed(failed))
+                }
+            }
+            other => Err(MetaError::Backend(format!("{op}: {other}"))),
+        },
+        Err(e) => Err(backend(op, e)),
+    }
+}
+
+fn build<T>(what: &str, r: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, MetaError> {
+    r.map_err(|e| MetaError::Backend(format!("building {what}: {e}")))
+}
+
+// ---- requests ---------------------------------------------------------------------------------
+
+impl DynamoMeta {
+    fn put(&self, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, MetaError> {
+        let put = Put::builder().table_name(&self.table).set_item(Some(item)).set_condition_expression(condition.map(Into::into));
+        Ok(TransactWriteItem::builder().put(build("put", put.build())?).build())
+    }
+
+    fn live_project_check(&self, project_id: &str) -> Result<TransactWriteItem, MetaError> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(project_key(project_id)))
+            .condition_expression(PROJECT_LIVE)
+            .expression_attribute_values(":false", AttributeValue::Bool(false));
+        Ok(TransactWriteItem::builder().condition_check(build("condition check", check.build())?).build())
+    }
+
+    fn update(
+        &self,
+        key: Item,
+        expression: &str,
+        condition: Option<&str>,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<TransactWriteItem, MetaError> {
+        let mut u = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression(expression)
+            .set_condition_expression(condition.map(Into::into));
+        for (k, v) in names {
+            u = u.expression_attribute_names(*k, *v);
+        }
+        for (k, v) in values {
+            u = u.expression_attribute_values(k, v);
+        }
+        Ok(TransactWriteItem::builder().update(build("update", u.build())?).build())
+    }
+
+    async fn transact(&self, op: &str, items: Vec<TransactWriteItem>) -> Result<Written, MetaError> {
+        let r = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
+        transaction_outcome(op, r)
+    }
+
+    /// A single conditional UpdateItem.
+    async fn update_one(
+        &self,
+        op: &str,
+        key: Item,
+        expression: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Written, MetaError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression(expression)
+            .condition_expression(condition);
+        for (k, v) in names {
+            req = req.expression_attribute_names(*k, *v);
+        }
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        update_outcome(op, req.send().await)
+    }
+
+    async fn get_item(&self, op: &str, key: Item) -> Result<Option<Item>, MetaError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| backend(op, e))?;
+        Ok(out.item)
+    }
+
+    /// Every item of a partition whose sort key matches `sort_keys`, consistently.
+    async fn query_partition(&self, op: &str, pk: &str, sort_keys: SortKeys<'_>) -> Result<Vec<Item>, MetaError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut req = self.client.query().table_name(&self.table).expression_attribute_values(":pk", s(pk));
+            req = match sort_keys {
+                SortKeys::All => req.key_condition_expression("pk = :pk"),
+                SortKeys::Between(lo, hi) => req
+                    .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                    .expression_attribute_values(":lo", s(lo))
+                    .expression_attribute_values(":hi", s(hi)),
+                SortKeys::BeginsWith(prefix) => req
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix)),
+            };
+            let out = req
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| backend(op, e))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// Deletes items by key, 25 at a time, resubmitting what DynamoDB leaves unprocessed.
+    async fn delete_keys(&self, op: &str, keys: Vec<Item>) -> Result<(), MetaError> {
+        for chunk in keys.chunks(25) {
+            let mut requests = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                let delete = build("delete request", DeleteRequest::builder().set_key(Some(k.clone())).build())?;
+                requests.push(WriteRequest::builder().delete_request(delete).build());
+            }
+            let mut pending = HashMap::from([(self.table.clone(), requests)]);
+            for attempt in 0..10u32 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(|e| backend(op, e))?;
+                match out.unprocessed_items {
+                    Some(left) if left.values().any(|v| !v.is_empty()) => {
+                        pending = left;
+                        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(6))).await;
+                    }
+                    _ => {
+                        pending = HashMap::new();
+                        break;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                return Err(MetaError::Backend(format!("{op}: items left unprocessed after retries")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the project exists and is not being deleted.
+    async fn project_live(&self, project_id: &str) -> Result<bool, MetaError> {
+        let item = self.get_item("get project", project_key(project_id)).await?;
+        Ok(item.is_some_and(|i| !get_bool(&i, "deleted")))
+    }
+}
+
+/// Which sort keys of a partition a query reads.
+#[derive(Clone, Copy)]
+enum SortKeys<'a> {
+    All,
+    Between(&'a str, &'a str),
+    BeginsWith(&'a str),
+}
+
+fn keys_of(items: &[Item]) -> Vec<Item> {
+    items
+        .iter()
+        .filter_map(|i| Some(key(i.get("pk")?.as_s().ok()?.clone(), i.get("sk")?.as_s().ok()?.clone())))
+        .collect()
+}
+
+fn is_shard_marker(item: &Item) -> bool {
+    item.get("sk").and_then(|v| v.as_s().ok()).is_some_and(|sk| sk.contains("#SHARD#"))
+}
+
+impl MetaStore for DynamoMeta {
+    async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
+        let mut items = vec![self.put(project_item(project), Some("attribute_not_exists(pk)"))?];
+        for p in parties {
+            items.push(self.put(party_item(&project.project_id, p), Some("attribute_not_exists(pk)"))?);
+        }
+        items.push(self.update(stats_key(), "ADD project_count :one", None, &[], vec![(":one", n(1))])?);
+        match self.transact("create project", items).await? {
+            Written::Done => Ok(()),
+            Written::ConditionFailed(_) => Err(MetaError::Conflict(format!("project {} already exists", project.project_id))),
+        }
+    }
+
+    async fn list_projects(&self) -> Result<Vec<ProjectSummary>, MetaError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PROJECTS_GSI)
+                .key_condition_expression("gsi1pk = :p")
+                .expression_attribute_values(":p", s(PROJECTS_GSI_PK))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| backend("list projects", e))?;
+            for item in page.items() {
+                // The index may lag a delete by a moment; the flag is authoritative.
+                if !get_bool(item, "deleted") {
+                    out.push(ProjectSummary { project_id: get_s(item, "project_id")?, time_added: get_s(item, "time_added")? });
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn get_project(&self, project_id: &str) -> Result<Option<(Project, Vec<Party>)>, MetaError> {
+        // Sort keys "PARTY#…" < "PROJECT": one query returns the parties and the project.
+        let items = self.query_partition("get project", &project_pk(project_id), SortKeys::Between("PARTY#", PROJECT_SK)).await?;
+        let Some(project_item) = items.iter().find(|i| opt_s(i, "sk").as_deref() == Some(PROJECT_SK)) else {
+            return Ok(None);
+        };
+        if get_bool(project_item, "deleted") {
+            return Ok(None);
+        }
+        let project = project_from(project_item)?;
+        let mut parties = items
+            .iter()
+            .filter(|i| opt_s(i, "sk").is_some_and(|sk| sk.starts_with("PARTY#")))
+            .map(party_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        parties.sort_by_key(|p| p.index);
+        Ok(Some((project, parties)))
+    }
+
+    async fn mark_project_deleted(&self, project_id: &str) -> Result<bool, MetaError> {
+        let items = vec![
+            self.update(
+                project_key(project_id),
+                "SET deleted = :true REMOVE gsi1pk, gsi1sk",
+                Some(PROJECT_LIVE),
+                &[],
+                vec![(":true", AttributeValue::Bool(true)), (":false", AttributeValue::Bool(false))],
+            )?,
+            self.update(stats_key(), "ADD project_count :minus", None, &[], vec![(":minus", n(-1))])?,
+        ];
+        Ok(matches!(self.transact("mark project deleted", items).await?, Written::Done))
+    }
+
+    async fn purge_project(&self, project_id: &str) -> Result<(), MetaError> {
+        // Children first, the project item last: a purge interrupted halfway can be re-run.
+        let pk = project_pk(project_id);
+        let items = self.query_partition("purge project", &pk, SortKeys::All).await?;
+        let (project, children): (Vec<Item>, Vec<Item>) =
+            keys_of(&items).into_iter().partition(|k| k.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some(PROJECT_SK));
+        self.delete_keys("purge project", children).await?;
+        self.delete_keys("purge project", project).await
+    }
+
+    async fn set_project_error(&self, project_id: &str, message: &str) -> Result<(), MetaError> {
+        let w = self
+            .update_one(
+                "set project error",
+                project_key(project_id),
+                "SET #error = :m",
+                PROJECT_LIVE,
+                &[("#error", "error")],
+                vec![(":m", s(message)), (":false", AttributeValue::Bool(false))],
+            )
+            .await?;
+        match w {
+            Written::Done => Ok(()),
+            Written::ConditionFailed(_) => Err(MetaError::NotFound(format!("project {project_id}"))),
+        }
+    }
+
+    async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
+        let items = vec![
+            // A re-upload takes the project out of error; the project must be live.
+            self.update(
+                project_key(project_id),
+                "REMOVE #error",
+                Some(PROJECT_LIVE),
+                &[("#error", "error")],
+                vec![(":false", AttributeValue::Bool(false))],
+            )?,
+            self.update(
+                key(project_pk(project_id), party_sk(party)),
+                "SET upload_state = :pending, upload_id = :u, receipt_token_hash = :r \
+                 REMOVE #error, record_count, encoding_size, entry_count, block_count",
+                Some("attribute_exists(pk) AND upload_state IN (:not_started, :error)"),
+                &[("#error", "error")],
+                vec![
+                    (":pending", s(UploadState::Pending.as_str())),
+                    (":not_started", s(UploadState::NotStarted.as_str())),
+                    (":error", s(UploadState::Error.as_str())),
+                    (":u", s(&upload.upload_id)),
+                    (":r", s(&upload.receipt_token_hash.0)),
+                ],
+            )?,
+        ];
+        match self.transact("begin upload", items).await? {
+            Written::Done => Ok(()),
+            Written::ConditionFailed(failed) if failed.contains(&0) => Err(MetaError::NotFound(format!("project {project_id}"))),
+            Written::ConditionFailed(_) => Err(MetaError::Conflict(format!("party {party} has an upload pending or done"))),
+        }
+    }
+
+    async fn abort_upload(&self, project_id: &str, party: u32, upload_id: &str, error: Option<&str>) -> Result<(), MetaError> {
+        let condition = "upload_state = :pending AND upload_id = :u";
+        let mut values = vec![(":pending", s(UploadState::Pending.as_str())), (":u", s(upload_id))];
+        let expression = match error {
+            Some(message) => {
+                values.push((":error", s(UploadState::Error.as_str())));
+                values.push((":m", s(message)));
+                "SET upload_state = :error, #error = :m"
+            }
+            None => {
+                values.push((":not_started", s(UploadState::NotStarted.as_str())));
+                "SET upload_state = :not_started REMOVE upload_id, receipt_token_hash, #error"
+            }
+        };
+        let key = key(project_pk(project_id), party_sk(party));
+        self.update_one("abort upload", key, expression, condition, &[("#error", "error")], values).await?;
+        Ok(())
+    }
+
+    async fn complete_upload(&self, project_id: &str, party: u32, upload_id: &str, ingested: &IngestedParty) -> Result<bool, MetaError> {
+        let mut values = vec![
+            (":pending", s(UploadState::Pending.as_str())),
+            (":done", s(UploadState::Done.as_str())),
+            (":u", s(upload_id)),
+        ];
+        let [(_, rc), (_, es), (_, ec), (_, bc)] = ingested_attrs(ingested);
+        values.extend([(":rc", rc), (":es", es), (":ec", ec), (":bc", bc)]);
+        let w = self
+            .update_one(
+                "complete upload",
+                key(project_pk(project_id), party_sk(party)),
+                "SET upload_state = :done, record_count = :rc, encoding_size = :es, entry_count = :ec, block_count = :bc REMOVE #error",
+                "upload_state = :pending AND upload_id = :u",
+                &[("#error", "error")],
+                values,
+            )
+            .await?;
+        Ok(matches!(w, Written::Done))
+    }
+
+    async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        self.update_one(
+            "fail upload",
+            key(project_pk(project_id), party_sk(party)),
+            "SET upload_state = :error, #error = :m",
+            "upload_state = :pending AND upload_id = :u",
+            &[("#error", "error")],
+            vec![
+                (":pending", s(UploadState::Pending.as_str())),
+                (":error", s(UploadState::Error.as_str())),
+                (":u", s(upload_id)),
+                (":m", s(message)),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
+        let items = vec![self.live_project_check(&run.project_id)?, self.put(run_item(run), Some("attribute_not_exists(pk)"))?];
+        match self.transact("create run", items).await? {
+            Written::Done => Ok(()),
+            Written::ConditionFailed(_) => Err(MetaError::Conflict(format!("project {} is gone or run {} exists", run.project_id, run.run_id))),
+        }
+    }
+
+    async fn list_runs(&self, project_id: &str) -> Result<Vec<Run>, MetaError> {
+        if !self.project_live(project_id).await? {
+            return Ok(Vec::new());
+        }
+        let items = self.query_partition("list runs", &project_pk(project_id), SortKeys::BeginsWith("RUN#")).await?;
+        let mut runs = items.iter().filter(|i| !is_shard_marker(i)).map(run_from).collect::<Result<Vec<_>, _>>()?;
+        runs.sort_by(|a, b| (&a.time_added, &a.run_id).cmp(&(&b.time_added, &b.run_id)));
+        Ok(runs)
+    }
+
+    async fn get_run(&self, project_id: &str, run_id: &str) -> Result<Option<Run>, MetaError> {
+        if !self.project_live(project_id).await? {
+            return Ok(None);
+        }
+        self.get_item("get run", key(project_pk(project_id), run_sk(run_id))).await?.as_ref().map(run_from).transpose()
+    }
+
+    async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
+        if !self.project_live(project_id).await? {
+            return Ok(false);
+        }
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(project_pk(project_id), run_sk(run_id))))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| backend("delete run", e))?;
+        let existed = out.attributes.is_some_and(|a| !a.is_empty());
+        let prefix = shard_prefix(run_id);
+        let markers = self.query_partition("delete run", &project_pk(project_id), SortKeys::BeginsWith(&prefix)).await?;
+        self.delete_keys("delete run", keys_of(&markers)).await?;
+        Ok(existed)
+    }
+
+    async fn claim_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
+        let items = vec![
+            self.live_project_check(project_id)?,
+            self.update(
+                key(project_pk(project_id), run_sk(run_id)),
+                "SET #state = :queued, stage = :two",
+                Some("#state = :created"),
+                &[("#state", "state")],
+                vec![(":queued", s(RunState::Queued.as_str())), (":created", s(RunState::Created.as_str())), (":two", n(2))],
+            )?,
+        ];
+        Ok(matches!(self.transact("claim run", items).await?, Written::Done))
+    }
+
+    async fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> Result<bool, MetaError> {
+        let items = vec![
+            self.live_project_check(project_id)?,
+            self.update(
+                key(project_pk(project_id), run_sk(run_id)),
+                "SET #state = :running, stage = :two, shards_total = :st, total_comparisons = :tc, time_started = :ts",
+                Some("#state = :queued"),
+                &[("#state", "state")],
+                vec![
+                    (":running", s(RunState::Running.as_str())),
+                    (":queued", s(RunState::Queued.as_str())),
+                    (":two", n(2)),
+                    (":st", n(plan.shards_total)),
+                    (":tc", n(plan.total_comparisons)),
+                    (":ts", s(&plan.time_started)),
+                ],
+            )?,
+        ];
+        Ok(matches!(self.transact("start run", items).await?, Written::Done))
+    }
+
+    async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
+        let marker = key(project_pk(project_id), shard_sk(run_id, shard));
+        let items = vec![
+            self.put(marker, Some("attribute_not_exists(pk)"))?,
+            self.update(
+                key(project_pk(project_id), run_sk(run_id)),
+                "ADD shards_done :one, comparisons_done :c, candidate_count :k",
+                Some("#state = :running"),
+                &[("#state", "state")],
+                vec![(":one", n(1)), (":c", n(comparisons)), (":k", n(candidates)), (":running", s(RunState::Running.as_str()))],
+            )?,
+        ];
+        let counted = matches!(self.transact("record shard", items).await?, Written::Done);
+        let run = self.get_run(project_id, run_id).await?;
+        Ok(ShardOutcome { counted, run })
+    }
+
+    async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
+        self.update_one(
+            "enter output stage",
+            key(project_pk(project_id), run_sk(run_id)),
+            "SET stage = :three",
+            "#state = :running AND stage = :two",
+            &[("#state", "state")],
+            vec![(":three", n(3)), (":two", n(2)), (":running", s(RunState::Running.as_str()))],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
+        let Some(run) = self.get_run(project_id, run_id).await? else { return Ok(false) };
+        if run.state != RunState::Running {
+            return Ok(false);
+        }
+        let micros = compute_micros(run.time_started.as_deref(), time_completed);
+        let items = vec![
+            self.update(
+                key(project_pk(project_id), run_sk(run_id)),
+                "SET #state = :completed, time_completed = :tc",
+                Some("#state = :running"),
+                &[("#state", "state")],
+                vec![(":completed", s(RunState::Completed.as_str())), (":running", s(RunState::Running.as_str())), (":tc", s(time_completed))],
+            )?,
+            self.update(
+                stats_key(),
+                "ADD completed_comparisons :c, completed_micros :m",
+                None,
+                &[],
+                vec![(":c", n(run.total_comparisons)), (":m", n(micros))],
+            )?,
+        ];
+        Ok(matches!(self.transact("complete run", items).await?, Written::Done))
+    }
+
+    async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
+        let w = self
+            .update_one(
+                "fail run",
+                key(project_pk(project_id), run_sk(run_id)),
+                "SET #state = :error, #error = :m",
+                "#state IN (:created, :queued, :running)",
+                &[("#state", "state"), ("#error", "error")],
+                vec![
+                    (":error", s(RunState::Error.as_str())),
+                    (":created", s(RunState::Created.as_str())),
+                    (":queued", s(RunState::Queued.as_str())),
+                    (":running", s(RunState::Running.as_str())),
+                    (":m", s(message)),
+                ],
+            )
+            .await?;
+        Ok(matches!(w, Written::Done))
+    }
+
+    async fn status_counters(&self) -> Result<StatusCounters, MetaError> {
+        let Some(item) = self.get_item("status counters", stats_key()).await? else { return Ok(StatusCounters::default()) };
+        let project_count: i64 = match item.get("project_count") {
+            None => 0,
+            Some(_) => get_n(&item, "project_count")?,
+        };
+        Ok(StatusCounters {
+            project_count: project_count.max(0) as u64,
+            completed_comparisons: counter(&item, "completed_comparisons")?,
+            completed_seconds: counter(&item, "completed_micros")? as f64 / 1e6,
+        })
+    }
+}
