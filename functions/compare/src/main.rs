@@ -1,5 +1,7 @@
 //! The `compare` Lambda: see `shared::service::pipeline` for what it does with each message.
 
+#![recursion_limit = "256"]
+
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
