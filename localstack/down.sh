@@ -26,6 +26,13 @@ fi
 
 say() { echo "down: $*" >&2; }
 
+# Same lock as up.sh, so a stop and a start never interleave (up.sh itself calls
+# `down.sh --only seaweedfs` while holding it and sets PPRL_LOCK_HELD=1).
+if [ "${PPRL_LOCK_HELD:-0}" != 1 ] && [ -d "$HERE/.state" ]; then
+  exec 9>"$HERE/.state/up-run.lock"
+  flock 9
+fi
+
 group_members() { ps -e -o pid=,pgid= | awk -v g="$1" '$2 == g { print $1 }'; }
 
 stop() {
@@ -51,7 +58,8 @@ stop() {
     kill -KILL -- "-$pid" 2>/dev/null
     sleep 0.3
   fi
-  rm -f "$f"
+  [ "$(cat "$f" 2>/dev/null)" = "$pid" ] && rm -f "$f"
+  return 0
 }
 
 # Consumers first (runner, api), then the emulators in parallel (LocalStack alone takes seconds).

@@ -21,7 +21,8 @@ PIDS="$STATE/pids"
 DATA="$STATE/data"
 mkdir -p "$LOGS" "$PIDS" "$DATA"
 # One up.sh at a time; a concurrent second one waits, then finds everything running.
-exec 9>"$STATE/up.lock"
+# (Children close fd 9, see start(): a service holding it would block every later up.sh.)
+exec 9>"$STATE/up-run.lock"
 flock 9
 
 LOCALSTACK_VERSION=2026.3.0
@@ -48,7 +49,7 @@ alive() { # name pattern
 start() {
   local name=$1 pattern=$2 logfile=$3 cwd=$4; shift 4
   if alive "$name" "$pattern"; then say "$name already running (pid $(cat "$PIDS/$name.pid"))"; return 0; fi
-  ( cd "$cwd" && exec setsid "$@" >>"$logfile" 2>&1 < /dev/null ) &
+  ( exec 9>&-; cd "$cwd" && exec setsid "$@" >>"$logfile" 2>&1 < /dev/null ) &
   echo $! > "$PIDS/$name.pid"
   say "$name started (pid $!, log ${logfile#"$ROOT"/})"
 }
@@ -100,7 +101,7 @@ install_dynamodb() {
 install_all() {
   local pids=() names=(localstack seaweedfs dynamodb) n rc=0 i=0
   for n in "${names[@]}"; do
-    ( "install_$n" ) > "$LOGS/install-$n.log" 2>&1 &
+    ( exec 9>&-; "install_$n" ) > "$LOGS/install-$n.log" 2>&1 &
     pids+=($!)
   done
   for n in "${names[@]}"; do
@@ -144,7 +145,7 @@ cfg_rc=0
 "$PY" "$HERE/provision.py" seaweedfs-config || cfg_rc=$?
 if [ $cfg_rc = 3 ] && alive seaweedfs "weed mini"; then
   say "SeaweedFS config changed: restarting SeaweedFS"
-  "$HERE/down.sh" --only seaweedfs >&2
+  PPRL_LOCK_HELD=1 "$HERE/down.sh" --only seaweedfs >&2
 elif [ $cfg_rc != 0 ] && [ $cfg_rc != 3 ]; then
   die "provision.py seaweedfs-config failed"
 fi
@@ -214,7 +215,7 @@ start api "$BIN/api" "$LOGS/api.log" "$ROOT" \
 # is a superset of them); the functions' own environments come from runner.json.
 mapfile -t RUNNER_ENV < <(env_args "$STATE/env/fan-out.env")
 start runner "$BIN/local-runner" "$LOGS/runner.log" "$ROOT" \
-  "${CLEAN_ENV[@]}" "HOME=$DATA" "${RUNNER_ENV[@]}" \
+  "${CLEAN_ENV[@]}" "HOME=$DATA" "${RUNNER_ENV[@]}" ${LOCAL_RUNNER_CONCURRENCY:+"LOCAL_RUNNER_CONCURRENCY=$LOCAL_RUNNER_CONCURRENCY"} \
   "$BIN/local-runner" --config "$STATE/runner.json"
 
 say "waiting for $API_URL/api/v1/status"
