@@ -665,6 +665,7 @@ def _write_env_file(path, env):
         lines.append(f"{k}={v}")
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o600)  # holds the SeaweedFS admin secret
     tmp.replace(path)
 
 
@@ -694,6 +695,7 @@ def write_outputs(plan, ctx, admin, state=STATE):
             })
     tmp = state / "runner.json.tmp"
     tmp.write_text(json.dumps(runner, indent=2) + "\n")
+    tmp.chmod(0o600)
     tmp.replace(state / "runner.json")
     log(f"wrote {envdir}/*.env and {state / 'runner.json'}")
 
