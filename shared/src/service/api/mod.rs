@@ -93,7 +93,8 @@ where
 /// `merge_slashes`), and a trailing slash is dropped (connexion routes accept both).
 fn collapse_slashes(mut req: Request) -> Request {
     let path = req.uri().path();
-    if !path.contains("//") && !(path.len() > 1 && path.ends_with('/')) {
+    let has_trailing_slash = path.len() > 1 && path.ends_with('/');
+    if !path.contains("//") && !has_trailing_slash {
         return req;
     }
     let mut clean = String::with_capacity(path.len());

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::uploads::{ExternalBlocks, ExternalUpload, ObjectRef};
+use super::uploads::{ExternalUpload, ObjectRef};
 use super::{ApiState, BASE_PATH, ROUTES, router};
 use crate::service::config::{Limits, Settings, UploadSettings};
 use crate::service::keys;
@@ -477,14 +477,17 @@ async fn external_uploads_must_stay_under_the_party_prefix() {
     assert_eq!(metadata, vec![("kind".to_string(), "external".to_string())]);
     let stored: ExternalUpload = serde_json::from_slice(&body).unwrap();
     let obj = |name: &str| ObjectRef { bucket: UPLOAD_BUCKET.into(), path: format!("{}/0/{name}", p.id) };
-    assert_eq!(stored, ExternalUpload { encodings: obj("e.json"), blocks: Some(ExternalBlocks::Object(obj("b.json"))) });
+    assert_eq!(stored, ExternalUpload { encodings: obj("e.json"), blocks: Some(obj("b.json")) });
+    // Fan-out reads the same document with its own type.
+    let pulled: crate::service::pipeline::fan_out::ExternalUpload = serde_json::from_slice(&body).unwrap();
+    assert_eq!(pulled.encodings.path, obj("e.json").path);
+    assert!(pulled.blocks.is_some());
 
     let inline_blocks = json!({"encodings": file(1, "e.bin"), "blocks": {"0": ["x"], "1": [7]}});
-    assert_eq!(api.post(&path).token(&p.update_tokens[1]).json(inline_blocks).send().await.status, StatusCode::CREATED);
-    let key = api.upload_keys(&p).into_iter().find(|k| k.contains(&format!("{}/1/", p.id))).unwrap();
-    let stored: ExternalUpload = serde_json::from_slice(&api.work.object(&key).unwrap().0).unwrap();
-    let Some(ExternalBlocks::Inline(map)) = stored.blocks else { panic!("inline blocks expected") };
-    assert_eq!(Value::Object(map), json!({"0": ["x"], "1": [7]}));
+    let detail = api.post(&path).token(&p.update_tokens[1]).json(inline_blocks).send().await.problem(400);
+    assert!(detail.contains("blocks in the object store too"), "{detail}");
+    let both_files = json!({"encodings": file(1, "e.bin"), "blocks": file(1, "b.json")});
+    assert_eq!(api.post(&path).token(&p.update_tokens[1]).json(both_files).send().await.status, StatusCode::CREATED);
 }
 
 #[tokio::test]

@@ -50,22 +50,14 @@ pub struct ObjectRef {
     pub path: String,
 }
 
-/// Blocks of an external upload: another object, or the map given inline in the request.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExternalBlocks {
-    Object(ObjectRef),
-    /// `{"<record index>": [block ids]}` exactly as the client sent it.
-    Inline(serde_json::Map<String, Value>),
-}
-
 /// What `/clks` stores (metadata `kind=external`) for an upload whose encodings are in the
-/// upload bucket; fan-out pulls the objects it names.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// upload bucket; fan-out (`pipeline::fan_out`) pulls the objects it names. Serialized as
+/// `{"encodings": {"bucket","path"}, "blocks"?: {"bucket","path"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalUpload {
     pub encodings: ObjectRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blocks: Option<ExternalBlocks>,
+    pub blocks: Option<ObjectRef>,
 }
 
 // ---- reading a JSON upload without decoding it ------------------------------------------------
@@ -224,17 +216,14 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         let encodings = check_object_allowed(&upload.bucket, &project.project_id, party, file)?;
         let blocks = match &p.blocks {
             None => None,
-            Some(Source::External(file)) => {
-                Some(ExternalBlocks::Object(check_object_allowed(&upload.bucket, &project.project_id, party, file)?))
-            }
+            Some(Source::External(file)) => Some(check_object_allowed(&upload.bucket, &project.project_id, party, file)?),
+            // The reference fails these with a 500 (NotImplementedError); say so up front.
             Some(Source::Inline(_)) => {
-                // Keep the client's map as is; fan-out reads it like an external blocks file.
-                let full: Value = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::BadRequest(format!("The upload is not valid JSON: {e}")))?;
-                match full.get("blocks") {
-                    Some(Value::Object(map)) => Some(ExternalBlocks::Inline(map.clone())),
-                    _ => return Err(ApiError::BadRequest("'blocks' must be an object mapping record indices to block ids.".into())),
-                }
+                return Err(ApiError::BadRequest(
+                    "Encodings in the object store need their blocks in the object store too; upload the blocks file \
+                     and send {\"blocks\": {\"file\": {\"bucket\", \"path\"}}}."
+                        .into(),
+                ));
             }
         };
         let reference = ExternalUpload { encodings, blocks };
