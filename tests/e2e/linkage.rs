@@ -174,8 +174,18 @@ async fn two_parties_with_blocking_similarity_scores_equal_the_engine() -> anyho
 }
 
 #[tokio::test]
-async fn four_parties_with_blocking_similarity_scores_equal_the_engine() -> anyhow::Result<()> {
-    multiparty_case(4, true, "similarity_scores", 4).await
+async fn four_parties_with_blocking_groups_equal_the_engine() -> anyhow::Result<()> {
+    multiparty_case(4, true, "groups", 4).await
+}
+
+#[tokio::test]
+async fn more_than_two_parties_need_the_groups_result_type() -> anyhow::Result<()> {
+    let api = Api::new();
+    for result_type in ["similarity_scores", "permutations"] {
+        let err = api.create_project(result_type, 3, false).await.err().expect("rejected");
+        assert!(err.to_string().contains("400"), "{err}");
+    }
+    Ok(())
 }
 
 #[tokio::test]
