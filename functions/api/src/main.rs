@@ -53,3 +53,65 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use shared::service::api::{ApiState, router};
+    use shared::service::config::{Limits, Settings, UploadSettings};
+    use shared::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
+    use tower::ServiceExt;
+
+    /// An API Gateway HTTP API (payload v2) event as Lambda delivers it.
+    fn apigw_v2(method: &str, raw_path: &str, body: &str) -> String {
+        serde_json::json!({
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": raw_path,
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json", "host": "abc.execute-api.eu-west-1.amazonaws.com"},
+            "requestContext": {
+                "accountId": "123456789012", "apiId": "abc", "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
+                "domainPrefix": "abc", "requestId": "r1", "routeKey": "$default", "stage": "$default",
+                "time": "23/Nov/2026:00:00:00 +0000", "timeEpoch": 0,
+                "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "python-requests"}
+            },
+            "body": body,
+            "isBase64Encoded": false
+        })
+        .to_string()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            table_name: "table".into(),
+            work_bucket: "work".into(),
+            shard_queue_url: String::new(),
+            solve_queue_url: String::new(),
+            dead_letter_queue_arns: Vec::new(),
+            upload: UploadSettings {
+                enabled: false,
+                bucket: String::new(),
+                public_endpoint: String::new(),
+                public_secure: true,
+                credentials_ttl_secs: 900,
+                role_arn: String::new(),
+            },
+            limits: Limits::default(),
+        }
+    }
+
+    /// The router answers Lambda events directly, doubled slashes included.
+    #[tokio::test]
+    async fn serves_api_gateway_events() {
+        let app = router(ApiState { meta: MemoryMeta::new(), work: MemoryBlobs::new(), credentials: MemoryCredentials::new(), settings: settings() });
+        let create = lambda_http::request::from_str(&apigw_v2("POST", "/api/v1//projects", r#"{"schema":{},"result_type":"groups"}"#)).unwrap();
+        let res = app.clone().oneshot(create).await.unwrap();
+        assert_eq!(res.status(), 201);
+        let list = lambda_http::request::from_str(&apigw_v2("GET", "/api/v1//projects", "")).unwrap();
+        let res = app.oneshot(list).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    }
+}
