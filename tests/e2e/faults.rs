@@ -1,4 +1,5 @@
-//! At-least-once delivery: duplicated messages must not change results, progress or completion.
+//! At-least-once delivery and failures: duplicated messages, killed workers, poison messages and
+//! deletes in flight must not change results, hang a run, or leave anything behind.
 
 use std::time::Duration;
 
@@ -59,6 +60,25 @@ impl Stack {
         Ok((objects, items.items().len()))
     }
 
+    /// Items of one run (the run and its shard markers).
+    pub async fn run_items(&self, project: &str, run: &str) -> anyhow::Result<usize> {
+        let mut count = 0;
+        for prefix in [format!("RUN#{run}"), format!("SHARD#{run}#")] {
+            let items = self
+                .dynamodb
+                .query()
+                .table_name(&self.env["TABLE_NAME"])
+                .key_condition_expression("pk = :pk AND begins_with(sk, :sk)")
+                .expression_attribute_values(":pk", AttributeValue::S(format!("P#{project}")))
+                .expression_attribute_values(":sk", AttributeValue::S(prefix))
+                .consistent_read(true)
+                .send()
+                .await?;
+            count += items.items().len();
+        }
+        Ok(count)
+    }
+
     pub async fn send(&self, queue_url_var: &str, body: String) -> anyhow::Result<()> {
         self.sqs.send_message().queue_url(&self.env[queue_url_var]).message_body(body).send().await?;
         Ok(())
@@ -95,4 +115,120 @@ async fn duplicated_shard_and_solve_messages_change_nothing() -> anyhow::Result<
     let (_, result_again) = api.result(&project, &run, &project.result_token).await?;
     assert_eq!(result, result_again);
     Ok(())
+}
+
+/// Two parties of `n` 128-byte encodings, uploaded as binary (big enough that a run computes
+/// for seconds in the debug build, small enough for the API's request limit).
+async fn slow_project(api: &Api, n: usize, result_type: &str) -> anyhow::Result<(Project, Vec<Vec<Vec<u8>>>)> {
+    let data = synthetic_parties(77, 2, n, 128, 60);
+    let project = api.create_project(result_type, 2, false).await?;
+    for (party, records) in data.iter().enumerate() {
+        api.upload_binary(&project, party, records.concat(), n, 128).await?;
+    }
+    Ok((project, data))
+}
+
+async fn wait_until_computing(api: &Api, project: &Project, run: &str) -> anyhow::Result<serde_json::Value> {
+    for _ in 0..400 {
+        let status = api.run_status(project, run).await?;
+        if status["state"] == "running" {
+            return Ok(status);
+        }
+        anyhow::ensure!(status["state"] != "completed" && status["state"] != "error", "run finished too early: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("run never started computing")
+}
+
+/// Kills every running instance of a function (the local runner replaces them, as Lambda does).
+fn kill_function(name: &str) -> bool {
+    std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("target/(debug|release)/{name}$")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_compare_killed_mid_shard_is_retried_and_the_result_is_exact() -> anyhow::Result<()> {
+    let api = Api::new();
+    let (project, data) = slow_project(&api, 20_000, "similarity_scores").await?;
+    let run = api.post_run(&project, 0.8).await?;
+    wait_until_computing(&api, &project, &run).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = api.run_status(&project, &run).await?;
+    assert!(kill_function("compare"), "a compare instance was running");
+    let status = api.wait_for_run(&project, &run, Duration::from_secs(240)).await?;
+    assert_eq!(status["state"], "completed", "{status}");
+    assert!(before["state"] == "running", "the kill hit a running run: {before}");
+
+    let parties: Vec<shared::engine::encoding::PartyEncodings> = data
+        .iter()
+        .map(|p| shared::engine::encoding::PartyEncodings { encoding_size: 128, data: p.concat(), blocks: None })
+        .collect();
+    let expected = shared::engine::link::link(&parties, 0.8, 300_000_000)?;
+    assert_eq!(status["total_number_comparisons"], expected.total_comparisons);
+    let (_, result) = api.result(&project, &run, &project.result_token).await?;
+    let mut want = Vec::new();
+    shared::engine::output::write_similarity_scores(&mut want, expected.candidates.into_iter())?;
+    let want: serde_json::Value = serde_json::from_slice(&want)?;
+    assert_eq!(result["similarity_scores"], want["similarity_scores"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shard_that_keeps_failing_ends_the_run_in_error_via_the_dead_letter_queue() -> anyhow::Result<()> {
+    let api = Api::new();
+    let stack = Stack::connect().await;
+    let project = api.create_project("groups", 2, false).await?;
+    let run = api.post_run(&project, 0.9).await?;
+    // A shard of a run that never started: compare refuses it on every delivery.
+    let body = json!({"project_id": project.id, "run_id": run, "shard_index": 0}).to_string();
+    stack.send("SHARD_QUEUE_URL", body).await?;
+    let status = api.wait_for_run(&project, &run, Duration::from_secs(300)).await?;
+    assert_eq!(status["state"], "error", "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Shard 0 could not be computed"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_run_while_it_computes_stops_it_and_leaves_nothing() -> anyhow::Result<()> {
+    let api = Api::new();
+    let stack = Stack::connect().await;
+    let (project, _) = slow_project(&api, 20_000, "groups").await?;
+    let run = api.post_run(&project, 0.8).await?;
+    wait_until_computing(&api, &project, &run).await?;
+    let r = api
+        .http
+        .delete(api.url(&format!("/projects/{}/runs/{run}", project.id)))
+        .header("Authorization", &project.result_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    let r = api
+        .http
+        .get(api.url(&format!("/projects/{}/runs/{run}/status", project.id)))
+        .header("Authorization", &project.result_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403, "a deleted run is unknown at once");
+    // In-flight shards finish or stop; nothing of the run may remain afterwards.
+    let mut left = (Vec::new(), 0);
+    for _ in 0..160 {
+        let (objects, _) = stack.project_leftovers(&project.id).await?;
+        let run_objects: Vec<String> = objects.into_iter().filter(|k| k.contains(&run)).collect();
+        let items = stack.run_items(&project.id, &run).await?;
+        if run_objects.is_empty() && items == 0 {
+            // And it stays that way once the queues are drained.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (objects, _) = stack.project_leftovers(&project.id).await?;
+            assert!(objects.iter().all(|k| !k.contains(&run)), "{objects:?}");
+            assert_eq!(stack.run_items(&project.id, &run).await?, 0);
+            return Ok(());
+        }
+        left = (run_objects, items);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("after 40 s the run still has objects {:?} and {} items", left.0, left.1);
 }

@@ -6,3 +6,4 @@ mod helpers;
 mod linkage;
 mod lifecycle;
 mod faults;
+mod uploads;

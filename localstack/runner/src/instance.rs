@@ -66,6 +66,10 @@ impl Instance {
         let sources = self.function.event_sources.clone();
         let timeout = Duration::from_secs(self.function.timeout_secs);
         let mut turn = 0usize;
+        let mut visibilities = Vec::with_capacity(sources.len());
+        for source in &sources {
+            visibilities.push(sqs_source::visibility_timeout(&sqs, source).await.unwrap_or(30).max(2));
+        }
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 warn!(function = self.function.name, instance = self.number, %status, "instance exited; restarting");
@@ -105,16 +109,30 @@ impl Instance {
                 self.restart().await?;
                 continue;
             }
-            let outcome = tokio::select! {
-                r = rx => r.ok(),
-                status = self.child.wait() => {
-                    warn!(function = self.function.name, instance = self.number, ?status, "instance died during an invocation");
-                    None
-                }
-                _ = tokio::time::sleep(timeout) => {
-                    warn!(function = self.function.name, instance = self.number, "invocation timed out; killing the instance");
-                    let _ = self.child.start_kill();
-                    None
+            // In AWS the visibility timeout (6 x the function's) outlasts any invocation. The
+            // local stack uses a short one so crashed work is retried quickly, and instead
+            // keeps the messages of a running invocation invisible, as AWS's would be.
+            let visibility = visibilities[index];
+            let mut heartbeat = tokio::time::interval(Duration::from_secs((visibility as u64 / 2).max(1)));
+            heartbeat.tick().await;
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            tokio::pin!(rx);
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut rx => break r.ok(),
+                    status = self.child.wait() => {
+                        warn!(function = self.function.name, instance = self.number, ?status, "instance died during an invocation");
+                        break None;
+                    }
+                    _ = &mut deadline => {
+                        warn!(function = self.function.name, instance = self.number, "invocation timed out; killing the instance");
+                        let _ = self.child.start_kill();
+                        break None;
+                    }
+                    _ = heartbeat.tick() => {
+                        sqs_source::extend_visibility(&sqs, source, &messages, visibility).await;
+                    }
                 }
             };
             match outcome {

@@ -70,3 +70,48 @@ pub async fn delete(sqs: &aws_sdk_sqs::Client, source: &EventSource, done: &[&Me
     }
     Ok(())
 }
+
+/// The queue's visibility timeout in seconds.
+pub async fn visibility_timeout(sqs: &aws_sdk_sqs::Client, source: &EventSource) -> anyhow::Result<i32> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(&source.queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+    let secs = out
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    Ok(secs)
+}
+
+/// Keeps messages of a running invocation invisible for another `secs` seconds.
+pub async fn extend_visibility(sqs: &aws_sdk_sqs::Client, source: &EventSource, messages: &[Message], secs: i32) {
+    use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
+    for chunk in messages.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle()?)
+                    .visibility_timeout(secs)
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        if let Err(e) = sqs
+            .change_message_visibility_batch()
+            .queue_url(&source.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "could not extend message visibility");
+        }
+    }
+}
