@@ -31,6 +31,9 @@ Options:
                        blocks (clknblocks or encodings+blocks); without it, files with blocks
                        are rejected, as the service rejects them
   --binary-size BYTES  read every FILE as raw concatenated encodings of BYTES bytes each
+  --blocks-files F,F   with --binary-size: each party's blocks file ({\"blocks\":{\"<record>\":[ids]}},
+                       the external blocks file of an object-store upload), one per FILE in
+                       order; implies --blocks
   --shard-size N       target comparisons per shard (default 300000000, as the service)
   --seed N             seed of the permutations (default: random)
   --progress           draw the progress bar even when stderr is not a terminal
@@ -69,6 +72,8 @@ struct Options {
     output: OutputKind,
     blocks: bool,
     binary_size: Option<usize>,
+    /// Per party, its external blocks file (only with `binary_size`).
+    blocks_files: Option<Vec<String>>,
     shard_size: u64,
     seed: Option<u64>,
     progress: bool,
@@ -93,11 +98,19 @@ fn parse(argv: &[String]) -> Result<Options, UsageError> {
             usage(format!("--output must be groups, similarity_scores, permutations or mapping, got '{s}'"))
         })?,
     };
-    let blocks = args.flag("blocks")?;
+    let mut blocks = args.flag("blocks")?;
     let progress = args.flag("progress")?;
     let binary_size: Option<usize> = args.parsed("binary-size", "a number of bytes")?;
     if binary_size == Some(0) {
         return Err(usage("--binary-size must be at least 1".into()));
+    }
+    let blocks_files: Option<Vec<String>> =
+        args.value("blocks-files").map(|v| v.split(',').map(str::to_owned).collect());
+    if blocks_files.is_some() {
+        if binary_size.is_none() {
+            return Err(usage("--blocks-files goes with --binary-size (JSON files carry their own blocks)".into()));
+        }
+        blocks = true;
     }
     let shard_size = args
         .parsed("shard-size", "a positive number of comparisons")?
@@ -115,10 +128,18 @@ fn parse(argv: &[String]) -> Result<Options, UsageError> {
     if files.len() > MAX_PARTIES {
         return Err(usage(format!("at most {MAX_PARTIES} parties are supported, got {}", files.len())));
     }
+    if let Some(bf) = &blocks_files {
+        if bf.len() != files.len() {
+            return Err(usage(format!("--blocks-files names {} files for {} parties", bf.len(), files.len())));
+        }
+    }
+    if binary_size.is_some() && blocks && blocks_files.is_none() {
+        return Err(usage("--blocks with --binary-size needs --blocks-files (raw files have no blocks)".into()));
+    }
     if files.len() > 2 && output != OutputKind::Groups {
         return Err(usage("only --output groups supports more than two parties".into()));
     }
-    Ok(Options { threshold, output, blocks, binary_size, shard_size, seed, progress, files })
+    Ok(Options { threshold, output, blocks, binary_size, blocks_files, shard_size, seed, progress, files })
 }
 
 pub fn run(argv: &[String]) -> anyhow::Result<()> {
@@ -132,7 +153,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let mut parties = Vec::with_capacity(opts.files.len());
     for (i, path) in opts.files.iter().enumerate() {
         bar.message(&format!("reading party {i}: {path}"));
-        parties.push(read_party(path, &opts).with_context(|| format!("party {i} ({path})"))?);
+        parties.push(read_party(i, path, &opts).with_context(|| format!("party {i} ({path})"))?);
     }
 
     let result = link_with_progress(&parties, opts.threshold, opts.shard_size, |p| {
@@ -194,7 +215,7 @@ fn random_seed() -> u64 {
     RandomState::new().hash_one(std::process::id())
 }
 
-fn read_party(path: &str, opts: &Options) -> anyhow::Result<PartyEncodings> {
+fn read_party(party: usize, path: &str, opts: &Options) -> anyhow::Result<PartyEncodings> {
     let body = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
     let bounds = SizeBounds::default();
     if let Some(size) = opts.binary_size {
@@ -205,7 +226,15 @@ fn read_party(path: &str, opts: &Options) -> anyhow::Result<PartyEncodings> {
             );
         }
         let count = (body.len() / size) as u64;
-        return Ok(encoding::decode_binary(&body, count, size, bounds)?);
+        let mut decoded = encoding::decode_binary(&body, count, size, bounds)?;
+        if let Some(blocks_path) = opts.blocks_files.as_ref().and_then(|f| f.get(party)) {
+            let blocks = std::fs::read(blocks_path).with_context(|| format!("cannot read {blocks_path}"))?;
+            decoded.blocks = Some(
+                encoding::decode_blocks_file(&blocks, decoded.len())
+                    .with_context(|| format!("blocks file {blocks_path}"))?,
+            );
+        }
+        return Ok(decoded);
     }
 
     let has_blocks = match encoding::upload_shape(&body)? {
@@ -252,5 +281,10 @@ mod tests {
         assert!(parse(&argv("--threshold 0.8 --output nope a b")).is_err());
         assert!(parse(&argv("--threshold 0.8 a b c d e f")).is_err());
         assert!(parse(&argv("--threshold 0.8 a b c d e")).is_ok());
+        let o = parse(&argv("--threshold 0.8 --binary-size 128 --blocks-files x,y a b")).unwrap();
+        assert!(o.blocks);
+        assert!(parse(&argv("--threshold 0.8 --blocks-files x,y a b")).is_err());
+        assert!(parse(&argv("--threshold 0.8 --binary-size 128 --blocks-files x a b")).is_err());
+        assert!(parse(&argv("--threshold 0.8 --binary-size 128 --blocks a b")).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 mod demo;
 mod link;
+mod synth;
 
 use crate::args::UsageError;
 
@@ -12,6 +13,7 @@ type Run = fn(&[String]) -> anyhow::Result<()>;
 const COMMANDS: &[(&str, &str, Run)] = &[
     ("link", "link parties' encodings offline, exactly as the service would", link::run),
     ("demo", "link the FEBRL4 sample through a running service and report accuracy", demo::run),
+    ("synth", "generate two parties' CLKs with known matches (and blocks) for benchmarks", synth::run),
 ];
 
 fn help() -> String {
