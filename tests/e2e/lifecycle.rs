@@ -119,3 +119,72 @@ async fn deleting_a_project_leaves_nothing_behind() -> anyhow::Result<()> {
     }
     panic!("after 30 s the project still has objects {:?} and {} items", left.0, left.1);
 }
+
+#[tokio::test]
+async fn parties_uploading_at_once_and_ten_runs_posted_at_once_all_complete_exactly_once() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 3, false).await?;
+    let bodies: Vec<Value> = (0..3).map(|_| small_clks(21, 60, 64)).collect();
+    let uploads = futures::future::join_all(bodies.iter().enumerate().map(|(i, b)| api.upload_json(&project, i, b))).await;
+    for u in uploads {
+        u?;
+    }
+    let thresholds: Vec<f64> = (0..10).map(|i| 0.5 + i as f64 * 0.05).collect();
+    let runs = futures::future::join_all(thresholds.iter().map(|t| api.post_run(&project, *t))).await;
+    let runs: Vec<String> = runs.into_iter().collect::<Result<_, _>>()?;
+    let mut distinct = runs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 10);
+    for run in &runs {
+        let status = api.wait_for_run(&project, run, RUN_LIMIT).await?;
+        assert_eq!(status["state"], "completed", "{status}");
+        assert_eq!(status["total_number_comparisons"], 3 * 60 * 60, "three party pairs of 60 x 60");
+    }
+    let r = api
+        .http
+        .get(api.url(&format!("/projects/{}/runs", project.id)))
+        .header("Authorization", &project.result_token)
+        .send()
+        .await?;
+    let listed: Value = r.json().await?;
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(10), "{listed}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_project_while_its_run_computes_leaves_nothing_behind() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    let data = synthetic_parties(31, 2, 15_000, 128, 60);
+    for (party, records) in data.iter().enumerate() {
+        api.upload_binary(&project, party, records.concat(), 15_000, 128).await?;
+    }
+    let run = api.post_run(&project, 0.8).await?;
+    for _ in 0..200 {
+        if api.run_status(&project, &run).await?["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = api
+        .http
+        .delete(api.url(&format!("/projects/{}", project.id)))
+        .header("Authorization", &project.result_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    let stack = crate::faults::Stack::connect().await;
+    let mut left = (Vec::new(), 0usize);
+    for _ in 0..160 {
+        left = stack.project_leftovers(&project.id).await?;
+        if left.0.is_empty() && left.1 == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let after = stack.project_leftovers(&project.id).await?;
+            assert!(after.0.is_empty() && after.1 == 0, "late writes of the stopped run: {after:?}");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("after 40 s the project still has objects {:?} and {} items", left.0, left.1);
+}

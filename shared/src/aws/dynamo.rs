@@ -60,10 +60,10 @@ fn run_sk(run_id: &str) -> String {
     format!("RUN#{run_id}")
 }
 fn shard_prefix(run_id: &str) -> String {
-    format!("RUN#{run_id}#SHARD#")
+    format!("SHARD#{run_id}#")
 }
 fn shard_sk(run_id: &str, shard: u32) -> String {
-    format!("RUN#{run_id}#SHARD#{shard:08}")
+    format!("SHARD#{run_id}#{shard:08}")
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -466,9 +466,6 @@ fn keys_of(items: &[Item]) -> Vec<Item> {
         .collect()
 }
 
-fn is_shard_marker(item: &Item) -> bool {
-    item.get("sk").and_then(|v| v.as_s().ok()).is_some_and(|sk| sk.contains("#SHARD#"))
-}
 
 impl MetaStore for DynamoMeta {
     async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
@@ -674,7 +671,7 @@ impl MetaStore for DynamoMeta {
             return Ok(Vec::new());
         }
         let items = self.query_partition("list runs", &project_pk(project_id), SortKeys::BeginsWith("RUN#")).await?;
-        let mut runs = items.iter().filter(|i| !is_shard_marker(i)).map(run_from).collect::<Result<Vec<_>, _>>()?;
+        let mut runs = items.iter().map(run_from).collect::<Result<Vec<_>, _>>()?;
         runs.sort_by(|a, b| (&a.time_added, &a.run_id).cmp(&(&b.time_added, &b.run_id)));
         Ok(runs)
     }
