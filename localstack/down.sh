@@ -11,7 +11,7 @@ TERM_TIMEOUT="${PPRL_TERM_TIMEOUT:-15}"
 # name -> a string its command line contains (guards against a reused pid)
 declare -A PATTERN=(
   [runner]="local-runner"
-  [api]="debug/api"
+  [api]="\(debug\|release\)/api"
   [seaweedfs]="weed mini"
   [dynamodb]="DynamoDBLocal.jar"
   [localstack]="localstack.runtime.main"

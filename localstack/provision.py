@@ -675,6 +675,10 @@ def write_outputs(plan, ctx, admin, state=STATE):
     target = Path(os.environ.get("CARGO_TARGET_DIR") or "/var/tmp/pprl-target")
     if not target.is_absolute():
         target = ROOT / target
+    # up.sh's PPRL_PROFILE: the runner starts the debug build unless asked for the release one.
+    profile = os.environ.get("PPRL_PROFILE") or "debug"
+    if profile not in ("debug", "release"):
+        raise SystemExit(f"PPRL_PROFILE must be debug or release, got {profile!r}")
     local = local_settings(admin)
     urls = {q["logical_id"]: q.get("url", ctx.refs[q["logical_id"]]) for q in plan["queues"]}
     runner = {"functions": []}
@@ -684,7 +688,7 @@ def write_outputs(plan, ctx, admin, state=STATE):
         if fn["event_sources"]:
             runner["functions"].append({
                 "name": fn["name"],
-                "binary": str(target / "debug" / fn["name"]),
+                "binary": str(target / profile / fn["name"]),
                 "env": env,
                 "timeout_secs": fn["timeout_secs"],
                 "memory_mb": fn["memory_mb"],
