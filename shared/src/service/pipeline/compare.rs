@@ -8,6 +8,8 @@
 //! Memory: the shard's spans (≤ target comparisons' worth of rows of each party, e.g. two spans
 //! of ~17k records × (8 + 128) bytes at the default target) plus its candidates (24 bytes each).
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use tracing::info;
 
@@ -25,6 +27,11 @@ pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the gl
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
     pub async fn compare(&self, message: &ShardMessage) -> Result<(), PipelineError> {
+        // Per-shard costs go into the "shard compared" log line: the benchmarks and the scale
+        // model (docs/scale-model.md) are built from them.
+        let started = Instant::now();
+        let mut fetched_bytes = 0u64;
+        let mut kernel_time = Duration::ZERO;
         let (project_id, run_id) = (message.project_id.as_str(), message.run_id.as_str());
         let Some(run) = self.meta.get_run(project_id, run_id).await? else {
             info!(project_id, run_id, "run deleted; dropping shard");
@@ -68,10 +75,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
                         .work
                         .get_range(&keys::party_data(project_id, party), shard::byte_range(&span, size))
                         .await?;
+                    fetched_bytes += bytes.len() as u64;
                     spans.push((party, span.start, size, bytes));
                 }
                 let threshold = run.threshold;
                 let shard_for_worker = shard.clone();
+                let kernel_started = Instant::now();
                 let found = tokio::task::spawn_blocking(move || -> Result<Vec<candidates::Candidate>, PipelineError> {
                     let inputs = spans
                         .iter()
@@ -85,6 +94,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
                 })
                 .await
                 .map_err(|e| PipelineError::Worker(e.to_string()))??;
+                kernel_time = kernel_started.elapsed();
                 let count = found.len() as u64;
                 if run.candidate_count + count > self.settings.limits.similarity_scores_max_candidate_pairs {
                     self.meta.fail_run(project_id, run_id, CANDIDATE_LIMIT_MESSAGE).await?;
@@ -104,7 +114,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             return Ok(());
         };
         info!(project_id, run_id, shard = shard.index, candidates = count, counted = outcome.counted,
-              done = run.shards_done, total = run.shards_total, "shard compared");
+              done = run.shards_done, total = run.shards_total, comparisons = shard.comparisons,
+              fetched_bytes, kernel_ms = kernel_time.as_millis() as u64,
+              elapsed_ms = started.elapsed().as_millis() as u64, "shard compared");
         if run.state == RunState::Running && run.shards_done >= run.shards_total {
             let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
                 .map_err(|e| PipelineError::Corrupt(e.to_string()))?;

@@ -9,6 +9,8 @@
 //! configured limit: `SOLVER_MAX_CANDIDATE_PAIRS` for groups/permutations,
 //! `SIMILARITY_SCORES_MAX_CANDIDATE_PAIRS` for similarity scores) and the rendered result.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -32,6 +34,8 @@ pub fn permutation_seed(run_id: &str) -> u64 {
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
     pub async fn solve(&self, message: &SolveMessage) -> Result<(), PipelineError> {
+        // Logged with the completion, for the benchmarks (bench/, docs/scale-model.md).
+        let started = Instant::now();
         let (project_id, run_id) = (message.project_id.as_str(), message.run_id.as_str());
         let Some(run) = self.meta.get_run(project_id, run_id).await? else {
             return Ok(());
@@ -111,7 +115,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             }
         }
         if self.meta.complete_run(project_id, run_id, &time::now_iso()).await? {
-            info!(project_id, run_id, pairs, "run completed");
+            info!(project_id, run_id, pairs, elapsed_ms = started.elapsed().as_millis() as u64, "run completed");
         }
         // Shard files are no longer needed by anyone once the run is final.
         self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;
