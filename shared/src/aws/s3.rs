@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 
 use crate::service::ports::{BlobError, BlobStore, Metadata};
@@ -193,6 +193,63 @@ impl BlobStore for S3Blobs {
             .await
             .map_err(|e| map_err(key, e))?;
         Ok(req.uri().to_string())
+    }
+
+    async fn start_multipart(&self, key: &str) -> Result<String, BlobError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        out.upload_id.ok_or_else(|| BlobError::Backend(format!("{key}: CreateMultipartUpload returned no upload id")))
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes) -> Result<String, BlobError> {
+        let number = i32::try_from(number).map_err(|_| BlobError::Backend(format!("{key}: part number {number} too large")))?;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        out.e_tag.ok_or_else(|| BlobError::Backend(format!("{key}: UploadPart {number} returned no ETag")))
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<(), BlobError> {
+        let parts = parts
+            .iter()
+            .map(|(number, etag)| CompletedPart::builder().part_number(*number as i32).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), BlobError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(())
     }
 }
 

@@ -204,24 +204,11 @@ pub fn pack(enc: &PartyEncodings) -> (Vec<u8>, BlockIndex) {
             let key = BlockKey::default_block();
             (0..enc.len() as u32).map(|r| (key, r)).collect()
         }
-        Some(per_record) => {
-            let mut all = Vec::with_capacity(per_record.iter().map(Vec::len).sum());
-            for (record, keys) in per_record.iter().enumerate().take(enc.len()) {
-                all.extend(keys.iter().map(|k| (*k, record as u32)));
-            }
-            all.sort_unstable();
-            all.dedup();
-            all
-        }
+        Some(per_record) => placements(per_record, enc.len()),
     };
     let popcounts: Vec<u32> = (0..enc.len()).map(|r| popcount(enc.record(r))).collect();
     let mut data = Vec::with_capacity(placements.len() * stride);
-    let mut blocks: Vec<BlockEntry> = Vec::new();
-    for (entry, (key, record)) in placements.iter().enumerate() {
-        match blocks.last_mut() {
-            Some(last) if last.key == *key => last.len += 1,
-            _ => blocks.push(BlockEntry { key: *key, first_entry: entry as u64, len: 1 }),
-        }
+    for (_, record) in &placements {
         data.extend_from_slice(&record.to_le_bytes());
         data.extend_from_slice(&popcounts[*record as usize].to_le_bytes());
         data.extend_from_slice(enc.record(*record as usize));
@@ -230,9 +217,41 @@ pub fn pack(enc: &PartyEncodings) -> (Vec<u8>, BlockIndex) {
         encoding_size: size as u32,
         record_count: enc.len() as u64,
         entry_count: placements.len() as u64,
-        blocks,
+        blocks: block_directory(&placements),
     };
     (data, index)
+}
+
+/// Every (block, record) pair of the first `records` records, sorted and without duplicates:
+/// the order of the entries in `data.bin`.
+pub fn placements(per_record: &[Vec<BlockKey>], records: usize) -> Vec<(BlockKey, u32)> {
+    let mut all = Vec::with_capacity(per_record.iter().take(records).map(Vec::len).sum());
+    for (record, keys) in per_record.iter().enumerate().take(records) {
+        all.extend(keys.iter().map(|k| (*k, record as u32)));
+    }
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The block directory of entries laid out in `placements` order.
+pub fn block_directory(placements: &[(BlockKey, u32)]) -> Vec<BlockEntry> {
+    let mut blocks: Vec<BlockEntry> = Vec::new();
+    for (entry, (key, _)) in placements.iter().enumerate() {
+        match blocks.last_mut() {
+            Some(last) if last.key == *key => last.len += 1,
+            _ => blocks.push(BlockEntry { key: *key, first_entry: entry as u64, len: 1 }),
+        }
+    }
+    blocks
+}
+
+/// Writes one `data.bin` entry (record index, popcount, encoding) into `out`, which is exactly
+/// `entry_stride(encoding.len())` bytes long.
+pub fn write_entry(out: &mut [u8], record: u32, encoding: &[u8]) {
+    out[0..4].copy_from_slice(&record.to_le_bytes());
+    out[4..8].copy_from_slice(&popcount(encoding).to_le_bytes());
+    out[8..].copy_from_slice(encoding);
 }
 
 /// A view over a contiguous run of entries of data.bin, starting at entry `first_entry`.

@@ -25,6 +25,11 @@ pub struct Limits {
     pub solver_max_candidate_pairs: u64,
     pub similarity_scores_max_candidate_pairs: u64,
     pub shard_target_comparisons: u64,
+    /// Bytes of an upload-bucket object fan-out reads per ranged GET while ingesting it.
+    pub ingest_chunk_bytes: u64,
+    /// Bytes of `data.bin` fan-out assembles at once when a blocks file reorders the records
+    /// (the object is read once per window; see `pipeline::external`).
+    pub ingest_window_bytes: u64,
 }
 
 impl Default for Limits {
@@ -38,6 +43,8 @@ impl Default for Limits {
             solver_max_candidate_pairs: 100_000_000,
             similarity_scores_max_candidate_pairs: 500_000_000,
             shard_target_comparisons: 300_000_000,
+            ingest_chunk_bytes: 8 * 1024 * 1024,
+            ingest_window_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -105,6 +112,8 @@ impl Settings {
                 d.similarity_scores_max_candidate_pairs,
             )?,
             shard_target_comparisons: number("SHARD_TARGET_COMPARISONS", d.shard_target_comparisons)?,
+            ingest_chunk_bytes: number("INGEST_CHUNK_BYTES", d.ingest_chunk_bytes)?.max(1),
+            ingest_window_bytes: number("INGEST_WINDOW_BYTES", d.ingest_window_bytes)?.max(1),
         };
         if limits.shard_target_comparisons == 0 {
             return Err(ConfigError::Invalid {

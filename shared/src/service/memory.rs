@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -339,6 +339,9 @@ pub(crate) fn compute_micros(time_started: Option<&str>, time_completed: &str) -
 #[derive(Debug, Default)]
 struct BlobInner {
     objects: Mutex<BTreeMap<String, (Bytes, Metadata)>>,
+    /// Unfinished multipart uploads: upload id → (key, parts by number).
+    multipart: Mutex<BTreeMap<String, (String, BTreeMap<u32, Bytes>)>>,
+    multipart_started: AtomicU64,
     /// Makes every `put` fail, to test what callers do when storing fails.
     failing_puts: AtomicBool,
 }
@@ -362,6 +365,11 @@ impl MemoryBlobs {
     /// The object at `key`, if any (a synchronous peek for assertions).
     pub fn object(&self, key: &str) -> Option<(Bytes, Metadata)> {
         lock(&self.inner.objects).get(key).cloned()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn unfinished_multipart_uploads(&self) -> usize {
+        lock(&self.inner.multipart).len()
     }
 
     /// While set, `put` answers a backend error.
@@ -421,6 +429,54 @@ impl BlobStore for MemoryBlobs {
 
     async fn presign_get(&self, key: &str, ttl_secs: u64) -> Result<String, BlobError> {
         Ok(format!("https://memory.invalid/{key}?expires={ttl_secs}"))
+    }
+
+    async fn start_multipart(&self, key: &str) -> Result<String, BlobError> {
+        let id = format!("upload-{}", self.inner.multipart_started.fetch_add(1, Ordering::SeqCst) + 1);
+        lock(&self.inner.multipart).insert(id.clone(), (key.to_string(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes) -> Result<String, BlobError> {
+        if self.inner.failing_puts.load(Ordering::SeqCst) {
+            return Err(BlobError::Backend(format!("injected failure storing part {number} of {key}")));
+        }
+        if !(1..=10_000).contains(&number) {
+            return Err(BlobError::Backend(format!("part number {number} of {key} is out of range")));
+        }
+        let mut uploads = lock(&self.inner.multipart);
+        match uploads.get_mut(upload_id) {
+            Some((k, parts)) if k.as_str() == key => {
+                parts.insert(number, body);
+                Ok(format!("etag-{number}"))
+            }
+            _ => Err(BlobError::NotFound(format!("{key} (multipart upload {upload_id})"))),
+        }
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<(), BlobError> {
+        let (k, stored) = lock(&self.inner.multipart)
+            .remove(upload_id)
+            .ok_or_else(|| BlobError::NotFound(format!("{key} (multipart upload {upload_id})")))?;
+        if k != key || parts.is_empty() {
+            return Err(BlobError::Backend(format!("{key}: completing multipart upload {upload_id} with no parts")));
+        }
+        let mut body = Vec::new();
+        for (i, (number, _)) in parts.iter().enumerate() {
+            let part = stored.get(number).ok_or_else(|| BlobError::Backend(format!("{key}: part {number} was never uploaded")))?;
+            // S3's EntityTooSmall: every part but the last must be at least 5 MiB.
+            if i + 1 < parts.len() && part.len() < 5 * 1024 * 1024 {
+                return Err(BlobError::Backend(format!("{key}: part {number} is smaller than 5 MiB")));
+            }
+            body.extend_from_slice(part);
+        }
+        lock(&self.inner.objects).insert(key.to_string(), (Bytes::from(body), Vec::new()));
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), BlobError> {
+        lock(&self.inner.multipart).remove(upload_id);
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`keys`]: the object-key layout of the working bucket, in one place.
 
 pub mod api;
+pub mod blob_stream;
 pub mod config;
 pub mod keys;
 pub mod lambda;

@@ -105,6 +105,18 @@ pub trait BlobStore: Send + Sync + Clone + 'static {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, BlobError>> + Send;
     /// A time-limited GET URL for clients (results too large for a Lambda response).
     fn presign_get(&self, key: &str, ttl_secs: u64) -> impl Future<Output = Result<String, BlobError>> + Send;
+
+    // ---- multipart writes: objects too large to hold in memory (S3 multipart upload) ------
+    // Use them through [`super::blob_stream::MultipartWriter`], which sizes the parts.
+    /// Starts a multipart upload of `key`; returns its upload id.
+    fn start_multipart(&self, key: &str) -> impl Future<Output = Result<String, BlobError>> + Send;
+    /// Stores part `number` (1-based, at most 10 000; every part but the last at least 5 MiB);
+    /// returns the part's ETag.
+    fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes) -> impl Future<Output = Result<String, BlobError>> + Send;
+    /// Makes the object from `parts` (`(number, etag)`, ascending); it appears atomically.
+    fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> impl Future<Output = Result<(), BlobError>> + Send;
+    /// Discards an unfinished multipart upload and its parts.
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> impl Future<Output = Result<(), BlobError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]

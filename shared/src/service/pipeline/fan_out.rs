@@ -6,21 +6,23 @@
 //!   and the last upload starts it);
 //! - a project delete: remove every object and item of the project.
 //!
-//! Memory: one upload decoded and packed at a time (about 2× the upload's records plus their
-//! block lists), and the block indexes of the project's parties while planning (40 bytes per
-//! block per party). Never more than the project's own data.
+//! Memory: an inline upload (at most the api's request limit) is decoded and packed in memory;
+//! an upload in the upload bucket is streamed (bounds in [`super::external`]); while planning,
+//! the block indexes of the project's parties (32 bytes per block per party).
 
 use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::engine::encoding::{self, PartyEncodings, SizeBounds};
 use crate::engine::packed::{self, BlockIndex};
+use crate::service::blob_stream::MultipartWriter;
 use crate::engine::shard;
 use crate::service::keys::{self, Incoming};
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, Metadata, WorkQueue};
 use crate::service::time;
 
+use super::external::PART_BYTES;
 use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 /// How the api stored an upload (object metadata `kind`).
@@ -33,13 +35,26 @@ fn dispatched_key(project: &str, run: &str) -> String {
     format!("{}dispatched", keys::run_work_prefix(project, run))
 }
 
-fn meta_value<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
+pub(super) fn meta_value<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
     metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// An upload that cannot be ingested, with the message the project's users will see.
 #[derive(Debug)]
-struct Rejected(String);
+pub(super) struct Rejected(pub(super) String);
+
+/// Encodings of the size the project's schema announces (`clkConfig.l`), when it does.
+pub(super) fn check_schema_size(project: &Project, size: usize) -> Result<(), Rejected> {
+    match project.schema_encoding_size() {
+        Some(expected) if expected != size => Err(Rejected(format!(
+            "Encodings are {} bytes but the project's schema says {} bytes (clkConfig.l = {} bits)",
+            size,
+            expected,
+            expected * 8
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// The reference to large data a party put in the upload bucket (written by the api).
 #[derive(Debug, serde::Deserialize)]
@@ -105,26 +120,14 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             }
             Err(e) => return Err(e.into()),
         };
-        let decoded = match self.decode_upload(&project, &body, &metadata).await? {
-            Ok(d) => d,
+        let ingested = match self.ingest_upload(&project, party_index, &body, &metadata).await? {
+            Ok(ingested) => ingested,
             Err(Rejected(message)) => {
                 info!(project_id, party_index, %message, "upload rejected");
                 self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
                 return self.delete_quietly(&key).await;
             }
         };
-        let (data, index) = packed::pack(&decoded);
-        let ingested = IngestedParty {
-            record_count: decoded.len() as u64,
-            encoding_size: decoded.encoding_size as u32,
-            entry_count: index.entry_count,
-            block_count: index.blocks.len() as u64,
-        };
-        drop(decoded);
-        self.work.put(&keys::party_data(project_id, party_index), Bytes::from(data), &Vec::new()).await?;
-        self.work
-            .put(&keys::party_index(project_id, party_index), Bytes::from(index.to_bytes()), &Vec::new())
-            .await?;
         if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
             info!(project_id, party_index, records = ingested.record_count, "upload ingested");
         }
@@ -132,14 +135,16 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         self.start_waiting_runs(project_id).await
     }
 
-    /// Decodes an upload as stored by the api. The outer error is a storage failure (retried);
-    /// the inner one is the user's data being unusable (final, reported on the project).
-    async fn decode_upload(
+    /// Packs an upload as stored by the api into the party's `data.bin` + `index.bin`. The outer
+    /// error is a storage failure (retried); the inner one is the user's data being unusable
+    /// (final, reported on the project).
+    async fn ingest_upload(
         &self,
         project: &Project,
+        party: u32,
         body: &[u8],
         metadata: &Metadata,
-    ) -> Result<Result<PartyEncodings, Rejected>, PipelineError> {
+    ) -> Result<Result<IngestedParty, Rejected>, PipelineError> {
         let limits = &self.settings.limits;
         let bounds = SizeBounds { min: limits.min_encoding_size, max: limits.max_encoding_size };
         let decoded = match meta_value(metadata, "kind") {
@@ -154,79 +159,39 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
                     _ => Err(Rejected("Binary upload requires 'Hash-Count' and 'Hash-Size' headers".into())),
                 }
             }
-            Some(KIND_EXTERNAL) => return self.decode_external(body, bounds).await,
+            Some(KIND_EXTERNAL) => return self.ingest_external(project, party, body, bounds).await,
             other => Err(Rejected(format!("Upload stored in an unknown form ({other:?}); please upload again."))),
         };
         let decoded = match decoded {
             Ok(d) if d.is_empty() => Err(Rejected("Missing CLKs information: the upload holds no encodings".into())),
             other => other,
         };
-        Ok(decoded.and_then(|d| match project.schema_encoding_size() {
-            Some(expected) if expected != d.encoding_size => Err(Rejected(format!(
-                "Encodings are {} bytes but the project's schema says {} bytes (clkConfig.l = {} bits)",
-                d.encoding_size,
-                expected,
-                expected * 8
-            ))),
-            _ => Ok(d),
-        }))
+        let decoded = match decoded.and_then(|d| check_schema_size(project, d.encoding_size).map(|()| d)) {
+            Ok(d) => d,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
     }
 
-    /// Pulls encodings (and blocks) a party put in the upload bucket.
-    async fn decode_external(
-        &self,
-        reference: &[u8],
-        bounds: SizeBounds,
-    ) -> Result<Result<PartyEncodings, Rejected>, PipelineError> {
-        let reference: ExternalUpload = match serde_json::from_slice(reference) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(Rejected(format!("Invalid external upload reference: {e}")))),
+    /// Packs decoded records and stores `data.bin` (in parts when large) and `index.bin`.
+    pub(super) async fn store_packed(&self, project_id: &str, party: u32, decoded: &PartyEncodings) -> Result<IngestedParty, PipelineError> {
+        let (data, index) = packed::pack(decoded);
+        let ingested = IngestedParty {
+            record_count: decoded.len() as u64,
+            encoding_size: decoded.encoding_size as u32,
+            entry_count: index.entry_count,
+            block_count: index.blocks.len() as u64,
         };
-        let max = self.settings.limits.max_upload_bytes;
-        let Some((len, metadata)) = self.uploads.head(&reference.encodings.path).await? else {
-            return Ok(Err(Rejected(format!(
-                "The object store has no object at '{}'; upload it before telling the service",
-                reference.encodings.path
-            ))));
-        };
-        if len > max {
-            return Ok(Err(Rejected(format!("The uploaded object is {len} bytes, over the limit of {max} bytes"))));
-        }
-        let count = meta_value(&metadata, "hash-count").and_then(|v| v.parse::<u64>().ok());
-        let size = meta_value(&metadata, "hash-size").and_then(|v| v.parse::<usize>().ok());
-        let (Some(count), Some(size)) = (count, size) else {
-            return Ok(Err(Rejected(
-                "The uploaded object must carry 'hash-count' and 'hash-size' metadata".into(),
-            )));
-        };
-        let (body, _) = self.uploads.get(&reference.encodings.path).await?;
-        let decoded = if reference.encodings.path.ends_with(".json") {
-            encoding::decode_clks_file(&body, size, bounds)
-        } else {
-            encoding::decode_binary(&body, count, size, bounds)
-        };
-        let mut decoded = match decoded {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(Rejected(e.to_string()))),
-        };
-        if let Some(blocks) = reference.blocks {
-            let file = match blocks {
-                ExternalBlocks::Object { file } => file,
-                ExternalBlocks::Plain(file) => file,
-            };
-            let Some((blen, _)) = self.uploads.head(&file.path).await? else {
-                return Ok(Err(Rejected(format!("The object store has no blocks file at '{}'", file.path))));
-            };
-            if blen > max {
-                return Ok(Err(Rejected(format!("The blocks file is {blen} bytes, over the limit of {max} bytes"))));
-            }
-            let (bbody, _) = self.uploads.get(&file.path).await?;
-            match encoding::decode_blocks_file(&bbody, decoded.len()) {
-                Ok(b) => decoded.blocks = Some(b),
-                Err(e) => return Ok(Err(Rejected(e.to_string()))),
+        let mut writer = MultipartWriter::new(&self.work, keys::party_data(project_id, party), PART_BYTES, Some(data.len() as u64));
+        for part in data.chunks(PART_BYTES) {
+            if let Err(e) = writer.write(part).await {
+                writer.abort().await;
+                return Err(e.into());
             }
         }
-        Ok(Ok(decoded))
+        writer.finish().await?;
+        self.work.put(&keys::party_index(project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
+        Ok(ingested)
     }
 
     /// Deletes the incoming object and, for external uploads, the pulled objects.

@@ -274,3 +274,96 @@ async fn mismatched_encoding_sizes_fail_the_runs() {
     assert_eq!(run.state, RunState::Error);
     assert!(run.error.unwrap_or_default().contains("Mismatch in encoding sizes"));
 }
+
+// ---- uploads in the upload bucket (streamed ingestion) ----------------------------------------
+
+/// A party's external upload: the objects in the upload bucket, the reference in `incoming/`.
+async fn external_upload(p: &TestPipeline, project: &str, party: u32, encodings: (&str, Vec<u8>, u64, usize), blocks: Option<Vec<u8>>) {
+    let (name, body, count, size) = encodings;
+    let path = format!("{project}/{party}/{name}");
+    let counts = vec![("hash-count".to_string(), count.to_string()), ("hash-size".to_string(), size.to_string())];
+    p.uploads.put(&path, Bytes::from(body), &counts).await.unwrap();
+    let mut reference = serde_json::json!({"encodings": {"bucket": "u", "path": path}});
+    if let Some(blocks) = blocks {
+        let blocks_path = format!("{project}/{party}/blocks.json");
+        p.uploads.put(&blocks_path, Bytes::from(blocks), &Vec::new()).await.unwrap();
+        reference["blocks"] = serde_json::json!({"bucket": "u", "path": blocks_path});
+    }
+    let upload_id = format!("ext{party}");
+    let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(project, party, &start).await.unwrap();
+    let key = keys::upload(project, party, &upload_id);
+    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+    // A redelivered event changes nothing.
+    p.on_incoming(&key).await.unwrap();
+}
+
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    (0..n).map(|_| rng.next() as u8).collect()
+}
+
+/// Streamed ingestion writes exactly what packing the decoded upload in memory writes, across
+/// read chunks, multipart parts and (with blocks) windows.
+#[tokio::test]
+async fn streamed_external_uploads_pack_like_in_memory_ingestion() {
+    let mut p = pipeline(1_000_000);
+    // Small chunks and windows so that a few MB cross many of them; 50 000 × 128 bytes makes
+    // a data.bin of two multipart parts.
+    p.settings.limits.ingest_chunk_bytes = 100_000;
+    p.settings.limits.ingest_window_bytes = 1_000_000;
+    let (count, size) = (50_000usize, 128usize);
+    let raw = random_bytes(7, count * size);
+    let blocks: Vec<Vec<String>> = (0..count).map(|i| vec![format!("b{}", i % 13), format!("c{}", (i * 7) % 5)]).collect();
+    let blocks_file = serde_json::json!({
+        "blocks": blocks.iter().enumerate().map(|(i, b)| (i.to_string(), serde_json::json!(b))).collect::<serde_json::Map<_, _>>(),
+        "meta": {},
+    });
+
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let mut with_tail = raw.clone();
+    with_tail.extend_from_slice(&[9; 77]); // ignored past count × size
+    external_upload(&p, &project, 0, ("clks.bin", with_tail, count as u64, size), None).await;
+    external_upload(&p, &project, 1, ("clks.bin", raw.clone(), count as u64, size), Some(serde_json::to_vec(&blocks_file).unwrap())).await;
+
+    let plain = PartyEncodings { encoding_size: size, data: raw.clone(), blocks: None };
+    let blocked = PartyEncodings {
+        encoding_size: size,
+        data: raw,
+        blocks: Some(blocks.iter().map(|b| b.iter().map(|x| BlockKey::of(x)).collect()).collect()),
+    };
+    for (party, expected) in [(0u32, plain), (1, blocked)] {
+        let (data, index) = crate::engine::packed::pack(&expected);
+        assert!(p.work.object(&keys::party_data(&project, party)).unwrap().0 == data, "data.bin of party {party}");
+        assert_eq!(p.work.object(&keys::party_index(&project, party)).unwrap().0.as_ref(), &index.to_bytes()[..]);
+        let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+        let state = &parties[party as usize];
+        assert_eq!(state.upload_state, UploadState::Done, "{state:?}");
+        assert_eq!(state.ingested.as_ref().unwrap().entry_count, index.entry_count);
+    }
+    assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+    assert!(p.uploads.keys().is_empty(), "ingested objects are deleted: {:?}", p.uploads.keys());
+}
+
+#[tokio::test]
+async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() {
+    let p = pipeline(1_000_000);
+    let project = create_project(&p, ResultType::Groups, 4, false).await;
+    // 10 records declared, 9 present.
+    external_upload(&p, &project, 0, ("short.bin", vec![1; 9 * 16], 10, 16), None).await;
+    // A size the service does not accept.
+    external_upload(&p, &project, 1, ("odd.bin", vec![1; 10 * 12], 10, 12), None).await;
+    // A blocks file for a different number of records.
+    let blocks = serde_json::json!({"blocks": {"0": ["a"]}});
+    external_upload(&p, &project, 2, ("b.bin", vec![1; 2 * 16], 2, 16), Some(serde_json::to_vec(&blocks).unwrap())).await;
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    for party in &parties[..3] {
+        assert_eq!(party.upload_state, UploadState::Error, "{party:?}");
+    }
+    assert!(parties[0].error.as_deref().unwrap().contains("did not match the expected size"), "{:?}", parties[0].error);
+    assert!(parties[1].error.as_deref().unwrap().contains("multiple of 8"), "{:?}", parties[1].error);
+    assert!(parties[2].error.as_deref().unwrap().contains("blocks"), "{:?}", parties[2].error);
+    assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
+}

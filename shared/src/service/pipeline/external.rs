@@ -1,0 +1,251 @@
+//! Ingestion of uploads that a party put in the upload bucket (ExternalData), with bounded memory.
+//!
+//! The api stores only a reference (`kind=external`, [`ExternalUpload`]); fan-out checks the
+//! object against the limits and its declared sizes, then packs it into `data.bin` +
+//! `index.bin` (`engine::packed`) and deletes it.
+//!
+//! # Memory
+//!
+//! - **Binary encodings, no blocks file** (every record in block "1", the large-upload case):
+//!   streamed. The object is read in ranged GETs of `Limits::ingest_chunk_bytes` (8 MiB, whole
+//!   records), each record becomes one entry, and `data.bin` is written as a multipart upload
+//!   of [`PART_BYTES`] parts. Peak ≈ one read chunk + the entries made from it + one part in
+//!   flight: about 40 MiB whatever the upload's size (the 1 TiB cap included).
+//! - **Binary encodings with a blocks file**: the block assignment is held in memory, the
+//!   encodings are streamed. The blocks file (JSON) is decoded whole (its body plus ~40 bytes per
+//!   (record, block) while decoding), then reduced to the sorted entry order, 20 bytes per
+//!   (record, block) pair. `data.bin` is then written in windows of at most
+//!   `Limits::ingest_window_bytes` (256 MiB) of entries: for each window, the ranges of the
+//!   object holding its records are read in chunks and copied into place. Peak ≈ blocks file +
+//!   60 bytes per (record, block) + one window + one part. Time: the object is read once per
+//!   window (one pass per 256 MiB of `data.bin`), less where a window's records cluster.
+//! - **`.json` encodings** (`{"clks": [...]}`) are decoded in memory as inline uploads are:
+//!   about the decoded size (¾ of the file) plus its packed copy. Use binary for large uploads.
+
+use bytes::Bytes;
+use tracing::info;
+
+use crate::engine::encoding::{self, BlockKey, DecodeError, SizeBounds};
+use crate::engine::packed::{self, BlockEntry, BlockIndex};
+use crate::service::blob_stream::{self, MultipartWriter};
+use crate::service::keys;
+use crate::service::model::{IngestedParty, Project};
+use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+
+use super::fan_out::{ExternalBlocks, ExternalUpload, Rejected, check_schema_size, meta_value};
+use super::{Pipeline, PipelineError};
+
+/// Part size of the multipart upload of `data.bin` (grown for objects over 160 GB, so that
+/// 10 000 parts suffice).
+pub const PART_BYTES: usize = 16 * 1024 * 1024;
+
+/// An object named by an upload, as found in the upload bucket.
+struct Found {
+    path: String,
+    len: u64,
+    metadata: crate::service::ports::Metadata,
+}
+
+type Outcome = Result<Result<IngestedParty, Rejected>, PipelineError>;
+
+fn rejected(message: impl Into<String>) -> Outcome {
+    Ok(Err(Rejected(message.into())))
+}
+
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+    /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
+    /// The outer error is a storage failure (retried); the inner one the user's data (final).
+    pub(super) async fn ingest_external(&self, project: &Project, party: u32, reference: &[u8], bounds: SizeBounds) -> Outcome {
+        let reference: ExternalUpload = match serde_json::from_slice(reference) {
+            Ok(r) => r,
+            Err(e) => return rejected(format!("Invalid external upload reference: {e}")),
+        };
+        let encodings = match self.find(&reference.encodings.path, "encodings").await? {
+            Ok(found) => found,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let blocks = match reference.blocks {
+            None => None,
+            Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) => match self.find(&file.path, "blocks file").await? {
+                Ok(found) => Some(found),
+                Err(rejection) => return Ok(Err(rejection)),
+            },
+        };
+        let count = meta_value(&encodings.metadata, "hash-count").and_then(|v| v.trim().parse::<u64>().ok());
+        let size = meta_value(&encodings.metadata, "hash-size").and_then(|v| v.trim().parse::<usize>().ok());
+        let (Some(count), Some(size)) = (count, size) else {
+            return rejected("The uploaded object must carry 'hash-count' and 'hash-size' metadata (positive integers)");
+        };
+        if encodings.path.ends_with(".json") {
+            return self.ingest_json_file(project, party, &encodings, blocks.as_ref(), size, bounds).await;
+        }
+        if let Err(e) = check_binary_declaration(&encodings, count, size, bounds) {
+            return rejected(e.to_string());
+        }
+        if let Err(rejection) = check_schema_size(project, size) {
+            return Ok(Err(rejection));
+        }
+        match blocks {
+            None => self.stream_unblocked(project, party, &encodings, count, size).await,
+            Some(blocks) => self.stream_blocked(project, party, &encodings, &blocks, count, size).await,
+        }
+    }
+
+    /// Heads an object of the upload bucket and checks it against the upload cap.
+    async fn find(&self, path: &str, what: &str) -> Result<Result<Found, Rejected>, PipelineError> {
+        let Some((len, metadata)) = self.uploads.head(path).await? else {
+            return Ok(Err(Rejected(format!("The object store has no {what} at '{path}'; upload it before telling the service"))));
+        };
+        let max = self.settings.limits.max_upload_bytes;
+        if len > max {
+            return Ok(Err(Rejected(format!("The {what} at '{path}' is {len} bytes, over the limit of {max} bytes"))));
+        }
+        Ok(Ok(Found { path: path.to_string(), len, metadata }))
+    }
+
+    /// `{"clks": [...]}` (and maybe a blocks file), decoded in memory.
+    async fn ingest_json_file(&self, project: &Project, party: u32, encodings: &Found, blocks: Option<&Found>, size: usize, bounds: SizeBounds) -> Outcome {
+        let (body, _) = self.uploads.get(&encodings.path).await?;
+        let mut decoded = match encoding::decode_clks_file(&body, size, bounds) {
+            Ok(d) => d,
+            Err(e) => return rejected(e.to_string()),
+        };
+        drop(body);
+        if let Some(blocks) = blocks {
+            match self.read_blocks_file(blocks, decoded.len()).await? {
+                Ok(b) => decoded.blocks = Some(b),
+                Err(e) => return rejected(e.to_string()),
+            }
+        }
+        if let Err(rejection) = check_schema_size(project, decoded.encoding_size) {
+            return Ok(Err(rejection));
+        }
+        Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
+    }
+
+    async fn read_blocks_file(&self, blocks: &Found, count: usize) -> Result<Result<Vec<Vec<BlockKey>>, DecodeError>, PipelineError> {
+        let (body, _) = self.uploads.get(&blocks.path).await?;
+        Ok(encoding::decode_blocks_file(&body, count))
+    }
+
+    /// Every record in block "1": one pass over the object, entries in record order.
+    async fn stream_unblocked(&self, project: &Project, party: u32, encodings: &Found, count: u64, size: usize) -> Outcome {
+        let stride = packed::entry_stride(size);
+        let key = keys::party_data(&project.project_id, party);
+        let mut writer = MultipartWriter::new(&self.work, key, PART_BYTES, Some(count * stride as u64));
+        let written = self.copy_unblocked(encodings, count, size, &mut writer).await;
+        if let Err(e) = written {
+            writer.abort().await;
+            return Err(e);
+        }
+        writer.finish().await?;
+        let index = BlockIndex {
+            encoding_size: size as u32,
+            record_count: count,
+            entry_count: count,
+            blocks: vec![BlockEntry { key: BlockKey::default_block(), first_entry: 0, len: count }],
+        };
+        self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
+        info!(project_id = %project.project_id, party, records = count, "external upload streamed into data.bin");
+        Ok(Ok(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
+    }
+
+    async fn copy_unblocked(&self, encodings: &Found, count: u64, size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+        let stride = packed::entry_stride(size);
+        let mut entries = Vec::new();
+        for range in blob_stream::chunks(0..count * size as u64, self.settings.limits.ingest_chunk_bytes, size as u64) {
+            let first = range.start / size as u64;
+            let chunk = blob_stream::read_exact(&self.uploads, &encodings.path, range).await?;
+            let records = chunk.len() / size;
+            entries.resize(records * stride, 0);
+            for (i, (encoding, entry)) in chunk.chunks_exact(size).zip(entries.chunks_exact_mut(stride)).enumerate() {
+                packed::write_entry(entry, (first + i as u64) as u32, encoding);
+            }
+            writer.write(&entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Records reordered by a blocks file: the assignment in memory, entries window by window.
+    async fn stream_blocked(&self, project: &Project, party: u32, encodings: &Found, blocks: &Found, count: u64, size: usize) -> Outcome {
+        let per_record = match self.read_blocks_file(blocks, count as usize).await? {
+            Ok(b) => b,
+            Err(e) => return rejected(e.to_string()),
+        };
+        let placements = packed::placements(&per_record, count as usize);
+        drop(per_record);
+        let index = BlockIndex {
+            encoding_size: size as u32,
+            record_count: count,
+            entry_count: placements.len() as u64,
+            blocks: packed::block_directory(&placements),
+        };
+        let stride = packed::entry_stride(size);
+        let key = keys::party_data(&project.project_id, party);
+        let mut writer = MultipartWriter::new(&self.work, key, PART_BYTES, Some(placements.len() as u64 * stride as u64));
+        let written = self.copy_windows(encodings, &placements, size, &mut writer).await;
+        if let Err(e) = written {
+            writer.abort().await;
+            return Err(e);
+        }
+        writer.finish().await?;
+        self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
+        info!(project_id = %project.project_id, party, records = count, entries = index.entry_count, "external upload with blocks streamed into data.bin");
+        Ok(Ok(IngestedParty {
+            record_count: count,
+            encoding_size: size as u32,
+            entry_count: index.entry_count,
+            block_count: index.blocks.len() as u64,
+        }))
+    }
+
+    async fn copy_windows(&self, encodings: &Found, placements: &[(BlockKey, u32)], size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+        let stride = packed::entry_stride(size);
+        let limits = &self.settings.limits;
+        let window_entries = (limits.ingest_window_bytes as usize / stride).max(1);
+        let chunk_records = (limits.ingest_chunk_bytes as usize / size).max(1) as u64;
+        for window in placements.chunks(window_entries) {
+            let mut entries = vec![0u8; window.len() * stride];
+            // (record, position in the window), by record: the object is read front to back.
+            let mut wanted: Vec<(u32, u32)> = window.iter().enumerate().map(|(pos, (_, record))| (*record, pos as u32)).collect();
+            wanted.sort_unstable();
+            let mut next = 0;
+            while next < wanted.len() {
+                // A chunk starting at the first record still wanted skips the gaps between them.
+                let first = u64::from(wanted[next].0);
+                let end = (first + chunk_records).min(encodings.len / size as u64);
+                let chunk = blob_stream::read_exact(&self.uploads, &encodings.path, first * size as u64..end * size as u64).await?;
+                while next < wanted.len() && u64::from(wanted[next].0) < end {
+                    let (record, pos) = wanted[next];
+                    let at = (u64::from(record) - first) as usize * size;
+                    let pos = pos as usize * stride;
+                    packed::write_entry(&mut entries[pos..pos + stride], record, &chunk[at..at + size]);
+                    next += 1;
+                }
+            }
+            writer.write(&entries).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The declared count and size against the deployment's bounds and the object's length (bytes
+/// past count × size are ignored, as the reference does).
+fn check_binary_declaration(encodings: &Found, count: u64, size: usize, bounds: SizeBounds) -> Result<(), DecodeError> {
+    bounds.check(size)?;
+    if count == 0 {
+        return Err(DecodeError::ZeroCount);
+    }
+    if count > u64::from(u32::MAX) + 1 {
+        return Err(DecodeError::TooManyRecords { max: u64::from(u32::MAX) + 1 });
+    }
+    match count.checked_mul(size as u64) {
+        Some(needed) if needed <= encodings.len => Ok(()),
+        needed => Err(DecodeError::BinaryLength {
+            count,
+            size,
+            expected: needed.map_or_else(|| "more than 2^64".into(), |n| n.to_string()),
+            actual: encodings.len as usize,
+        }),
+    }
+}
