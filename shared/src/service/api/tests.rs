@@ -458,7 +458,8 @@ async fn external_uploads_must_stay_under_the_party_prefix() {
     let api = Api::new();
     let p = api.project_with(json!({"schema": {}, "result_type": "groups", "uses_blocking": true})).await;
     let path = format!("/projects/{}/clks", p.id);
-    let file = |party: usize, name: &str| json!({"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/{party}/{name}", p.id), "endpoint": "x"}, "credentials": {"AccessKeyId": "k"}});
+    // ExternalData as anonlink-client sends it; the endpoint, when given, is the service's own.
+    let file = |party: usize, name: &str| json!({"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/{party}/{name}", p.id), "endpoint": "http://Uploads.example.org:9000/"}, "credentials": {"AccessKeyId": "k"}});
 
     let foreign = json!({"encodings": file(1, "e.json"), "blocks": file(0, "b.json")});
     assert_eq!(api.post(&path).token(&p.update_tokens[0]).json(foreign).send().await.problem(403), "Provided object store path is not allowed");
@@ -470,6 +471,13 @@ async fn external_uploads_must_stay_under_the_party_prefix() {
     api.post(&path).token(&p.update_tokens[0]).json(sneaky).send().await.problem(403);
     let mixed = json!({"encodings": ["AA=="], "blocks": file(0, "b.json")});
     api.post(&path).token(&p.update_tokens[0]).json(mixed).send().await.problem(400);
+    // Another object store (the client's own, or an internal address) is never pulled from.
+    for endpoint in ["s3.amazonaws.com", "169.254.169.254", "http://127.0.0.1:8333"] {
+        let mut elsewhere = file(0, "e.json");
+        elsewhere["file"]["endpoint"] = json!(endpoint);
+        let detail = api.post(&path).token(&p.update_tokens[0]).json(json!({"encodings": elsewhere, "blocks": file(0, "b.json")})).send().await.problem(400);
+        assert!(detail.contains("another object store") && detail.contains(endpoint), "{detail}");
+    }
 
     let ok = json!({"encodings": file(0, "e.json"), "blocks": file(0, "b.json")});
     assert_eq!(api.post(&path).token(&p.update_tokens[0]).json(ok).send().await.status, StatusCode::CREATED);

@@ -62,12 +62,39 @@ pub struct ExternalUpload {
 
 // ---- reading a JSON upload without decoding it ------------------------------------------------
 
-/// The `file` part of the reference's ExternalData (`endpoint`, `secure` and `credentials` are
-/// accepted and ignored: the service pulls with its own credentials, as the reference does).
+/// The `file` part of the reference's ExternalData. `credentials` (beside `file`) and `secure`
+/// are accepted and ignored: the service pulls from its own upload store with its own
+/// credentials, as the reference does. An `endpoint` naming another store is refused (see
+/// [`check_endpoint`]).
 #[derive(Debug, Deserialize)]
 struct ExternalFile {
     bucket: String,
     path: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+}
+
+/// `host[:port]` of an endpoint, lower-case, without scheme or trailing slash.
+fn normalise_endpoint(endpoint: &str) -> String {
+    let without_scheme = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    without_scheme.trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// ExternalData may name the service's own upload store (what `authorize-external-upload`
+/// announced) or none. Pulling from a store the data provider runs is not supported: it would
+/// make the service fetch from addresses chosen by a client (a server-side request forgery
+/// risk), so it is refused with a message that says what to do instead.
+fn check_endpoint(file: &ExternalFile, public_endpoint: &str) -> Result<(), ApiError> {
+    match &file.endpoint {
+        Some(endpoint) if !endpoint.trim().is_empty() && normalise_endpoint(endpoint) != normalise_endpoint(public_endpoint) => {
+            Err(ApiError::BadRequest(format!(
+                "Pulling encodings from another object store ('{endpoint}') is not supported; upload them to \
+                 this service's store ('{public_endpoint}') with the credentials from authorize-external-upload, \
+                 and name that object (the endpoint may be left out)."
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `encodings` or `blocks`: inline (counted, not decoded) or ExternalData.
@@ -212,6 +239,10 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
                 "Uploads through the object store are disabled on this service; send the encodings in the request body."
                     .into(),
             ));
+        }
+        check_endpoint(file, &upload.public_endpoint)?;
+        if let Some(Source::External(blocks)) = &p.blocks {
+            check_endpoint(blocks, &upload.public_endpoint)?;
         }
         let encodings = check_object_allowed(&upload.bucket, &project.project_id, party, file)?;
         let blocks = match &p.blocks {
