@@ -38,3 +38,8 @@ echo "API_URL=$API_URL" >&2
 
 step "unit, property and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast
+
+# The unchanged reference client (anonlink-client 0.1.5) through authorize-external-upload and
+# the object store; installs itself into .local/ on first use (~40 s).
+step "compatibility: anonlink-client 0.1.5 uploads through the object store"
+tests/compat/anonlink_client.sh
