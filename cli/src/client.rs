@@ -5,12 +5,50 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// The service answered, but not with success.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: the service answered {status}: {detail}")]
+pub struct ServiceError {
+    pub what: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// What `authorize-external-upload` grants: temporary credentials for one prefix of a bucket.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UploadGrant {
+    pub credentials: TemporaryCredentials,
+    pub upload: UploadTarget,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct TemporaryCredentials {
+    #[serde(rename = "AccessKeyId")]
+    pub access_key_id: String,
+    #[serde(rename = "SecretAccessKey")]
+    pub secret_access_key: String,
+    #[serde(rename = "SessionToken")]
+    pub session_token: String,
+    #[serde(rename = "Expiration", default)]
+    pub expiration: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UploadTarget {
+    /// host[:port] of the object store.
+    pub endpoint: String,
+    pub secure: bool,
+    pub bucket: String,
+    /// The prefix the credentials may write under (no trailing slash).
+    pub path: String,
+}
+
 pub struct ServiceClient {
     base: String,
     http: reqwest::blocking::Client,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct NewProject {
     pub project_id: String,
     pub result_token: String,
@@ -46,7 +84,7 @@ impl ServiceClient {
             let body: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
             if !status.is_success() {
                 let detail = body.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
-                bail!("{what}: the service answered {status}: {detail}");
+                return Err(ServiceError { what: what.to_owned(), status: status.as_u16(), detail }.into());
             }
             return Ok(body);
         }
@@ -58,7 +96,11 @@ impl ServiceClient {
     }
 
     pub fn create_project(&self, result_type: &str, parties: u32, schema: &Value, name: &str) -> anyhow::Result<NewProject> {
-        let body = json!({"schema": schema, "result_type": result_type, "number_parties": parties, "name": name});
+        self.create_project_with(result_type, parties, schema, name, false)
+    }
+
+    pub fn create_project_with(&self, result_type: &str, parties: u32, schema: &Value, name: &str, uses_blocking: bool) -> anyhow::Result<NewProject> {
+        let body = json!({"schema": schema, "result_type": result_type, "number_parties": parties, "name": name, "uses_blocking": uses_blocking});
         let v = self.call("create project", || self.http.post(self.url("/projects")).json(&body))?;
         Ok(NewProject {
             project_id: v["project_id"].as_str().context("no project_id in the answer")?.to_owned(),
@@ -79,6 +121,35 @@ impl ServiceClient {
                 .post(self.url(&format!("/projects/{project}/clks")))
                 .header("Authorization", update_token)
                 .header("Content-Type", "application/json")
+                .body(body.clone())
+        })?;
+        Ok(v["receipt_token"].as_str().context("no receipt_token in the answer")?.to_owned())
+    }
+
+    /// Temporary credentials to upload straight to the object store, or `None` when the service
+    /// has the feature disabled (it answers 500 "Feature Disabled", as the reference does).
+    pub fn authorize_external_upload(&self, project: &str, update_token: &str) -> anyhow::Result<Option<UploadGrant>> {
+        let answer = self.call("authorize external upload", || {
+            self.http
+                .get(self.url(&format!("/projects/{project}/authorize-external-upload")))
+                .header("Authorization", update_token)
+        });
+        match answer {
+            Ok(v) => Ok(Some(serde_json::from_value(v).context("authorize-external-upload answered an unexpected shape")?)),
+            Err(e) if e.downcast_ref::<ServiceError>().is_some_and(|s| s.status == 500 && s.detail.contains("Feature Disabled")) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads raw encodings to `/binaryclks`; returns the receipt token.
+    pub fn upload_binary(&self, project: &str, update_token: &str, count: u64, size: usize, body: Vec<u8>) -> anyhow::Result<String> {
+        let v = self.call("binary upload", || {
+            self.http
+                .post(self.url(&format!("/projects/{project}/binaryclks")))
+                .header("Authorization", update_token)
+                .header("Content-Type", "application/octet-stream")
+                .header("Hash-Count", count.to_string())
+                .header("Hash-Size", size.to_string())
                 .body(body.clone())
         })?;
         Ok(v["receipt_token"].as_str().context("no receipt_token in the answer")?.to_owned())

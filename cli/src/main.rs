@@ -1,4 +1,5 @@
-//! `pprl`: the offline linkage twin of the service (`pprl link`) and, later, a client for it.
+//! `pprl`: the offline linkage twin of the service (`pprl link`) and a client for it
+//! (`create-project`, `upload`, `run`, `status`, `results`, `demo`).
 //!
 //! Kept thin: argument dispatch and command code live in [`commands`]; this file only maps
 //! errors to exit codes (2 for usage errors, 1 for everything else).
@@ -6,6 +7,7 @@
 mod args;
 mod client;
 mod commands;
+mod object_store;
 mod progress;
 
 use std::process::ExitCode;

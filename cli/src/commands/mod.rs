@@ -3,9 +3,11 @@
 
 mod demo;
 mod link;
+mod runs;
 mod synth;
+mod upload;
 
-use crate::args::UsageError;
+use crate::args::{Args, UsageError};
 
 type Run = fn(&[String]) -> anyhow::Result<()>;
 
@@ -14,6 +16,11 @@ const COMMANDS: &[(&str, &str, Run)] = &[
     ("link", "link parties' encodings offline, exactly as the service would", link::run),
     ("demo", "link the FEBRL4 sample through a running service and report accuracy", demo::run),
     ("synth", "generate two parties' CLKs with known matches (and blocks) for benchmarks", synth::run),
+    ("create-project", "create a linkage project on the service; prints its tokens", runs::create_project),
+    ("upload", "upload a party's encodings (object store in parts, else the API)", upload::run),
+    ("run", "start a linkage run on a project", runs::run),
+    ("status", "show a run's status (--watch follows it to the end)", runs::status),
+    ("results", "fetch a run's result", runs::results),
 ];
 
 fn help() -> String {
@@ -22,9 +29,9 @@ fn help() -> String {
          Usage: pprl <command> [options]\n\nCommands:\n",
     );
     for (name, summary, _) in COMMANDS {
-        out.push_str(&format!("  {name:<12} {summary}\n"));
+        out.push_str(&format!("  {name:<15} {summary}\n"));
     }
-    out.push_str("  help         show this message\n\nRun 'pprl <command> --help' for a command's options.\n");
+    out.push_str("  help            show this message\n\nRun 'pprl <command> --help' for a command's options.\n");
     out
 }
 
@@ -52,4 +59,9 @@ pub fn dispatch(argv: &[String]) -> anyhow::Result<()> {
 /// True when the command was asked for its help text.
 pub(crate) fn wants_help(argv: &[String]) -> bool {
     argv.iter().any(|a| a == "--help" || a == "-h")
+}
+
+/// `--server`, else `$API_URL`, else the local stack's address.
+pub(crate) fn server_arg(args: &mut Args) -> String {
+    args.value("server").or_else(|| std::env::var("API_URL").ok()).unwrap_or_else(|| "http://127.0.0.1:8851".into())
 }

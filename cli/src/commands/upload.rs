@@ -1,0 +1,152 @@
+//! `pprl upload`: one party's encodings (and blocks) to a project, through the object store
+//! when the service allows it, else through the REST API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::{server_arg, wants_help};
+use crate::args::{Args, UsageError};
+use crate::client::{ServiceClient, UploadGrant};
+use crate::object_store::{Body, Uploader};
+use crate::progress::ProgressBar;
+
+pub const USAGE: &str = "\
+Usage: pprl upload --project ID --token UPDATE_TOKEN [options] ENCODINGS
+
+Uploads one party's encodings. ENCODINGS is either a clkhash/anonlink-client JSON file
+({\"clks\": [base64, ...]}) or a binary file of fixed-size encodings, one after another (give
+--encoding-size). The client asks the service for temporary credentials and uploads straight to
+the object store in parts (with retries and a progress bar), then tells the service where the
+data is. When the service has that feature disabled, it uploads through the REST API instead
+(limited to the API's request size).
+
+Options:
+  --server URL            the service (default $API_URL, else http://127.0.0.1:8851)
+  --project ID            the project
+  --token TOKEN           the party's update token
+  --blocks FILE           blocklib's blocks JSON for these encodings (projects with blocking)
+  --encoding-size BYTES   bytes per encoding, for binary files (e.g. 128)
+  --part-size MIB         multipart part size in MiB (default 64; grown for files over 640 GB)
+  --concurrency N         parts in flight at once (default 4; memory = N x part size)
+  --endpoint HOST[:PORT]  reach the object store by this address instead of the announced one
+  --direct                upload through the REST API even when the object store is offered
+  --progress              draw the progress bar even when stderr is not a terminal
+
+Prints {\"receipt_token\": ...} on success.
+";
+
+/// The encodings, ready to go: binary, with their count and size.
+struct Encodings {
+    body: Body,
+    count: u64,
+    size: usize,
+}
+
+fn load_encodings(path: &Path, encoding_size: Option<usize>) -> anyhow::Result<Encodings> {
+    let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    if let Some(size) = encoding_size {
+        if size == 0 || len % size as u64 != 0 {
+            bail!("{} is {len} bytes, not a whole number of {size}-byte encodings", path.display());
+        }
+        return Ok(Encodings { body: Body::File { path: path.to_path_buf(), len }, count: len / size as u64, size });
+    }
+    // JSON: decoded here (as the service would) and sent as binary, which the service ingests
+    // streaming; a JSON file must fit in memory anyway to be made.
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let decoded = shared::engine::encoding::decode_json_upload(&text, shared::engine::encoding::SizeBounds { min: 1, max: usize::MAX })
+        .with_context(|| format!("{} is not a clks JSON file (give --encoding-size for a binary file)", path.display()))?;
+    if decoded.blocks.is_some() {
+        bail!("{} carries blocks inline; give the encodings as {{\"clks\": [...]}} and the blocks with --blocks", path.display());
+    }
+    Ok(Encodings { count: decoded.len() as u64, size: decoded.encoding_size, body: Body::Memory(bytes::Bytes::from(decoded.data)) })
+}
+
+pub fn run(argv: &[String]) -> anyhow::Result<()> {
+    if wants_help(argv) {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let mut args = Args::parse("upload", argv, &["direct", "progress"])?;
+    let server = server_arg(&mut args);
+    let project = args.value("project").ok_or_else(|| UsageError::new("upload", "--project is required"))?;
+    let token = args.value("token").ok_or_else(|| UsageError::new("upload", "--token is required (the party's update token)"))?;
+    let blocks = args.value("blocks").map(PathBuf::from);
+    let encoding_size: Option<usize> = args.parsed("encoding-size", "a number of bytes")?;
+    let part_mib: u64 = args.parsed("part-size", "a number of MiB")?.unwrap_or(64);
+    let concurrency: usize = args.parsed("concurrency", "a positive number")?.unwrap_or(4);
+    let endpoint = args.value("endpoint");
+    let direct = args.flag("direct")?;
+    let force_progress = args.flag("progress")?;
+    let files = args.finish()?;
+    let [file] = files.as_slice() else {
+        return Err(UsageError::new("upload", "give exactly one encodings file").into());
+    };
+
+    let encodings = load_encodings(Path::new(file), encoding_size)?;
+    let blocks_json = match &blocks {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let client = ServiceClient::new(&server)?;
+    let grant = if direct { None } else { client.authorize_external_upload(&project, &token)? };
+    let receipt = match grant {
+        Some(grant) => {
+            let uploader = Uploader::new(&grant, endpoint.as_deref(), part_mib * 1024 * 1024, concurrency)?;
+            via_object_store(&client, &uploader, &grant, &project, &token, encodings, blocks_json, force_progress)?
+        }
+        None => {
+            if !direct {
+                eprintln!("pprl: the service does not offer object-store uploads; uploading through the API");
+            }
+            via_api(&client, &project, &token, encodings, blocks_json)?
+        }
+    };
+    println!("{}", json!({"receipt_token": receipt}));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn via_object_store(
+    client: &ServiceClient,
+    uploader: &Uploader,
+    grant: &UploadGrant,
+    project: &str,
+    token: &str,
+    encodings: Encodings,
+    blocks: Option<Vec<u8>>,
+    force_progress: bool,
+) -> anyhow::Result<String> {
+    let target = &grant.upload;
+    let encodings_key = format!("{}/encodings.bin", target.path);
+    let metadata = [("hash-count", encodings.count.to_string()), ("hash-size", encodings.size.to_string())];
+    let mut progress = ProgressBar::new(force_progress);
+    let label = format!("{} encodings of {} bytes", encodings.count, encodings.size);
+    uploader.upload(&encodings_key, encodings.body, &metadata, &mut progress, &label)?;
+    let file = |path: &str| json!({"file": {"bucket": target.bucket, "path": path}});
+    let mut reference = json!({"encodings": file(&encodings_key)});
+    if let Some(blocks) = blocks {
+        let blocks_key = format!("{}/blocks.json", target.path);
+        uploader.upload(&blocks_key, Body::Memory(bytes::Bytes::from(blocks)), &[], &mut progress, "blocks")?;
+        reference["blocks"] = file(&blocks_key);
+    }
+    progress.finish();
+    client.upload_json(project, token, serde_json::to_vec(&reference)?)
+}
+
+fn via_api(client: &ServiceClient, project: &str, token: &str, encodings: Encodings, blocks: Option<Vec<u8>>) -> anyhow::Result<String> {
+    let data = match encodings.body {
+        Body::Memory(b) => b.to_vec(),
+        Body::File { path, .. } => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    };
+    let Some(blocks) = blocks else {
+        return client.upload_binary(project, token, encodings.count, encodings.size, data);
+    };
+    // Blocks go with base64 encodings in one JSON body ({"encodings": [...], "blocks": {...}}).
+    let blocks: Value = serde_json::from_slice(&blocks).context("the blocks file is not JSON")?;
+    let blocks = blocks.get("blocks").cloned().context("the blocks file has no \"blocks\" object (blocklib output)")?;
+    use base64::Engine;
+    let b64: Vec<String> = data.chunks(encodings.size).map(|r| base64::engine::general_purpose::STANDARD.encode(r)).collect();
+    client.upload_json(project, token, serde_json::to_vec(&json!({"encodings": b64, "blocks": blocks}))?)
+}
