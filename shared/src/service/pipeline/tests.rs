@@ -367,3 +367,39 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
     assert!(parties[2].error.as_deref().unwrap().contains("blocks"), "{:?}", parties[2].error);
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
 }
+
+// ---- the reference's candidate-pair limits ------------------------------------------------------
+
+async fn limited_run(result_type: ResultType, limits: impl FnOnce(&mut Limits)) -> Run {
+    let mut p = pipeline(100);
+    limits(&mut p.settings.limits);
+    let data = parties(12, 2, 40, false);
+    let project = create_project(&p, result_type, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "limited", 0.3).await;
+    drain(&p, 1).await;
+    p.meta.get_run(&project, "limited").await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn too_many_candidates_for_the_solver_end_the_run_with_the_reference_message() {
+    let run = limited_run(ResultType::Groups, |l| l.solver_max_candidate_pairs = 5).await;
+    assert_eq!(run.state, RunState::Error);
+    assert_eq!(run.error.as_deref(), Some(super::solve::SOLVER_LIMIT_MESSAGE));
+}
+
+#[tokio::test]
+async fn too_many_similarity_scores_end_the_run_with_the_reference_message() {
+    let run = limited_run(ResultType::SimilarityScores, |l| l.similarity_scores_max_candidate_pairs = 5).await;
+    assert_eq!(run.state, RunState::Error);
+    assert_eq!(run.error.as_deref(), Some(super::compare::CANDIDATE_LIMIT_MESSAGE));
+}
+
+#[tokio::test]
+async fn within_the_limits_the_same_run_completes() {
+    let run = limited_run(ResultType::Groups, |_| {}).await;
+    assert_eq!(run.state, RunState::Completed);
+    assert!(run.candidate_count > 5, "the limited runs above really had more than 5 candidates");
+}
