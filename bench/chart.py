@@ -5,6 +5,7 @@ on a shared log-free linear scale per row (each row is scaled to its own longest
 the experiments span three orders of magnitude), with the figures written beside the bars.
 
 Usage: bench/chart.py [results.json] [chart.svg]
+       bench/chart.py --table [results.json]     the results as a Markdown table (for README)
 """
 
 import json
@@ -31,7 +32,9 @@ def fmt_s(x):
 
 
 def fmt_rate(x):
-    return "-" if not x else f"{x / 1e6:.0f} M/s" if x < 1e9 else f"{x / 1e9:.2f} G/s"
+    if not x:
+        return "-"
+    return f"{x / 1e3:.0f} k/s" if x < 1e6 else f"{x / 1e6:.0f} M/s" if x < 1e9 else f"{x / 1e9:.2f} G/s"
 
 
 def draw(doc):
@@ -101,7 +104,30 @@ def draw(doc):
     return "\n".join(out) + "\n"
 
 
+def table(doc):
+    rows = ["| experiment | comparisons | engine only | end to end | e2e / engine | compare stage | peak MiB (fan-out / compare / solve) | recall / precision | load (engine, e2e) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(doc["experiments"], key=lambda n: (next((i for i, o in enumerate(ORDER) if n.startswith(o) and
+                                                               n[len(o):] in ("", "-blocked")), 99), n)):
+        e = doc["experiments"][name]
+        e2e, eng = e.get("e2e"), e.get("engine")
+        if not (e2e and eng):
+            rows.append(f"| {name} | | | | | | | | failed or not run: {e.get('error', '')[:60]} |")
+            continue
+        mem = e2e["peak_memory_mib"]
+        acc = e2e["accuracy"]
+        rows.append(f"| {name} | {e2e['comparisons']:,} | {fmt_s(eng['wall_s'])} | {fmt_s(e2e['total_s'])} | "
+                    f"{e['e2e_over_engine']:.2f}× | {fmt_s(e2e['stages_s']['compare'])}, {fmt_rate(e2e.get('comparisons_per_s_compare_stage'))} | "
+                    f"{mem.get('fan-out', 0):.0f} / {mem.get('compare', 0):.0f} / {mem.get('solve', 0):.0f} | "
+                    f"{acc['recall']:.3f} / {acc['precision']:.3f} | {eng['load_before'][0]}, {e2e['load_before'][0]} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv):
+    if len(argv) > 1 and argv[1] == "--table":
+        src = Path(argv[2]) if len(argv) > 2 else ROOT / "bench" / "results" / "results.json"
+        print(table(json.loads(src.read_text())), end="")
+        return
     src = Path(argv[1]) if len(argv) > 1 else ROOT / "bench" / "results" / "results.json"
     dst = Path(argv[2]) if len(argv) > 2 else src.with_name("chart.svg")
     dst.write_text(draw(json.loads(src.read_text())))
