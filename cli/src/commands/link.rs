@@ -128,10 +128,10 @@ fn parse(argv: &[String]) -> Result<Options, UsageError> {
     if files.len() > MAX_PARTIES {
         return Err(usage(format!("at most {MAX_PARTIES} parties are supported, got {}", files.len())));
     }
-    if let Some(bf) = &blocks_files {
-        if bf.len() != files.len() {
-            return Err(usage(format!("--blocks-files names {} files for {} parties", bf.len(), files.len())));
-        }
+    if let Some(bf) = &blocks_files
+        && bf.len() != files.len()
+    {
+        return Err(usage(format!("--blocks-files names {} files for {} parties", bf.len(), files.len())));
     }
     if binary_size.is_some() && blocks && blocks_files.is_none() {
         return Err(usage("--blocks with --binary-size needs --blocks-files (raw files have no blocks)".into()));

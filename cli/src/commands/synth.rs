@@ -127,7 +127,7 @@ fn parse(argv: &[String]) -> Result<Options, UsageError> {
     }
     let seed = args.parsed("seed", "an unsigned 64-bit integer")?.unwrap_or(1);
     let bits: usize = args.parsed("bits", "a number of bits")?.unwrap_or(1024);
-    if bits == 0 || bits % 64 != 0 || bits > 8 * 1024 {
+    if bits == 0 || !bits.is_multiple_of(64) || bits > 8 * 1024 {
         return Err(usage(format!("--bits must be a positive multiple of 64, at most 8192, got {bits}")));
     }
     let format = match args.value("format").as_deref() {
