@@ -27,6 +27,27 @@ where
     response
 }
 
+/// Which pipeline step an SQS-triggered function runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    FanOut,
+    Compare,
+    Solve,
+}
+
+/// Runs `step` on one SQS event.
+pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
+    step: Step,
+    pipeline: &Pipeline<M, B, U, Q>,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    match step {
+        Step::FanOut => fan_out(pipeline, event).await,
+        Step::Compare => compare(pipeline, event).await,
+        Step::Solve => solve(pipeline, event).await,
+    }
+}
+
 fn body(record: &SqsMessage) -> Result<&str, PipelineError> {
     record.body.as_deref().ok_or_else(|| PipelineError::Event("SQS message without body".into()))
 }
