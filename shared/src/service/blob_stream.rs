@@ -103,10 +103,10 @@ impl<'a, B: BlobStore> MultipartWriter<'a, B> {
 
     /// Discards the parts uploaded so far (best effort: the lifecycle rule catches the rest).
     pub async fn abort(self) {
-        if let Some(upload_id) = &self.upload_id {
-            if let Err(e) = self.store.abort_multipart(&self.key, upload_id).await {
-                tracing::warn!(key = %self.key, error = %e, "could not abort a multipart upload");
-            }
+        if let Some(upload_id) = &self.upload_id
+            && let Err(e) = self.store.abort_multipart(&self.key, upload_id).await
+        {
+            tracing::warn!(key = %self.key, error = %e, "could not abort a multipart upload");
         }
     }
 }

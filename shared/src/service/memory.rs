@@ -336,11 +336,14 @@ pub(crate) fn compute_micros(time_started: Option<&str>, time_completed: &str) -
 
 // ---- object store -----------------------------------------------------------------------------
 
+/// An unfinished multipart upload: its key and the parts stored so far, by number.
+type PendingMultipart = (String, BTreeMap<u32, Bytes>);
+
 #[derive(Debug, Default)]
 struct BlobInner {
     objects: Mutex<BTreeMap<String, (Bytes, Metadata)>>,
-    /// Unfinished multipart uploads: upload id → (key, parts by number).
-    multipart: Mutex<BTreeMap<String, (String, BTreeMap<u32, Bytes>)>>,
+    /// Unfinished multipart uploads by upload id.
+    multipart: Mutex<BTreeMap<String, PendingMultipart>>,
     multipart_started: AtomicU64,
     /// Makes every `put` fail, to test what callers do when storing fails.
     failing_puts: AtomicBool,

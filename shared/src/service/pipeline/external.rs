@@ -12,13 +12,14 @@
 //!   of [`PART_BYTES`] parts. Peak ≈ one read chunk + the entries made from it + one part in
 //!   flight: about 40 MiB whatever the upload's size (the 1 TiB cap included).
 //! - **Binary encodings with a blocks file**: the block assignment is held in memory, the
-//!   encodings are streamed. The blocks file (JSON) is decoded whole (its body plus ~40 bytes per
-//!   (record, block) while decoding), then reduced to the sorted entry order, 20 bytes per
-//!   (record, block) pair. `data.bin` is then written in windows of at most
-//!   `Limits::ingest_window_bytes` (256 MiB) of entries: for each window, the ranges of the
-//!   object holding its records are read in chunks and copied into place. Peak ≈ blocks file +
-//!   60 bytes per (record, block) + one window + one part. Time: the object is read once per
-//!   window (one pass per 256 MiB of `data.bin`), less where a window's records cluster.
+//!   encodings are streamed. The blocks file (JSON) is decoded whole (its body, plus about
+//!   40 bytes per record and 16 per (record, block) while decoding), then reduced to the sorted
+//!   entry order, 20 bytes per (record, block) pair. `data.bin` is then written in windows of
+//!   at most `Limits::ingest_window_bytes` (256 MiB) of entries: for each window, the ranges of
+//!   the object holding its records are read in chunks and copied into place. Peak ≈ blocks
+//!   file + about 60 bytes per record (one block each) + one window + one part. Time: the
+//!   object is read once per window (one pass per 256 MiB of `data.bin`), less where a
+//!   window's records cluster.
 //! - **`.json` encodings** (`{"clks": [...]}`) are decoded in memory as inline uploads are:
 //!   about the decoded size (¾ of the file) plus its packed copy. Use binary for large uploads.
 
