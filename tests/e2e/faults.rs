@@ -79,6 +79,31 @@ impl Stack {
         Ok(count)
     }
 
+    /// Waits until nothing of the project (or of one of its runs) is left in the working bucket
+    /// or the table, then checks that it stays so for a few seconds (no late writes of stopped
+    /// work).
+    pub async fn wait_until_gone(&self, project: &str, run: Option<&str>, within: Duration) -> anyhow::Result<()> {
+        let leftovers = || async {
+            let (objects, items) = self.project_leftovers(project).await?;
+            Ok::<_, anyhow::Error>(match run {
+                None => (objects, items),
+                Some(run) => (objects.into_iter().filter(|k| k.contains(run)).collect(), self.run_items(project, run).await?),
+            })
+        };
+        let start = std::time::Instant::now();
+        loop {
+            let left = leftovers().await?;
+            if left.0.is_empty() && left.1 == 0 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let after = leftovers().await?;
+                anyhow::ensure!(after.0.is_empty() && after.1 == 0, "late writes after the purge: {after:?}");
+                return Ok(());
+            }
+            anyhow::ensure!(start.elapsed() < within, "after {within:?} still objects {:?} and {} items", left.0, left.1);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn send(&self, queue_url_var: &str, body: String) -> anyhow::Result<()> {
         self.sqs.send_message().queue_url(&self.env[queue_url_var]).message_body(body).send().await?;
         Ok(())
@@ -214,21 +239,5 @@ async fn deleting_a_run_while_it_computes_stops_it_and_leaves_nothing() -> anyho
         .await?;
     assert_eq!(r.status(), 403, "a deleted run is unknown at once");
     // In-flight shards finish or stop; nothing of the run may remain afterwards.
-    let mut left = (Vec::new(), 0);
-    for _ in 0..160 {
-        let (objects, _) = stack.project_leftovers(&project.id).await?;
-        let run_objects: Vec<String> = objects.into_iter().filter(|k| k.contains(&run)).collect();
-        let items = stack.run_items(&project.id, &run).await?;
-        if run_objects.is_empty() && items == 0 {
-            // And it stays that way once the queues are drained.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let (objects, _) = stack.project_leftovers(&project.id).await?;
-            assert!(objects.iter().all(|k| !k.contains(&run)), "{objects:?}");
-            assert_eq!(stack.run_items(&project.id, &run).await?, 0);
-            return Ok(());
-        }
-        left = (run_objects, items);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("after 40 s the run still has objects {:?} and {} items", left.0, left.1);
+    stack.wait_until_gone(&project.id, Some(&run), Duration::from_secs(40)).await
 }

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repo").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repo")
+        .to_path_buf()
 }
 
 pub fn api_url() -> String {
@@ -31,7 +34,12 @@ pub fn function_env(function: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().trim_start_matches("export ").to_string(), v.trim().trim_matches('"').trim_matches('\'').to_string()))
+        .map(|(k, v)| {
+            (
+                k.trim().trim_start_matches("export ").to_string(),
+                v.trim().trim_matches('"').trim_matches('\'').to_string(),
+            )
+        })
         .collect()
 }
 
@@ -52,24 +60,44 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("HTTP client");
-        Api { base: format!("{}/api/v1", api_url().trim_end_matches('/')), http }
+        Api {
+            base: format!("{}/api/v1", api_url().trim_end_matches('/')),
+            http,
+        }
+    }
+
+    /// Sends a request and returns its JSON body, or an error naming the step, the status and
+    /// the body when the status is not `expected`.
+    pub async fn expect(&self, what: &str, expected: u16, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let r = request.send().await.with_context(|| format!("{what}: no answer"))?;
+        let status = r.status();
+        let v: Value = r
+            .json()
+            .await
+            .with_context(|| format!("{what}: {status} without a JSON body"))?;
+        if status.as_u16() != expected {
+            bail!("{what}: {status} {v}");
+        }
+        Ok(v)
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn create_project(&self, result_type: &str, parties: u32, uses_blocking: bool) -> anyhow::Result<Project> {
+    pub async fn create_project(
+        &self,
+        result_type: &str,
+        parties: u32,
+        uses_blocking: bool,
+    ) -> anyhow::Result<Project> {
         let body = json!({
             "schema": {}, "result_type": result_type, "number_parties": parties,
             "name": "e2e", "notes": "", "uses_blocking": uses_blocking,
         });
-        let r = self.http.post(self.url("/projects")).json(&body).send().await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if status != 201 {
-            bail!("create project: {status} {v}");
-        }
+        let v = self
+            .expect("create project", 201, self.http.post(self.url("/projects")).json(&body))
+            .await?;
         Ok(Project {
             id: v["project_id"].as_str().context("project_id")?.into(),
             result_token: v["result_token"].as_str().context("result_token")?.into(),
@@ -84,68 +112,67 @@ impl Api {
 
     /// Uploads a JSON body to `/clks`; returns the receipt token.
     pub async fn upload_json(&self, project: &Project, party: usize, body: &Value) -> anyhow::Result<String> {
-        let r = self
-            .http
-            .post(self.url(&format!("/projects/{}/clks", project.id)))
-            .header("Authorization", &project.update_tokens[party])
-            .json(body)
-            .send()
+        let v = self
+            .expect(
+                &format!("upload party {party}"),
+                201,
+                self.http
+                    .post(self.url(&format!("/projects/{}/clks", project.id)))
+                    .header("Authorization", &project.update_tokens[party])
+                    .json(body),
+            )
             .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if status != 201 {
-            bail!("upload party {party}: {status} {v}");
-        }
         Ok(v["receipt_token"].as_str().context("receipt_token")?.into())
     }
 
-    pub async fn upload_binary(&self, project: &Project, party: usize, data: Vec<u8>, count: usize, size: usize) -> anyhow::Result<String> {
-        let r = self
-            .http
-            .post(self.url(&format!("/projects/{}/binaryclks", project.id)))
-            .header("Authorization", &project.update_tokens[party])
-            .header("Content-Type", "application/octet-stream")
-            .header("Hash-Count", count.to_string())
-            .header("Hash-Size", size.to_string())
-            .body(data)
-            .send()
+    pub async fn upload_binary(
+        &self,
+        project: &Project,
+        party: usize,
+        data: Vec<u8>,
+        count: usize,
+        size: usize,
+    ) -> anyhow::Result<String> {
+        let v = self
+            .expect(
+                &format!("binary upload party {party}"),
+                201,
+                self.http
+                    .post(self.url(&format!("/projects/{}/binaryclks", project.id)))
+                    .header("Authorization", &project.update_tokens[party])
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Hash-Count", count.to_string())
+                    .header("Hash-Size", size.to_string())
+                    .body(data),
+            )
             .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if status != 201 {
-            bail!("binary upload party {party}: {status} {v}");
-        }
         Ok(v["receipt_token"].as_str().context("receipt_token")?.into())
     }
 
     pub async fn post_run(&self, project: &Project, threshold: f64) -> anyhow::Result<String> {
-        let r = self
-            .http
-            .post(self.url(&format!("/projects/{}/runs", project.id)))
-            .header("Authorization", &project.result_token)
-            .json(&json!({"threshold": threshold, "name": "e2e run"}))
-            .send()
+        let v = self
+            .expect(
+                "post run",
+                201,
+                self.http
+                    .post(self.url(&format!("/projects/{}/runs", project.id)))
+                    .header("Authorization", &project.result_token)
+                    .json(&json!({"threshold": threshold, "name": "e2e run"})),
+            )
             .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if status != 201 {
-            bail!("post run: {status} {v}");
-        }
         Ok(v["run_id"].as_str().context("run_id")?.into())
     }
 
     pub async fn run_status(&self, project: &Project, run: &str) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .get(self.url(&format!("/projects/{}/runs/{run}/status", project.id)))
-            .header("Authorization", &project.result_token)
-            .send()
+        let v = self
+            .expect(
+                "run status",
+                200,
+                self.http
+                    .get(self.url(&format!("/projects/{}/runs/{run}/status", project.id)))
+                    .header("Authorization", &project.result_token),
+            )
             .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if status != 200 {
-            bail!("run status: {status} {v}");
-        }
         Ok(v)
     }
 
@@ -192,18 +219,11 @@ impl Api {
     }
 
     pub async fn describe(&self, project: &Project) -> anyhow::Result<Value> {
-        let r = self
+        let request = self
             .http
             .get(self.url(&format!("/projects/{}", project.id)))
-            .header("Authorization", &project.result_token)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if status != 200 {
-            bail!("describe: {status} {v}");
-        }
-        Ok(v)
+            .header("Authorization", &project.result_token);
+        self.expect("describe", 200, request).await
     }
 }
 

@@ -109,15 +109,7 @@ async fn deleting_a_project_leaves_nothing_behind() -> anyhow::Result<()> {
     assert_eq!(r.status(), 403, "a deleted project is unknown at once");
 
     let stack = crate::faults::Stack::connect().await;
-    let mut left = (Vec::new(), 0usize);
-    for _ in 0..120 {
-        left = stack.project_leftovers(&project.id).await?;
-        if left.0.is_empty() && left.1 == 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("after 30 s the project still has objects {:?} and {} items", left.0, left.1);
+    stack.wait_until_gone(&project.id, None, Duration::from_secs(40)).await
 }
 
 #[tokio::test]
@@ -175,16 +167,5 @@ async fn deleting_a_project_while_its_run_computes_leaves_nothing_behind() -> an
         .await?;
     assert_eq!(r.status(), 204);
     let stack = crate::faults::Stack::connect().await;
-    let mut left = (Vec::new(), 0usize);
-    for _ in 0..160 {
-        left = stack.project_leftovers(&project.id).await?;
-        if left.0.is_empty() && left.1 == 0 {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let after = stack.project_leftovers(&project.id).await?;
-            assert!(after.0.is_empty() && after.1 == 0, "late writes of the stopped run: {after:?}");
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("after 40 s the project still has objects {:?} and {} items", left.0, left.1);
+    stack.wait_until_gone(&project.id, None, Duration::from_secs(40)).await
 }
