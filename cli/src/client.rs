@@ -11,7 +11,17 @@ use serde_json::{Value, json};
 pub struct ServiceError {
     pub what: String,
     pub status: u16,
+    /// The problem's `title` (e.g. "Feature Disabled"), when the answer is a problem document.
+    pub title: String,
     pub detail: String,
+}
+
+impl ServiceError {
+    /// The reference's answer when the object-store upload feature is off: 500 "Feature Disabled".
+    pub fn is_feature_disabled(&self) -> bool {
+        self.status == 500
+            && (self.title.eq_ignore_ascii_case("Feature Disabled") || self.detail.to_ascii_lowercase().contains("feature disabled"))
+    }
 }
 
 /// What `authorize-external-upload` grants: temporary credentials for one prefix of a bucket.
@@ -84,7 +94,8 @@ impl ServiceClient {
             let body: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
             if !status.is_success() {
                 let detail = body.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
-                return Err(ServiceError { what: what.to_owned(), status: status.as_u16(), detail }.into());
+                let title = body.get("title").and_then(Value::as_str).unwrap_or_default().to_owned();
+                return Err(ServiceError { what: what.to_owned(), status: status.as_u16(), title, detail }.into());
             }
             return Ok(body);
         }
@@ -136,7 +147,7 @@ impl ServiceClient {
         });
         match answer {
             Ok(v) => Ok(Some(serde_json::from_value(v).context("authorize-external-upload answered an unexpected shape")?)),
-            Err(e) if e.downcast_ref::<ServiceError>().is_some_and(|s| s.status == 500 && s.detail.contains("Feature Disabled")) => Ok(None),
+            Err(e) if e.downcast_ref::<ServiceError>().is_some_and(ServiceError::is_feature_disabled) => Ok(None),
             Err(e) => Err(e),
         }
     }
