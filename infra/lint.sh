@@ -10,7 +10,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VENV=.local/venv-infra
+# The linters are cached outside the clone (like the local stack's tools), keyed by version.
+VENV="${PPRL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pprl-localstack}/venv-infra-${CFN_LINT_VERSION:-1.58.0}"
 TEMPLATE=infra/template.yaml
 OUT_DIR=infra/.build
 PY="${LINT_PYTHON:-python3}"
