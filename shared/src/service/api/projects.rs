@@ -24,6 +24,25 @@ const INVALID_RESULT_TYPE: &str = r#"result_type must be either "groups", "permu
 /// created in one DynamoDB transaction, which holds at most 100 items.
 pub const MAX_PARTIES: u32 = 98;
 
+/// The most characters a `name` or `notes` (of a project or a run) may have: at most 32 KiB of
+/// UTF-8 each. With [`MAX_SCHEMA_BYTES`] this keeps a project's metadata item well under
+/// DynamoDB's 400 KB item limit; without the limits an oversized field made the write fail in
+/// the backend and the client got a 503 "please retry" that no retry could cure.
+pub const MAX_TEXT_CHARS: usize = 8192;
+
+/// The most bytes the linkage schema may take as compact JSON (it is stored in the project's
+/// metadata item; clkhash schemas are a few KiB).
+pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
+
+/// Refuses a `name` or `notes` longer than [`MAX_TEXT_CHARS`] (also used for runs).
+pub(crate) fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    // Counting stops at the limit: a 6 MB string is not walked to the end to say it is long.
+    if value.chars().nth(MAX_TEXT_CHARS).is_some() {
+        return Err(ApiError::BadRequest(format!("'{field}' is longer than {MAX_TEXT_CHARS} characters")));
+    }
+    Ok(())
+}
+
 /// POST `/projects` body. Unknown fields are ignored, as connexion does.
 #[derive(Debug, Deserialize)]
 struct NewProject {
@@ -75,6 +94,14 @@ impl NewProject {
             .ok()
             .filter(|n| *n <= MAX_PARTIES)
             .ok_or_else(|| ApiError::BadRequest(format!("A project may have at most {MAX_PARTIES} parties.")))?;
+        check_text("name", &self.name)?;
+        check_text("notes", &self.notes)?;
+        let schema_bytes = schema.to_string().len();
+        if schema_bytes > MAX_SCHEMA_BYTES {
+            return Err(ApiError::BadRequest(format!(
+                "'schema' takes {schema_bytes} bytes as JSON; at most {MAX_SCHEMA_BYTES} are accepted"
+            )));
+        }
         Ok(ProjectRequest {
             schema,
             result_type,

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::access::{Allowed, authorize};
 use super::error::{ApiError, ApiResult};
 use super::extract::{AuthToken, ProjectId, RunIds, parse_json, read_body};
-use super::projects::{parties_contributed, project_error_message, project_in_error};
+use super::projects::{check_text, parties_contributed, project_error_message, project_in_error};
 use super::Shared;
 use crate::service::keys;
 use crate::service::model::{Party, Project, Run, RunState};
@@ -32,6 +32,12 @@ struct NewRun {
     #[serde(default)]
     notes: String,
 }
+
+/// The smallest threshold accepted. The reference's rule is 0 < t ≤ 1, but a run's threshold
+/// is stored as a DynamoDB number, whose smallest positive magnitude is 1e-130: a smaller one
+/// made the write fail in the backend (a 503 no retry could cure). No Dice score lies between
+/// 0 and 1e-130 (the smallest positive one is 1/8192), so the floor changes no result.
+pub const MIN_THRESHOLD: f64 = 1e-130;
 
 fn run_description(run: &Run) -> Value {
     json!({"run_id": run.run_id, "threshold": run.threshold, "name": run.name, "notes": run.notes})
@@ -78,6 +84,11 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     if !(threshold > 0.0 && threshold <= 1.0) {
         return Err(ApiError::BadRequest(format!("threshold must be greater than 0 and at most 1, not {threshold}")));
     }
+    if threshold < MIN_THRESHOLD {
+        return Err(ApiError::BadRequest(format!("threshold must be at least {MIN_THRESHOLD:e}, not {threshold:e}")));
+    }
+    check_text("name", &request.name)?;
+    check_text("notes", &request.notes)?;
     if project_in_error(&project, &parties) {
         return Err(ApiError::Conflict("Can't post run as project has errors".into()));
     }

@@ -853,3 +853,33 @@ async fn routes_table_matches_the_router() {
         assert!(![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&r.status) || r.status == StatusCode::NOT_FOUND && r.json()["detail"] == "run is not complete", "{method} {path}: {}", r.status);
     }
 }
+
+/// Found by hardening/fuzz_api.sh: values the metadata store cannot hold (DynamoDB items are at
+/// most 400 KB, its numbers at least 1e-130) used to fail in the backend and answer 503 "please
+/// retry", which no retry could cure. They are the caller's mistake: 400, naming the field.
+#[tokio::test]
+async fn fields_the_metadata_store_cannot_hold_are_refused_up_front() {
+    let limits = Limits { max_request_bytes: 1024 * 1024, max_response_bytes: MAX_RESPONSE, ..Limits::default() };
+    let api = Api::with_settings(Settings { limits, ..settings(true) });
+    let long = "é".repeat(super::projects::MAX_TEXT_CHARS + 1);
+    let at_limit = "é".repeat(super::projects::MAX_TEXT_CHARS);
+    for field in ["name", "notes"] {
+        let detail = api.post("/projects").json(json!({"schema": {}, "result_type": "groups", field: long})).send().await.problem(400);
+        assert!(detail.contains(field), "{detail}");
+    }
+    let big_schema = json!({"schema": {"x": "a".repeat(super::projects::MAX_SCHEMA_BYTES)}, "result_type": "groups"});
+    assert!(api.post("/projects").json(big_schema).send().await.problem(400).contains("'schema'"));
+    let p = api.project_with(json!({"schema": {}, "result_type": "groups", "name": at_limit, "notes": at_limit})).await;
+
+    let runs = format!("/projects/{}/runs", p.id);
+    for threshold in [2.2250738585072014e-308, 5e-324, 1e-131] {
+        let detail = api.post(&runs).token(&p.result_token).json(json!({"threshold": threshold})).send().await.problem(400);
+        assert!(detail.contains("at least 1e-130"), "{detail}");
+    }
+    for field in ["name", "notes"] {
+        api.post(&runs).token(&p.result_token).json(json!({"threshold": 0.5, field: long})).send().await.problem(400);
+    }
+    let r = api.post(&runs).token(&p.result_token).json(json!({"threshold": 1e-130, "name": at_limit})).send().await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["threshold"], json!(1e-130));
+}
