@@ -282,6 +282,11 @@ impl<'a> Entries<'a> {
             });
         }
         let len = bytes.len() / stride;
+        // Global entry numbers `first_entry + i` must exist for every entry: a view that ran past
+        // u64 (a corrupt shard range) would overflow in every caller that numbers its entries.
+        if first_entry.checked_add(len as u64).is_none() {
+            return Err(FormatError::InconsistentIndex(format!("{len} entries starting at entry {first_entry} overflow the entry numbers")));
+        }
         let entries = Entries { bytes, encoding_size, stride, first_entry, len };
         for i in 0..len {
             let stored = entries.popcount(i);

@@ -36,7 +36,9 @@ pub struct ShardTask {
 
 impl ShardTask {
     pub fn comparisons(&self) -> u64 {
-        (self.a.end - self.a.start).saturating_mul(self.b.end - self.b.start)
+        // Saturating throughout: a corrupt task (end before start, huge ranges) counts as empty
+        // or as u64::MAX instead of panicking; compare then fails on the ranged read.
+        self.a.end.saturating_sub(self.a.start).saturating_mul(self.b.end.saturating_sub(self.b.start))
     }
 }
 
@@ -83,8 +85,11 @@ impl Shard {
 
 /// The byte range of `data.bin` holding `entries`.
 pub fn byte_range(entries: &Range<u64>, encoding_size: usize) -> Range<u64> {
-    let stride = entry_stride(encoding_size) as u64;
-    entries.start * stride..entries.end * stride
+    // Saturating: entries of a corrupt shard description past the u64 byte range give a range
+    // past any object's end, which the ranged GET and the length check after it refuse as a
+    // typed error (an overflow would panic in debug builds and wrap to a wrong range in release).
+    let stride = (encoding_size as u64).saturating_add(entry_stride(0) as u64);
+    entries.start.saturating_mul(stride)..entries.end.saturating_mul(stride)
 }
 
 /// `anonlink.concurrency.split_to_chunks` for one block pair of sizes `(n0, n1)`: the grid of
