@@ -7,3 +7,4 @@ mod linkage;
 mod lifecycle;
 mod faults;
 mod uploads;
+mod secrets;

@@ -17,11 +17,11 @@ use crate::helpers::*;
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
 /// What `authorize-external-upload` answers.
-struct Grant {
-    credentials: Value,
-    bucket: String,
-    path: String,
-    endpoint: String,
+pub(crate) struct Grant {
+    pub(crate) credentials: Value,
+    pub(crate) bucket: String,
+    pub(crate) path: String,
+    pub(crate) endpoint: String,
 }
 
 async fn authorize(api: &Api, project: &Project, party: usize) -> anyhow::Result<(u16, Value)> {
@@ -35,7 +35,7 @@ async fn authorize(api: &Api, project: &Project, party: usize) -> anyhow::Result
     Ok((status, r.json().await.unwrap_or(Value::Null)))
 }
 
-async fn grant(api: &Api, project: &Project, party: usize) -> anyhow::Result<Grant> {
+pub(crate) async fn grant(api: &Api, project: &Project, party: usize) -> anyhow::Result<Grant> {
     let (status, v) = authorize(api, project, party).await?;
     anyhow::ensure!(status == 201, "authorize-external-upload: {status} {v}");
     Ok(Grant {
@@ -58,7 +58,7 @@ fn s3_client(endpoint: &str, credentials: Credentials) -> aws_sdk_s3::Client {
 }
 
 /// A client holding a party's temporary credentials, as a data provider would build it.
-fn party_client(grant: &Grant) -> aws_sdk_s3::Client {
+pub(crate) fn party_client(grant: &Grant) -> aws_sdk_s3::Client {
     let c = &grant.credentials;
     let credentials = Credentials::new(
         c["AccessKeyId"].as_str().unwrap_or_default(),
@@ -83,7 +83,7 @@ fn service_client() -> aws_sdk_s3::Client {
     s3_client(&env["UPLOAD_S3_ENDPOINT"], credentials)
 }
 
-async fn put_with_counts(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>, count: usize, size: usize) -> anyhow::Result<()> {
+pub(crate) async fn put_with_counts(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>, count: usize, size: usize) -> anyhow::Result<()> {
     client
         .put_object()
         .bucket(bucket)
