@@ -43,3 +43,8 @@ cargo nextest run --workspace --no-fail-fast
 # the object store; installs itself into .local/ on first use (~40 s).
 step "compatibility: anonlink-client 0.1.5 uploads through the object store"
 tests/compat/anonlink_client.sh
+
+# A 1-minute slice of the schemathesis API fuzzing (docs/hardening.md has the full run):
+# no 5xx, every response as documented in docs/openapi.yaml, no hang.
+step "hardening: API fuzzing slice (schemathesis, docs/openapi.yaml)"
+hardening/fuzz_api.sh --quick
