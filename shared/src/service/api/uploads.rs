@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::access::{Access, Allowed, authorize};
 use super::error::{ApiError, ApiResult};
-use super::extract::{AuthToken, ProjectId, media_type, read_body};
+use super::extract::{AuthToken, ProjectId, discard_body, media_type, read_body};
 use super::Shared;
 use crate::service::keys;
 use crate::service::model::{Party, Project, UploadStart, UploadState};
@@ -375,6 +375,7 @@ pub async fn binary_clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     // A declared total beyond the request limit can never arrive inline: say where to put it.
     let expected = count.checked_mul(size).ok_or_else(wrong_size)?;
     if expected > limits.max_request_bytes as u64 {
+        discard_body(body).await;
         return Err(ApiError::PayloadTooLarge { limit: limits.max_request_bytes });
     }
     let body = read_body(&headers, body, limits.max_request_bytes).await?;
