@@ -143,10 +143,21 @@ fn via_api(client: &ServiceClient, project: &str, token: &str, encodings: Encodi
     let Some(blocks) = blocks else {
         return client.upload_binary(project, token, encodings.count, encodings.size, data);
     };
-    // Blocks go with base64 encodings in one JSON body ({"encodings": [...], "blocks": {...}}).
+    // Blocks go as clknblocks ([[base64, block ids...], ...]): record i is array position i, as
+    // in the blocks file. (Inline {"encodings", "blocks"} would number records by the blocks
+    // map's iteration order, which a JSON object re-serialised here need not keep.)
     let blocks: Value = serde_json::from_slice(&blocks).context("the blocks file is not JSON")?;
-    let blocks = blocks.get("blocks").cloned().context("the blocks file has no \"blocks\" object (blocklib output)")?;
+    let blocks = blocks.get("blocks").and_then(Value::as_object).context("the blocks file has no \"blocks\" object (blocklib output)")?;
+    if blocks.len() as u64 != encodings.count {
+        bail!("the blocks file lists {} records but there are {} encodings", blocks.len(), encodings.count);
+    }
     use base64::Engine;
-    let b64: Vec<String> = data.chunks(encodings.size).map(|r| base64::engine::general_purpose::STANDARD.encode(r)).collect();
-    client.upload_json(project, token, serde_json::to_vec(&json!({"encodings": b64, "blocks": blocks}))?)
+    let mut rows = Vec::with_capacity(encodings.count as usize);
+    for (i, record) in data.chunks(encodings.size).enumerate() {
+        let ids = blocks.get(&i.to_string()).and_then(Value::as_array).with_context(|| format!("the blocks file has no blocks for record {i}"))?;
+        let mut row = vec![Value::String(base64::engine::general_purpose::STANDARD.encode(record))];
+        row.extend(ids.iter().cloned());
+        rows.push(Value::Array(row));
+    }
+    client.upload_json(project, token, serde_json::to_vec(&json!({"clknblocks": rows}))?)
 }
