@@ -8,3 +8,4 @@ mod lifecycle;
 mod faults;
 mod uploads;
 mod secrets;
+mod api_contract;
