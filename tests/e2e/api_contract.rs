@@ -869,7 +869,8 @@ async fn binary_uploads_check_their_headers_and_size() -> anyhow::Result<()> {
     let (a, b) = two_parties(51, 10, 10);
     let data = a.concat();
     let oct = ("Content-Type", "application/octet-stream");
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
         ("no Hash headers", vec![oct], data.clone(), "Binary upload requires 'Hash-Count' and 'Hash-Size' headers"),
         ("no Hash-Size", vec![oct, ("Hash-Count", "10")], data.clone(), "Binary upload requires"),
         ("no Hash-Count", vec![oct, ("Hash-Size", "64")], data.clone(), "Binary upload requires"),
@@ -1009,7 +1010,7 @@ async fn chunked_post(path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> an
     };
     // A write error (the server answered and stopped reading) is not the test's concern.
     let both = async { tokio::join!(write, read) };
-    tokio::time::timeout(REQUEST_LIMIT, both).await.map_err(|_| anyhow::anyhow!("{path}: no answer within {REQUEST_LIMIT:?}"))?;
+    let (_written, ()) = tokio::time::timeout(REQUEST_LIMIT, both).await.map_err(|_| anyhow::anyhow!("{path}: no answer within {REQUEST_LIMIT:?}"))?;
     drop(wr);
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("{path}: incomplete answer {text:?}"))?;
