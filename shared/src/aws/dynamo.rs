@@ -658,6 +658,24 @@ impl MetaStore for DynamoMeta {
         Ok(())
     }
 
+    async fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        self.update_one(
+            "reject upload",
+            key(project_pk(project_id), party_sk(party)),
+            "SET upload_state = :error, #error = :m",
+            "upload_state = :done AND upload_id = :u",
+            &[("#error", "error")],
+            vec![
+                (":done", s(UploadState::Done.as_str())),
+                (":error", s(UploadState::Error.as_str())),
+                (":u", s(upload_id)),
+                (":m", s(message)),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
         let items = vec![self.live_project_check(&run.project_id)?, self.put(run_item(run), Some("attribute_not_exists(pk)"))?];
         match self.transact("create run", items).await? {

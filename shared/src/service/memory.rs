@@ -206,6 +206,18 @@ impl MetaStore for MemoryMeta {
         Ok(())
     }
 
+    async fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if let Some(p) = t.party_mut(project_id, party)
+            && p.upload_state == UploadState::Done
+            && p.upload_id.as_deref() == Some(upload_id)
+        {
+            p.upload_state = UploadState::Error;
+            p.error = Some(message.to_string());
+        }
+        Ok(())
+    }
+
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
         let mut t = lock(&self.tables);
         let entry = t

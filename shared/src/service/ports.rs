@@ -53,6 +53,10 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     /// Marks the pending upload `upload_id` as done with what ingestion found. False if that
     /// upload is no longer the pending one (a redelivered event, a deleted project).
     fn complete_upload(&self, project_id: &str, party: u32, upload_id: &str, ingested: &IngestedParty) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// Puts an ingested (done) upload `upload_id` back in `error` with a message, when its data
+    /// turn out not to fit the other parties' (encoding sizes differ). The party may then upload
+    /// again with the same token, as with any failed upload.
+    fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// Marks the pending upload `upload_id` as failed with a message a person understands.
     fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
 

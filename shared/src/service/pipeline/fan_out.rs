@@ -239,9 +239,28 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             return Err(PipelineError::Corrupt(format!("project {}: a done party has no ingestion record", project.project_id)));
         }
         if ingested.iter().any(|i| i.encoding_size != ingested[0].encoding_size) {
+            // As the reference does: the size the schema says, else the one most parties used
+            // (ties: the lowest party's) is right; the other uploads go to `error`, so those
+            // parties can upload again with the same token, and the waiting runs fail.
+            let expected = project.schema_encoding_size().map(|s| s as u32).unwrap_or_else(|| {
+                let count = |size: u32| ingested.iter().filter(|i| i.encoding_size == size).count();
+                ingested.iter().map(|i| i.encoding_size).max_by_key(|&size| (count(size), std::cmp::Reverse(
+                    ingested.iter().position(|i| i.encoding_size == size).unwrap_or(usize::MAX),
+                ))).unwrap_or(0)
+            });
             let sizes: Vec<String> = ingested.iter().map(|i| i.encoding_size.to_string()).collect();
-            let message = format!("Mismatch in encoding sizes: the parties uploaded encodings of {} bytes", sizes.join(", "));
-            self.meta.set_project_error(&project.project_id, &message).await?;
+            let message = format!(
+                "Mismatch in encoding sizes: the parties uploaded encodings of {} bytes; expected {expected} bytes",
+                sizes.join(", ")
+            );
+            for (party, facts) in parties.iter().zip(&ingested) {
+                if facts.encoding_size != expected {
+                    if let Some(upload_id) = &party.upload_id {
+                        let why = format!("{message}. Please upload encodings of {expected} bytes again.");
+                        self.meta.reject_upload(&project.project_id, party.index, upload_id, &why).await?;
+                    }
+                }
+            }
             for run in self.meta.list_runs(&project.project_id).await? {
                 if !run.state.is_final() {
                     self.meta.fail_run(&project.project_id, &run.run_id, &message).await?;

@@ -263,7 +263,7 @@ async fn undecodable_uploads_fail_the_party_with_a_readable_message() {
 }
 
 #[tokio::test]
-async fn mismatched_encoding_sizes_fail_the_runs() {
+async fn mismatched_encoding_sizes_fail_the_runs_and_the_odd_party_can_upload_again() {
     let p = pipeline(1000);
     let project = create_project(&p, ResultType::Groups, 2, false).await;
     post_run(&p, &project, "r", 0.5).await;
@@ -273,6 +273,21 @@ async fn mismatched_encoding_sizes_fail_the_runs() {
     let run = p.meta.get_run(&project, "r").await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Error);
     assert!(run.error.unwrap_or_default().contains("Mismatch in encoding sizes"));
+    // Party 0's 8-byte encodings win the tie (lowest party); party 1's upload is in error...
+    let (_, parties_now) = p.meta.get_project(&project).await.unwrap().unwrap();
+    assert_eq!(parties_now[0].upload_state, UploadState::Done);
+    assert_eq!(parties_now[1].upload_state, UploadState::Error);
+    assert!(parties_now[1].error.clone().unwrap_or_default().contains("expected 8 bytes"));
+    // ...so it can upload again, and a new run completes.
+    let b = parties(2, 1, 5, false).remove(0);
+    let start = UploadStart { upload_id: "retry".into(), receipt_token_hash: TokenHash::of("r2") };
+    p.meta.begin_upload(&project, 1, &start).await.unwrap();
+    let key = keys::upload(&project, 1, "retry");
+    p.work.put(&key, Bytes::from(upload_body(&b, false)), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+    post_run(&p, &project, "r2", 0.5).await;
+    drain(&p, 1).await;
+    assert_eq!(p.meta.get_run(&project, "r2").await.unwrap().unwrap().state, RunState::Completed);
 }
 
 // ---- uploads in the upload bucket (streamed ingestion) ----------------------------------------
