@@ -42,11 +42,10 @@ impl Stack {
         let mut objects = Vec::new();
         let listed = self.s3.list_objects_v2().bucket(bucket).send().await?;
         for o in listed.contents() {
-            if let Some(k) = o.key() {
-                if k.contains(project) {
+            if let Some(k) = o.key()
+                && k.contains(project) {
                     objects.push(k.to_string());
                 }
-            }
         }
         let items = self
             .dynamodb

@@ -98,7 +98,7 @@ async fn multiparty_case(parties: usize, blocking: bool, result_type: &str, seed
                 .enumerate()
                 .map(|(i, _)| {
                     let mut b = vec![format!("b{}", i % 7)];
-                    if rng.next() % 3 == 0 {
+                    if rng.next().is_multiple_of(3) {
                         b.push(format!("x{}", rng.next() % 4));
                     }
                     b

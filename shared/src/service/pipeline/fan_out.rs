@@ -196,14 +196,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
 
     /// Deletes the incoming object and, for external uploads, the pulled objects.
     async fn cleanup_upload(&self, key: &str, body: &[u8], metadata: &Metadata) -> Result<(), PipelineError> {
-        if meta_value(metadata, "kind") == Some(KIND_EXTERNAL) {
-            if let Ok(reference) = serde_json::from_slice::<ExternalUpload>(body) {
+        if meta_value(metadata, "kind") == Some(KIND_EXTERNAL)
+            && let Ok(reference) = serde_json::from_slice::<ExternalUpload>(body) {
                 self.uploads.delete(&reference.encodings.path).await?;
                 if let Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) = reference.blocks {
                     self.uploads.delete(&file.path).await?;
                 }
             }
-        }
         self.delete_quietly(key).await
     }
 
@@ -254,12 +253,11 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
                 sizes.join(", ")
             );
             for (party, facts) in parties.iter().zip(&ingested) {
-                if facts.encoding_size != expected {
-                    if let Some(upload_id) = &party.upload_id {
+                if facts.encoding_size != expected
+                    && let Some(upload_id) = &party.upload_id {
                         let why = format!("{message}. Please upload encodings of {expected} bytes again.");
                         self.meta.reject_upload(&project.project_id, party.index, upload_id, &why).await?;
                     }
-                }
             }
             for run in self.meta.list_runs(&project.project_id).await? {
                 if !run.state.is_final() {
@@ -280,9 +278,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         if project.error.is_some() {
             return Ok(());
         }
-        let Some(ingested) = self.ready_parties(&project, &parties).await? else {
+        if self.ready_parties(&project, &parties).await?.is_none() {
             return Ok(()); // the last upload starts it
-        };
+        }
         let Some(run) = self.meta.get_run(project_id, run_id).await? else {
             return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
         };
@@ -341,7 +339,6 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         } else {
             self.queue.send(&self.settings.shard_queue_url, bodies).await?;
         }
-        let _ = ingested;
         self.work.put(&dispatched_key(project_id, run_id), Bytes::from_static(b"{}"), &Vec::new()).await?;
         self.delete_quietly(&keys::run_request(project_id, run_id)).await
     }
