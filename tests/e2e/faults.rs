@@ -223,20 +223,7 @@ async fn deleting_a_run_while_it_computes_stops_it_and_leaves_nothing() -> anyho
     let (project, _) = slow_project(&api, 20_000, "groups").await?;
     let run = api.post_run(&project, 0.8).await?;
     wait_until_computing(&api, &project, &run).await?;
-    let r = api
-        .http
-        .delete(api.url(&format!("/projects/{}/runs/{run}", project.id)))
-        .header("Authorization", &project.result_token)
-        .send()
-        .await?;
-    assert_eq!(r.status(), 204);
-    let r = api
-        .http
-        .get(api.url(&format!("/projects/{}/runs/{run}/status", project.id)))
-        .header("Authorization", &project.result_token)
-        .send()
-        .await?;
-    assert_eq!(r.status(), 403, "a deleted run is unknown at once");
+    api.delete_and_check_gone(&project, &format!("/projects/{}/runs/{run}", project.id), &format!("/projects/{}/runs/{run}/status", project.id)).await?;
     // In-flight shards finish or stop; nothing of the run may remain afterwards.
     stack.wait_until_gone(&project.id, Some(&run), Duration::from_secs(40)).await
 }

@@ -218,6 +218,30 @@ impl Api {
         Ok((status, v))
     }
 
+    /// Deletes `path` with the result token (204), then checks that `then_get` is unknown at once
+    /// (403), as the reference does for deleted projects and runs.
+    pub async fn delete_and_check_gone(&self, project: &Project, path: &str, then_get: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .header("Authorization", &project.result_token)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 204, "DELETE {path}: {}", r.status());
+        let r = self
+            .http
+            .get(self.url(then_get))
+            .header("Authorization", &project.result_token)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == 403,
+            "GET {then_get} after its delete: {} (a deleted resource is unknown at once)",
+            r.status()
+        );
+        Ok(())
+    }
+
     pub async fn describe(&self, project: &Project) -> anyhow::Result<Value> {
         let request = self
             .http

@@ -93,20 +93,7 @@ async fn deleting_a_project_leaves_nothing_behind() -> anyhow::Result<()> {
     let status = api.wait_for_run(&project, &run, RUN_LIMIT).await?;
     assert_eq!(status["state"], "completed");
 
-    let r = api
-        .http
-        .delete(api.url(&format!("/projects/{}", project.id)))
-        .header("Authorization", &project.result_token)
-        .send()
-        .await?;
-    assert_eq!(r.status(), 204);
-    let r = api
-        .http
-        .get(api.url(&format!("/projects/{}", project.id)))
-        .header("Authorization", &project.result_token)
-        .send()
-        .await?;
-    assert_eq!(r.status(), 403, "a deleted project is unknown at once");
+    api.delete_and_check_gone(&project, &format!("/projects/{}", project.id), &format!("/projects/{}", project.id)).await?;
 
     let stack = crate::faults::Stack::connect().await;
     stack.wait_until_gone(&project.id, None, Duration::from_secs(40)).await
@@ -159,13 +146,8 @@ async fn deleting_a_project_while_its_run_computes_leaves_nothing_behind() -> an
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = api
-        .http
-        .delete(api.url(&format!("/projects/{}", project.id)))
-        .header("Authorization", &project.result_token)
-        .send()
-        .await?;
-    assert_eq!(r.status(), 204);
+    let path = format!("/projects/{}", project.id);
+    api.delete_and_check_gone(&project, &path, &path).await?;
     let stack = crate::faults::Stack::connect().await;
     stack.wait_until_gone(&project.id, None, Duration::from_secs(40)).await
 }
