@@ -329,7 +329,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         let run_plan = RunPlan { shards_total, total_comparisons: plan.total_comparisons, time_started: time::now_iso() };
         let started = self.meta.start_run(project_id, run_id, &run_plan).await?;
         if !started && !resume {
-            return Ok(()); // deleted or failed meanwhile
+            return self.clean_up_if_deleted(project_id, run_id).await; // deleted or failed meanwhile
         }
         if shards_total == 0 {
             // Nothing shares a block: solve publishes the empty result.
@@ -340,7 +340,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             self.queue.send(&self.settings.shard_queue_url, bodies).await?;
         }
         self.work.put(&dispatched_key(project_id, run_id), Bytes::from_static(b"{}"), &Vec::new()).await?;
+        self.clean_up_if_deleted(project_id, run_id).await?;
         self.delete_quietly(&keys::run_request(project_id, run_id)).await
+    }
+
+    /// A run deleted while fan-out planned or dispatched it: the api removed the run's objects
+    /// before our writes (large shard descriptions, the dispatched marker) landed, so remove them.
+    async fn clean_up_if_deleted(&self, project_id: &str, run_id: &str) -> Result<(), PipelineError> {
+        if self.meta.get_run(project_id, run_id).await?.is_none() {
+            self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;
+        }
+        Ok(())
     }
 
     /// Removes every object and item of a deleted project. Runs in flight notice the project is

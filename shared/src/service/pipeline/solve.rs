@@ -119,8 +119,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         }
         // Shard files are no longer needed by anyone once the run is final.
         self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;
-        if self.meta.get_project(project_id).await?.is_none() {
-            // Deleted while solving: the purge may have run before our writes.
+        if self.meta.get_run(project_id, run_id).await?.is_none() {
+            // The run (or its project) was deleted while solving: the delete may have removed
+            // the run's objects before our writes landed.
             self.work.delete_prefix(&keys::run_results_prefix(project_id, run_id)).await?;
         }
         Ok(())
