@@ -606,24 +606,7 @@ mod tests {
     }
 
     fn run(project: &str, id: &str) -> Run {
-        Run {
-            project_id: project.into(),
-            run_id: id.into(),
-            threshold: 0.8,
-            name: String::new(),
-            notes: String::new(),
-            state: RunState::Created,
-            stage: 1,
-            time_added: time::now_iso(),
-            time_started: None,
-            time_completed: None,
-            total_comparisons: 0,
-            comparisons_done: 0,
-            shards_total: 0,
-            shards_done: 0,
-            candidate_count: 0,
-            error: None,
-        }
+        Run::created(project.into(), id.into(), 0.8, String::new(), String::new(), time::now_iso())
     }
 
     fn upload(id: &str) -> UploadStart {

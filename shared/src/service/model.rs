@@ -187,6 +187,30 @@ pub struct Run {
     pub error: Option<String>,
 }
 
+impl Run {
+    /// A run as posted: `created`, waiting for data (stage 1), nothing counted yet.
+    pub fn created(project_id: String, run_id: String, threshold: f64, name: String, notes: String, time_added: String) -> Self {
+        Run {
+            project_id,
+            run_id,
+            threshold,
+            name,
+            notes,
+            state: RunState::Created,
+            stage: 1,
+            time_added,
+            time_started: None,
+            time_completed: None,
+            total_comparisons: 0,
+            comparisons_done: 0,
+            shards_total: 0,
+            shards_done: 0,
+            candidate_count: 0,
+            error: None,
+        }
+    }
+}
+
 /// What fan-out stores when a run starts computing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunPlan {

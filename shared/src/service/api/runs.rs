@@ -92,24 +92,7 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     if project_in_error(&project, &parties) {
         return Err(ApiError::Conflict("Can't post run as project has errors".into()));
     }
-    let run = Run {
-        project_id: project_id.clone(),
-        run_id: tokens::generate(),
-        threshold,
-        name: request.name,
-        notes: request.notes,
-        state: RunState::Created,
-        stage: 1,
-        time_added: time::now_iso(),
-        time_started: None,
-        time_completed: None,
-        total_comparisons: 0,
-        comparisons_done: 0,
-        shards_total: 0,
-        shards_done: 0,
-        candidate_count: 0,
-        error: None,
-    };
+    let run = Run::created(project_id.clone(), tokens::generate(), threshold, request.name, request.notes, time::now_iso());
     match state.meta.create_run(&run).await {
         Ok(()) => {}
         // The project was deleted since we read it.

@@ -132,24 +132,7 @@ async fn upload(p: &TestPipeline, project: &str, party: u32, body: Vec<u8>) {
 }
 
 async fn post_run(p: &TestPipeline, project: &str, run_id: &str, threshold: f64) {
-    let run = Run {
-        project_id: project.into(),
-        run_id: run_id.into(),
-        threshold,
-        name: String::new(),
-        notes: String::new(),
-        state: RunState::Created,
-        stage: 1,
-        time_added: crate::service::time::now_iso(),
-        time_started: None,
-        time_completed: None,
-        total_comparisons: 0,
-        comparisons_done: 0,
-        shards_total: 0,
-        shards_done: 0,
-        candidate_count: 0,
-        error: None,
-    };
+    let run = Run::created(project.into(), run_id.into(), threshold, String::new(), String::new(), crate::service::time::now_iso());
     p.meta.create_run(&run).await.unwrap();
     let key = keys::run_request(project, run_id);
     p.work.put(&key, Bytes::from_static(b"{}"), &Vec::new()).await.unwrap();
