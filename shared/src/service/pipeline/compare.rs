@@ -56,9 +56,10 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         let candidates_key = keys::shard_candidates(project_id, run_id, shard.index);
         // A redelivered shard whose candidates were written by an earlier attempt still has to be
         // counted, but need not be computed again.
-        let found = match self.work.head(&candidates_key).await? {
-            Some(_) => Some(self.work.get(&candidates_key).await?.0),
-            None => None,
+        let found = match self.work.get(&candidates_key).await {
+            Ok((bytes, _)) => Some(bytes),
+            Err(BlobError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
         };
         let count = match found {
             Some(bytes) => candidates::decode(&bytes).map_err(|e| PipelineError::Corrupt(e.to_string()))?.len() as u64,
