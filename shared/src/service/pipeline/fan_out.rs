@@ -222,16 +222,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         Ok(())
     }
 
-    /// Every party's ingestion facts, if all parties are done and their data agree.
-    async fn ready_parties(
-        &self,
-        project: &Project,
-        parties: &[Party],
-    ) -> Result<Option<Vec<IngestedParty>>, PipelineError> {
+    /// Whether every party's data is in and fits the others' (mismatches are reported here).
+    async fn parties_ready(&self, project: &Project, parties: &[Party]) -> Result<bool, PipelineError> {
         if parties.len() != project.number_parties as usize
             || parties.iter().any(|p| p.upload_state != UploadState::Done)
         {
-            return Ok(None);
+            return Ok(false);
         }
         let ingested: Vec<IngestedParty> = parties.iter().filter_map(|p| p.ingested.clone()).collect();
         if ingested.len() != parties.len() {
@@ -243,9 +239,14 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             // parties can upload again with the same token, and the waiting runs fail.
             let expected = project.schema_encoding_size().map(|s| s as u32).unwrap_or_else(|| {
                 let count = |size: u32| ingested.iter().filter(|i| i.encoding_size == size).count();
-                ingested.iter().map(|i| i.encoding_size).max_by_key(|&size| (count(size), std::cmp::Reverse(
-                    ingested.iter().position(|i| i.encoding_size == size).unwrap_or(usize::MAX),
-                ))).unwrap_or(0)
+                // In party order with a strict `>`, so a tie keeps the lowest party's size.
+                let (mut best, mut best_count) = (ingested[0].encoding_size, 0);
+                for size in ingested.iter().map(|i| i.encoding_size) {
+                    if count(size) > best_count {
+                        (best, best_count) = (size, count(size));
+                    }
+                }
+                best
             });
             let sizes: Vec<String> = ingested.iter().map(|i| i.encoding_size.to_string()).collect();
             let message = format!(
@@ -254,19 +255,20 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             );
             for (party, facts) in parties.iter().zip(&ingested) {
                 if facts.encoding_size != expected
-                    && let Some(upload_id) = &party.upload_id {
-                        let why = format!("{message}. Please upload encodings of {expected} bytes again.");
-                        self.meta.reject_upload(&project.project_id, party.index, upload_id, &why).await?;
-                    }
+                    && let Some(upload_id) = &party.upload_id
+                {
+                    let why = format!("{message}. Please upload encodings of {expected} bytes again.");
+                    self.meta.reject_upload(&project.project_id, party.index, upload_id, &why).await?;
+                }
             }
             for run in self.meta.list_runs(&project.project_id).await? {
                 if !run.state.is_final() {
                     self.meta.fail_run(&project.project_id, &run.run_id, &message).await?;
                 }
             }
-            return Ok(None);
+            return Ok(false);
         }
-        Ok(Some(ingested))
+        Ok(true)
     }
 
     /// Moves a run from `created` to `running`: plans its shards and sends them to compare.
@@ -278,7 +280,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         if project.error.is_some() {
             return Ok(());
         }
-        if self.ready_parties(&project, &parties).await?.is_none() {
+        if !self.parties_ready(&project, &parties).await? {
             return Ok(()); // the last upload starts it
         }
         let Some(run) = self.meta.get_run(project_id, run_id).await? else {
