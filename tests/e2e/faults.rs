@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use shared::aws::s3::S3Blobs;
+use shared::service::keys;
+use shared::service::ports::BlobStore;
 use serde_json::json;
 
 use crate::helpers::*;
 
 /// Direct access to the local stack's resources, configured exactly as the functions are.
 pub struct Stack {
-    pub s3: aws_sdk_s3::Client,
+    /// The working bucket, through the same adapter the functions use.
+    pub work: S3Blobs,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub env: std::collections::BTreeMap<String, String>,
@@ -29,7 +33,7 @@ impl Stack {
         let config = shared::aws::sdk_config().await;
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
         Stack {
-            s3,
+            work: S3Blobs::new(s3, env["WORK_BUCKET"].clone()),
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
             env,
@@ -38,14 +42,9 @@ impl Stack {
 
     /// Objects in the working bucket and items in the table that belong to the project.
     pub async fn project_leftovers(&self, project: &str) -> anyhow::Result<(Vec<String>, usize)> {
-        let bucket = &self.env["WORK_BUCKET"];
         let mut objects = Vec::new();
-        let listed = self.s3.list_objects_v2().bucket(bucket).send().await?;
-        for o in listed.contents() {
-            if let Some(k) = o.key()
-                && k.contains(project) {
-                    objects.push(k.to_string());
-                }
+        for prefix in keys::project_prefixes(project) {
+            objects.extend(self.work.list(&prefix).await?);
         }
         let items = self
             .dynamodb
