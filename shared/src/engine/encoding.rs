@@ -139,8 +139,9 @@ pub enum DecodeError {
     BadBlockId { record: usize },
 }
 
-/// What a JSON upload body is, found without decoding the encodings (the api uses this for the
-/// reference's consistency checks at request time).
+/// What a JSON upload body is, found without decoding the encodings (`pprl link` uses this to
+/// hold files to the blocking rules; the api's request-time checks parse more, in
+/// `service::api::uploads`, because they also need counts and ExternalData paths).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadShape {
     Clks,

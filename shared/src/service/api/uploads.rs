@@ -112,12 +112,8 @@ impl<'de> Deserialize<'de> for Source {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an array, an object of blocks, or {\"file\": {\"bucket\", \"path\"}}")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Source, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(Source::Inline(n))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source, A::Error> {
+                count_elements(seq).map(Source::Inline)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
                 let (mut file, mut entries) = (None, 0);
@@ -141,6 +137,15 @@ impl<'de> Deserialize<'de> for Source {
     }
 }
 
+/// Counts a JSON array's elements without keeping (or decoding) them.
+fn count_elements<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<usize, A::Error> {
+    let mut n = 0;
+    while seq.next_element::<IgnoredAny>()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Number of elements of a JSON array, without keeping them.
 #[derive(Debug)]
 struct Count(usize);
@@ -153,12 +158,8 @@ impl<'de> Deserialize<'de> for Count {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an array")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(Count(n))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Count, A::Error> {
+                count_elements(seq).map(Count)
             }
         }
         d.deserialize_seq(CountVisitor)
