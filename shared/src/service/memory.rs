@@ -594,15 +594,7 @@ mod tests {
     }
 
     fn party(index: u32) -> Party {
-        Party {
-            index,
-            update_token_hash: TokenHash::of(&format!("u{index}")),
-            upload_state: UploadState::NotStarted,
-            upload_id: None,
-            receipt_token_hash: None,
-            error: None,
-            ingested: None,
-        }
+        Party::new(index, TokenHash::of(&format!("u{index}")))
     }
 
     fn run(project: &str, id: &str) -> Run {

@@ -114,6 +114,21 @@ pub struct Party {
     pub ingested: Option<IngestedParty>,
 }
 
+impl Party {
+    /// A party as a project is created: no upload yet.
+    pub fn new(index: u32, update_token_hash: TokenHash) -> Self {
+        Party {
+            index,
+            update_token_hash,
+            upload_state: UploadState::NotStarted,
+            upload_id: None,
+            receipt_token_hash: None,
+            error: None,
+            ingested: None,
+        }
+    }
+}
+
 /// What ingestion learned about a party's data (stored on the party once done).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestedParty {

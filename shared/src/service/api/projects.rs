@@ -149,15 +149,7 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     let parties: Vec<Party> = update_tokens
         .iter()
         .zip(0u32..)
-        .map(|(token, index)| Party {
-            index,
-            update_token_hash: tokens::TokenHash::of(token),
-            upload_state: UploadState::NotStarted,
-            upload_id: None,
-            receipt_token_hash: None,
-            error: None,
-            ingested: None,
-        })
+        .map(|(token, index)| Party::new(index, tokens::TokenHash::of(token)))
         .collect();
     state.meta.create_project(&project, &parties).await?;
     tracing::info!(project_id = %project_id, parties = request.number_parties, result_type = project.result_type.as_str(), "project created");

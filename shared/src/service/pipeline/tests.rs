@@ -107,15 +107,7 @@ async fn create_project(p: &TestPipeline, result_type: ResultType, n: u32, block
         error: None,
     };
     let parties: Vec<Party> = (0..n)
-        .map(|i| Party {
-            index: i,
-            update_token_hash: TokenHash::of(&format!("update{i}")),
-            upload_state: UploadState::NotStarted,
-            upload_id: None,
-            receipt_token_hash: None,
-            error: None,
-            ingested: None,
-        })
+        .map(|i| Party::new(i, TokenHash::of(&format!("update{i}"))))
         .collect();
     p.meta.create_project(&project, &parties).await.unwrap();
     project_id
