@@ -411,7 +411,11 @@ def build_plan(template=None, ctx=None):
         name = os.path.basename(os.path.normpath(props["CodeUri"]))
         env_raw = ((props.get("Environment") or {}).get("Variables")) or {}
         events = []
+        schedules = []
         for ename, ev in (props.get("Events") or {}).items():
+            if ev["Type"] == "Schedule":
+                schedules.append({"event": ename, "every_secs": rate_seconds(ctx.eval(ev["Properties"]["Schedule"]))})
+                continue
             if ev["Type"] != "SQS":
                 continue
             ep = ctx.eval(ev["Properties"])
@@ -426,9 +430,20 @@ def build_plan(template=None, ctx=None):
             "env_template": env_raw,
             "http_api": any(ev["Type"] == "HttpApi" for ev in (props.get("Events") or {}).values()),
             "event_sources": events,
+            "schedules": schedules,
         })
     plan["functions"] = functions
     return plan, ctx
+
+
+def rate_seconds(expression):
+    """Seconds between runs of an EventBridge `rate(N unit)` schedule. Locally `second(s)` is
+    accepted too, so the watchdog can run every few seconds."""
+    m = re.fullmatch(r"\s*rate\(\s*(\d+)\s+(second|seconds|minute|minutes|hour|hours|day|days)\s*\)\s*", str(expression))
+    if not m or int(m.group(1)) < 1:
+        raise SystemExit(f"unsupported schedule expression {expression!r}: expected rate(N minutes|hours|days|seconds)")
+    unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[m.group(2).rstrip("s")]
+    return int(m.group(1)) * unit
 
 
 def function_env(fn, ctx, local):
@@ -685,7 +700,7 @@ def write_outputs(plan, ctx, admin, state=STATE):
     for fn in plan["functions"]:
         env = function_env(fn, ctx, local)
         _write_env_file(envdir / f"{fn['name']}.env", env)
-        if fn["event_sources"]:
+        if fn["event_sources"] or fn["schedules"]:
             runner["functions"].append({
                 "name": fn["name"],
                 "binary": str(target / profile / fn["name"]),
@@ -696,6 +711,7 @@ def write_outputs(plan, ctx, admin, state=STATE):
                                    "batch_size": e["batch_size"],
                                    "report_batch_item_failures": e["report_batch_item_failures"]}
                                   for e in fn["event_sources"]],
+                "schedules": [{"name": sc["event"], "every_secs": sc["every_secs"]} for sc in fn["schedules"]],
             })
     tmp = state / "runner.json.tmp"
     tmp.write_text(json.dumps(runner, indent=2) + "\n")

@@ -188,6 +188,11 @@ class TemplateDrivesLocalStack(unittest.TestCase):
                 self.assertEqual(e["batch_size"], raw.get("BatchSize", 10))
                 self.assertEqual(e["report_batch_item_failures"], "ReportBatchItemFailures" in raw.get("FunctionResponseTypes", []))
                 self.assertTrue(e["report_batch_item_failures"], f"{lid}.{e['event']}: every SQS event reports item failures")
+            schedules = {k: e["Properties"] for k, e in (props.get("Events") or {}).items() if e["Type"] == "Schedule"}
+            self.assertEqual([sc["event"] for sc in p["schedules"]], list(schedules))
+            for sc in p["schedules"]:
+                expression = param_default(self.t, schedules[sc["event"]]["Schedule"])
+                self.assertEqual(sc["every_secs"], provision.rate_seconds(expression))
             # every consumer's queue keeps a message invisible for at least the function's timeout
             for e in p["event_sources"]:
                 vt = param_default(self.t, self.res[e["queue_logical_id"]]["Properties"].get("VisibilityTimeout", 30))
@@ -229,6 +234,16 @@ class TemplateDrivesLocalStack(unittest.TestCase):
         with self.assertRaises(SystemExit):
             provision.Context(tpl, overrides={"LOCAL_PARAM_FunctionTimeoutSeconds": "901"})
 
+    def test_watchdog_schedule(self):
+        fan_out = next(f for f in self.plan["functions"] if f["name"] == "fan-out")
+        self.assertEqual(fan_out["schedules"], [{"event": "Watchdog", "every_secs": 300}])
+        self.assertEqual(provision.rate_seconds("rate(1 minute)"), 60)
+        self.assertEqual(provision.rate_seconds("rate(5 seconds)"), 5)
+        self.assertEqual(provision.rate_seconds("rate(2 hours)"), 7200)
+        for bad in ("rate(0 minutes)", "cron(0/5 * * * ? *)", "rate(5 fortnights)"):
+            with self.assertRaises(SystemExit):
+                provision.rate_seconds(bad)
+
     def test_runner_json_and_env_files(self):
         with tempfile.TemporaryDirectory() as d:
             state = Path(d)
@@ -245,7 +260,7 @@ class TemplateDrivesLocalStack(unittest.TestCase):
             runner = json.loads((state / "runner.json").read_text())
             self.assertEqual([f["name"] for f in runner["functions"]], ["fan-out", "compare", "solve"])
             for f in runner["functions"]:
-                self.assertEqual(set(f), {"name", "binary", "env", "timeout_secs", "memory_mb", "event_sources"})
+                self.assertEqual(set(f), {"name", "binary", "env", "timeout_secs", "memory_mb", "event_sources", "schedules"})
                 self.assertEqual(f["binary"], f"/tmp/some-target/debug/{f['name']}")
                 for e in f["event_sources"]:
                     self.assertEqual(set(e), {"queue_url", "queue_arn", "batch_size", "report_batch_item_failures"})

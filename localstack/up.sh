@@ -39,6 +39,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pprl-target}"
 # Locally a crashed invocation's messages come back after seconds, not AWS's 90 minutes; the
 # runner keeps in-flight messages invisible meanwhile (see localstack/README.md).
 export LOCAL_PARAM_QueueVisibilityTimeoutSeconds="${LOCAL_PARAM_QueueVisibilityTimeoutSeconds:-10}"
+# Likewise the watchdog looks every few seconds and sends lost work again after 20 s, not 15 min.
+export LOCAL_PARAM_WatchdogSchedule="${LOCAL_PARAM_WatchdogSchedule:-rate(5 seconds)}"
+export LOCAL_PARAM_WatchdogStallSeconds="${LOCAL_PARAM_WatchdogStallSeconds:-20}"
 
 T0=$(date +%s)
 say() { printf 'up: [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }

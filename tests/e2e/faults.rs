@@ -226,3 +226,91 @@ async fn deleting_a_run_while_it_computes_stops_it_and_leaves_nothing() -> anyho
     // In-flight shards finish or stop; nothing of the run may remain afterwards.
     stack.wait_until_gone(&project.id, Some(&run), Duration::from_secs(40)).await
 }
+
+/// Tests that stop and start parts of the local stack. They disturb every test running beside
+/// them, so `scripts/test.sh` runs them on their own, one at a time.
+mod restarts {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    fn local_stack(script: &str, args: &[&str]) -> anyhow::Result<()> {
+        let status = Command::new(repo_root().join("localstack").join(script))
+            .args(args)
+            .env("PPRL_SKIP_BUILD", "1")
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "localstack/{script} {args:?} failed: {status}");
+        Ok(())
+    }
+
+    async fn purge(stack: &Stack, queue_url: &str) -> anyhow::Result<()> {
+        stack.sqs.purge_queue().queue_url(queue_url).send().await?;
+        Ok(())
+    }
+
+    fn runner_log() -> String {
+        std::fs::read_to_string(repo_root().join("localstack/.state/logs/runner.log")).unwrap_or_default()
+    }
+
+    /// The queues lose their messages while the workers are down (LocalStack keeps SQS in
+    /// memory, so restarting it does exactly this): first an upload's S3 event and a run's start
+    /// request, later the run's shards, whose compare instances die mid-shard. Nothing can be
+    /// redelivered; the watchdog finds the upload and the run stalled with their queues empty,
+    /// sends their work again, and the result is exact.
+    #[tokio::test]
+    async fn work_lost_with_the_queues_is_sent_again_by_the_watchdog() -> anyhow::Result<()> {
+        let api = Api::new();
+        let stack = Stack::connect().await;
+        let ingest_queue = function_env("fan-out")["INGEST_QUEUE_URL"].clone();
+        let n = 20_000;
+        let data = synthetic_parties(78, 2, n, 128, 60);
+        let project = api.create_project("similarity_scores", 2, false).await?;
+        api.upload_binary(&project, 0, data[0].concat(), n, 128).await?;
+
+        // Phase 1: the last upload's event and the run's start request are lost.
+        local_stack("down.sh", &["--only", "runner"])?;
+        api.upload_binary(&project, 1, data[1].concat(), n, 128).await?;
+        let run = api.post_run(&project, 0.8).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await; // the S3 events reach the queue
+        purge(&stack, &ingest_queue).await?;
+        local_stack("up.sh", &[])?;
+        // The watchdog acts once the upload has shown no progress for the stall time (20 s locally).
+        let mut status = api.run_status(&project, &run).await?;
+        for _ in 0..180 {
+            if status["state"] != "created" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            status = api.run_status(&project, &run).await?;
+        }
+        anyhow::ensure!(status["state"] == "running", "the watchdog did not restart the lost upload: {status}");
+
+        // Phase 2: the workers die mid-shard and the shard messages are lost.
+        local_stack("down.sh", &["--only", "runner"])?;
+        // Past the visibility timeout (10 s locally) the messages being processed are back in
+        // the queue, so the purge loses them too.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        purge(&stack, &stack.env["SHARD_QUEUE_URL"]).await?;
+        purge(&stack, &stack.env["SOLVE_QUEUE_URL"]).await?;
+        local_stack("up.sh", &[])?;
+        let status = api.wait_for_run(&project, &run, Duration::from_secs(300)).await?;
+        assert_eq!(status["state"], "completed", "{status}");
+
+        let log = runner_log();
+        assert!(log.lines().any(|l| l.contains("stalled upload sent again") && l.contains(&project.id)), "the upload was re-sent by the watchdog");
+        assert!(log.lines().any(|l| l.contains("uncounted shards sent again") && l.contains(&run)), "the shards were re-sent by the watchdog");
+        let parties: Vec<shared::engine::encoding::PartyEncodings> = data
+            .iter()
+            .map(|p| shared::engine::encoding::PartyEncodings { encoding_size: 128, data: p.concat(), blocks: None })
+            .collect();
+        let expected = shared::engine::link::link(&parties, 0.8, 300_000_000)?;
+        assert_eq!(status["total_number_comparisons"], expected.total_comparisons);
+        let (_, result) = api.result(&project, &run, &project.result_token).await?;
+        let mut want = Vec::new();
+        shared::engine::output::write_similarity_scores(&mut want, expected.candidates.into_iter())?;
+        let want: serde_json::Value = serde_json::from_slice(&want)?;
+        assert_eq!(result["similarity_scores"], want["similarity_scores"]);
+        Ok(())
+    }
+}

@@ -57,7 +57,7 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use shared::service::api::{ApiState, router};
-    use shared::service::config::{Limits, Settings, UploadSettings};
+    use shared::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
     use shared::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
     use tower::ServiceExt;
 
@@ -97,6 +97,7 @@ mod tests {
                 role_arn: String::new(),
             },
             limits: Limits::default(),
+            watchdog: WatchdogSettings::default(),
         }
     }
 

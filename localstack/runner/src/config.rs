@@ -25,6 +25,15 @@ pub struct FunctionConfig {
     pub concurrency: usize,
     #[serde(default)]
     pub event_sources: Vec<EventSource>,
+    /// EventBridge schedules (SAM `Type: Schedule` events).
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub every_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

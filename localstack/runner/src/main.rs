@@ -6,7 +6,8 @@
 //! batch, invoke, delete what succeeded (honouring `batchItemFailures`), leave failures to
 //! reappear after the visibility timeout, and let the queue's redrive policy move a message to
 //! its dead-letter queue after N receives. An instance that crashes or overruns its timeout is
-//! replaced and its batch counts as failed, as in Lambda.
+//! replaced and its batch counts as failed, as in Lambda. Schedules (EventBridge rules) invoke
+//! the function with a `Scheduled Event` at their rate.
 
 mod config;
 mod instance;
@@ -37,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     for function in config.functions {
-        if function.event_sources.is_empty() {
+        if function.event_sources.is_empty() && function.schedules.is_empty() {
             continue;
         }
         for n in 0..function.concurrency.max(1) {

@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{
 use crate::service::memory::compute_micros;
 use crate::service::model::{
     IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
-    UploadStart, UploadState,
+    UploadStart, UploadState, Watch, WatchTarget,
 };
 use crate::service::ports::{MetaError, MetaStore};
 use crate::service::tokens::TokenHash;
@@ -64,6 +64,14 @@ fn shard_prefix(run_id: &str) -> String {
 }
 fn shard_sk(run_id: &str, shard: u32) -> String {
     format!("SHARD#{run_id}#{shard:08}")
+}
+
+fn watch_key(project_id: &str, target: &WatchTarget) -> Item {
+    let sk = match target {
+        WatchTarget::Run(run_id) => run_sk(run_id),
+        WatchTarget::Upload(party) => party_sk(*party),
+    };
+    key(project_pk(project_id), sk)
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -826,6 +834,41 @@ impl MetaStore for DynamoMeta {
                     (":running", s(RunState::Running.as_str())),
                     (":m", s(message)),
                 ],
+            )
+            .await?;
+        Ok(matches!(w, Written::Done))
+    }
+
+    async fn counted_shards(&self, project_id: &str, run_id: &str) -> Result<Vec<u32>, MetaError> {
+        let prefix = shard_prefix(run_id);
+        let markers = self.query_partition("counted shards", &project_pk(project_id), SortKeys::BeginsWith(&prefix)).await?;
+        let mut shards = markers
+            .iter()
+            .map(|m| {
+                opt_s(m, "sk")
+                    .and_then(|sk| sk.strip_prefix(&prefix)?.parse::<u32>().ok())
+                    .ok_or_else(|| corrupt("shard marker", m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        shards.sort_unstable();
+        Ok(shards)
+    }
+
+    async fn get_watch(&self, project_id: &str, target: &WatchTarget) -> Result<Option<Watch>, MetaError> {
+        let Some(item) = self.get_item("get watch", watch_key(project_id, target)).await? else { return Ok(None) };
+        let Some(fingerprint) = opt_s(&item, "watch_fingerprint") else { return Ok(None) };
+        Ok(Some(Watch { fingerprint, since_secs: get_n(&item, "watch_since")?, redrives: get_n(&item, "watch_redrives")? }))
+    }
+
+    async fn put_watch(&self, project_id: &str, target: &WatchTarget, watch: &Watch) -> Result<bool, MetaError> {
+        let w = self
+            .update_one(
+                "put watch",
+                watch_key(project_id, target),
+                "SET watch_fingerprint = :f, watch_since = :t, watch_redrives = :r",
+                "attribute_exists(pk)",
+                &[],
+                vec![(":f", s(&watch.fingerprint)), (":t", n(watch.since_secs)), (":r", n(watch.redrives))],
             )
             .await?;
         Ok(matches!(w, Written::Done))

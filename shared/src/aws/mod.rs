@@ -85,20 +85,19 @@ pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::
 }
 
 /// The whole life of an SQS-triggered pipeline function: telemetry, settings and clients once
-/// per cold start, then every invocation through [`crate::service::lambda::handle`]. (Boxed: the
+/// per cold start, then every invocation through [`crate::service::lambda::handle_payload`]. (Boxed: the
 /// SDK's deeply nested future types would otherwise exceed rustc's type-layout depth in `main`.)
 pub fn run_pipeline_function(
     step: crate::service::lambda::Step,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), lambda_runtime::Error>>>> {
-    use aws_lambda_events::event::sqs::SqsEvent;
     use lambda_runtime::{service_fn, Error, LambdaEvent};
 
     Box::pin(async move {
         crate::service::telemetry::init();
         let pipeline = pipeline_from_env().await?;
         let pipeline = &pipeline;
-        lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-            Ok::<_, Error>(crate::service::lambda::handle(step, pipeline, event.payload).await)
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
+            crate::service::lambda::handle_payload(step, pipeline, event.payload).await.map_err(Error::from)
         }))
         .await
     })

@@ -1,6 +1,6 @@
 //! [`WorkQueue`] on SQS.
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 
 use crate::service::ports::{QueueError, WorkQueue};
 
@@ -51,5 +51,32 @@ impl WorkQueue for SqsQueue {
             }
         }
         Ok(())
+    }
+
+    async fn is_idle(&self, queue_url: &str) -> Result<bool, QueueError> {
+        let counts = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .set_attribute_names(Some(counts.to_vec()))
+            .send()
+            .await
+            .map_err(|e| QueueError(format!("{}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+        let attributes = out.attributes.unwrap_or_default();
+        for name in &counts {
+            let value = attributes.get(name).map(String::as_str).unwrap_or("0");
+            let count: u64 = value
+                .parse()
+                .map_err(|_| QueueError(format!("{queue_url}: {} is {value:?}, not a count", name.as_str())))?;
+            if count > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }

@@ -61,6 +61,25 @@ pub struct UploadSettings {
     pub role_arn: String,
 }
 
+/// The stuck-work watchdog (`pipeline::watchdog`), run by fan-out on a schedule.
+#[derive(Clone, Debug)]
+pub struct WatchdogSettings {
+    /// Where S3 notifications of `incoming/` objects arrive (uploads and run requests wait there).
+    pub ingest_queue_url: String,
+    /// How long a run or upload may show no progress, with its queue empty, before its work
+    /// counts as lost and is sent again.
+    pub stall_after_secs: u64,
+    /// How often lost work is sent again without any progress before the run or upload is put in
+    /// `error`.
+    pub max_redrives: u32,
+}
+
+impl Default for WatchdogSettings {
+    fn default() -> Self {
+        WatchdogSettings { ingest_queue_url: String::new(), stall_after_secs: 900, max_redrives: 3 }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub table_name: String,
@@ -70,6 +89,7 @@ pub struct Settings {
     pub dead_letter_queue_arns: Vec<String>,
     pub upload: UploadSettings,
     pub limits: Limits,
+    pub watchdog: WatchdogSettings,
 }
 
 fn required(name: &'static str) -> Result<String, ConfigError> {
@@ -141,6 +161,11 @@ impl Settings {
                 role_arn: optional("UPLOAD_ROLE_ARN").unwrap_or_default(),
             },
             limits,
+            watchdog: WatchdogSettings {
+                ingest_queue_url: optional("INGEST_QUEUE_URL").unwrap_or_default(),
+                stall_after_secs: number("WATCHDOG_STALL_SECS", WatchdogSettings::default().stall_after_secs)?,
+                max_redrives: number("WATCHDOG_MAX_REDRIVES", WatchdogSettings::default().max_redrives)?,
+            },
         })
     }
 }

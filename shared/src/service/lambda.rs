@@ -27,6 +27,28 @@ where
     response
 }
 
+/// Whether a Lambda payload is an EventBridge schedule's event (fan-out's watchdog timer)
+/// rather than an SQS batch.
+pub fn is_scheduled_event(payload: &serde_json::Value) -> bool {
+    payload.get("source").and_then(|s| s.as_str()) == Some("aws.events")
+        && payload.get("detail-type").and_then(|s| s.as_str()) == Some("Scheduled Event")
+}
+
+/// Runs `step` on one Lambda payload: an SQS batch, or (fan-out only) the watchdog's schedule.
+pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
+    step: Step,
+    pipeline: &Pipeline<M, B, U, Q>,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, PipelineError> {
+    if step == Step::FanOut && is_scheduled_event(&payload) {
+        let sweep = pipeline.watchdog(crate::service::time::now_secs()).await?;
+        return Ok(serde_json::json!({"watched": sweep.watched, "redriven": sweep.redriven, "failed": sweep.failed}));
+    }
+    let event: SqsEvent = serde_json::from_value(payload).map_err(|e| PipelineError::Event(format!("not an SQS event: {e}")))?;
+    let response = handle(step, pipeline, event).await;
+    serde_json::to_value(response).map_err(|e| PipelineError::Event(format!("batch response: {e}")))
+}
+
 /// Which pipeline step an SQS-triggered function runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {

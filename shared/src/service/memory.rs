@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
-    UploadStart, UploadState,
+    UploadStart, UploadState, Watch, WatchTarget,
 };
 use super::ports::{
     BlobError, BlobStore, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
@@ -43,6 +43,8 @@ struct ProjectEntry {
     project: Project,
     parties: Vec<Party>,
     runs: BTreeMap<String, RunEntry>,
+    /// The watchdog's notes (DynamoDB: `watch_*` attributes of the run and party items).
+    watches: BTreeMap<WatchTarget, Watch>,
     /// Being deleted: invisible to every read, kept until `purge_project`.
     deleted: bool,
 }
@@ -93,7 +95,13 @@ impl MetaStore for MemoryMeta {
         }
         t.projects.insert(
             project.project_id.clone(),
-            ProjectEntry { project: project.clone(), parties: parties.to_vec(), runs: BTreeMap::new(), deleted: false },
+            ProjectEntry {
+                project: project.clone(),
+                parties: parties.to_vec(),
+                runs: BTreeMap::new(),
+                watches: BTreeMap::new(),
+                deleted: false,
+            },
         );
         t.project_count += 1;
         Ok(())
@@ -245,7 +253,9 @@ impl MetaStore for MemoryMeta {
 
     async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
         let mut t = lock(&self.tables);
-        Ok(t.live_project_mut(project_id).and_then(|p| p.runs.remove(run_id)).is_some())
+        let Some(entry) = t.live_project_mut(project_id) else { return Ok(false) };
+        entry.watches.remove(&WatchTarget::Run(run_id.to_string()));
+        Ok(entry.runs.remove(run_id).is_some())
     }
 
     async fn claim_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
@@ -325,6 +335,29 @@ impl MetaStore for MemoryMeta {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn counted_shards(&self, project_id: &str, run_id: &str) -> Result<Vec<u32>, MetaError> {
+        let mut t = lock(&self.tables);
+        Ok(t.live_run_mut(project_id, run_id).map(|r| r.counted_shards.iter().copied().collect()).unwrap_or_default())
+    }
+
+    async fn get_watch(&self, project_id: &str, target: &WatchTarget) -> Result<Option<Watch>, MetaError> {
+        let mut t = lock(&self.tables);
+        Ok(t.live_project_mut(project_id).and_then(|p| p.watches.get(target).cloned()))
+    }
+
+    async fn put_watch(&self, project_id: &str, target: &WatchTarget, watch: &Watch) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        let Some(entry) = t.live_project_mut(project_id) else { return Ok(false) };
+        let exists = match target {
+            WatchTarget::Run(run_id) => entry.runs.contains_key(run_id),
+            WatchTarget::Upload(party) => entry.parties.iter().any(|p| p.index == *party),
+        };
+        if exists {
+            entry.watches.insert(target.clone(), watch.clone());
+        }
+        Ok(exists)
     }
 
     async fn status_counters(&self) -> Result<StatusCounters, MetaError> {
@@ -526,6 +559,10 @@ impl WorkQueue for MemoryQueue {
     async fn send(&self, queue_url: &str, bodies: Vec<String>) -> Result<(), QueueError> {
         lock(&self.sent).extend(bodies.into_iter().map(|b| (queue_url.to_string(), b)));
         Ok(())
+    }
+
+    async fn is_idle(&self, queue_url: &str) -> Result<bool, QueueError> {
+        Ok(!lock(&self.sent).iter().any(|(q, _)| q == queue_url))
     }
 }
 

@@ -251,3 +251,19 @@ pub struct StatusCounters {
     pub completed_comparisons: u64,
     pub completed_seconds: f64,
 }
+
+/// What the watchdog keeps an eye on: an unfinished run, or a party's pending upload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WatchTarget {
+    Run(String),
+    Upload(u32),
+}
+
+/// The watchdog's note on one watched item: its progress as last seen, since when that has not
+/// changed (Unix seconds), and how often its work was re-sent without progress since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub fingerprint: String,
+    pub since_secs: u64,
+    pub redrives: u32,
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, ShardOutcome, StatusCounters,
-    UploadStart,
+    UploadStart, Watch, WatchTarget,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,14 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     /// Any non-final state → `error` with a message. False if already final.
     fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
 
+    // ---- the watchdog (pipeline::watchdog) -----------------------------------------------------
+    /// The shard indexes of the run counted so far (its shard markers), ascending.
+    fn counted_shards(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<Vec<u32>, MetaError>> + Send;
+    /// What the watchdog last noted about a run or a party's upload.
+    fn get_watch(&self, project_id: &str, target: &WatchTarget) -> impl Future<Output = Result<Option<Watch>, MetaError>> + Send;
+    /// Notes `watch` on the run or party, only while it exists (false if it is gone).
+    fn put_watch(&self, project_id: &str, target: &WatchTarget, watch: &Watch) -> impl Future<Output = Result<bool, MetaError>> + Send;
+
     // ---- service status --------------------------------------------------------------------
     fn status_counters(&self) -> impl Future<Output = Result<StatusCounters, MetaError>> + Send;
 }
@@ -132,6 +140,9 @@ pub trait WorkQueue: Send + Sync + Clone + 'static {
     /// Sends all bodies (batched as the queue allows); an error means some may not have been sent,
     /// and the caller retries the whole send (consumers are idempotent).
     fn send(&self, queue_url: &str, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// True when the queue holds no message at all: none waiting, delayed or being processed.
+    /// (SQS's counts are approximate and lag by about a minute; the watchdog waits far longer.)
+    fn is_idle(&self, queue_url: &str) -> impl Future<Output = Result<bool, QueueError>> + Send;
 }
 
 /// Temporary credentials a data provider uses to upload straight to the upload bucket.

@@ -9,6 +9,11 @@ pub fn now_micros() -> i64 {
     d.as_micros() as i64
 }
 
+/// Unix time in whole seconds.
+pub fn now_secs() -> u64 {
+    (now_micros() / 1_000_000).max(0) as u64
+}
+
 pub fn now_iso() -> String {
     format_iso(now_micros())
 }

@@ -10,7 +10,7 @@ use tower::ServiceExt;
 
 use super::uploads::{ExternalUpload, ObjectRef};
 use super::{ApiState, BASE_PATH, ROUTES, router};
-use crate::service::config::{Limits, Settings, UploadSettings};
+use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
 use crate::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
 use crate::service::model::{IngestedParty, RunPlan};
@@ -37,6 +37,7 @@ fn settings(upload_enabled: bool) -> Settings {
             role_arn: "arn:aws:iam::000000000000:role/upload".into(),
         },
         limits: Limits { max_request_bytes: MAX_REQUEST, max_response_bytes: MAX_RESPONSE, ..Limits::default() },
+        watchdog: WatchdogSettings::default(),
     }
 }
 

@@ -31,7 +31,7 @@ pub const KIND_BINARY: &str = "binary";
 pub const KIND_EXTERNAL: &str = "external";
 
 /// Marker written once every shard message of a run has been sent.
-fn dispatched_key(project: &str, run: &str) -> String {
+pub(super) fn dispatched_key(project: &str, run: &str) -> String {
     format!("{}dispatched", keys::run_work_prefix(project, run))
 }
 
@@ -75,6 +75,12 @@ pub struct ExternalObject {
 pub enum ExternalBlocks {
     Object { file: ExternalObject },
     Plain(ExternalObject),
+}
+
+/// A run's shards as planned: their messages in shard order, `(shard index, body)`.
+pub(super) struct PlannedShards {
+    pub total_comparisons: u64,
+    pub messages: Vec<(u32, String)>,
 }
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
@@ -223,7 +229,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
     }
 
     /// Whether every party's data is in and fits the others' (mismatches are reported here).
-    async fn parties_ready(&self, project: &Project, parties: &[Party]) -> Result<bool, PipelineError> {
+    pub(super) async fn parties_ready(&self, project: &Project, parties: &[Party]) -> Result<bool, PipelineError> {
         if parties.len() != project.number_parties as usize
             || parties.iter().any(|p| p.upload_state != UploadState::Done)
         {
@@ -302,33 +308,11 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
             }
             RunState::Completed | RunState::Error => return Ok(()),
         };
-        let mut indexes = Vec::with_capacity(parties.len());
-        for p in &parties {
-            let (bytes, _) = self.work.get(&keys::party_index(project_id, p.index)).await?;
-            let index = BlockIndex::from_bytes(&bytes)
-                .map_err(|e| PipelineError::Corrupt(format!("block index of party {}: {e}", p.index)))?;
-            indexes.push(index);
-        }
-        let target = self.settings.limits.shard_target_comparisons;
-        let plan = tokio::task::spawn_blocking(move || shard::plan(&indexes, target))
-            .await
-            .map_err(|e| PipelineError::Worker(e.to_string()))?;
-        let shards_total = plan.shards.len() as u32;
-        info!(project_id, run_id, shards_total, comparisons = plan.total_comparisons, resume, "run planned");
-        let mut bodies = Vec::with_capacity(plan.shards.len());
-        for s in plan.shards {
-            let index = s.index;
-            let inline = serde_json::to_vec(&s).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            let shard = if inline.len() <= INLINE_SHARD_LIMIT {
-                Some(s)
-            } else {
-                self.work.put(&keys::shard(project_id, run_id, index), Bytes::from(inline), &Vec::new()).await?;
-                None
-            };
-            let message = ShardMessage { project_id: project_id.into(), run_id: run_id.into(), shard_index: index, shard };
-            bodies.push(serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?);
-        }
-        let run_plan = RunPlan { shards_total, total_comparisons: plan.total_comparisons, time_started: time::now_iso() };
+        let planned = self.plan_shards(project_id, run_id, &parties).await?;
+        let shards_total = planned.messages.len() as u32;
+        info!(project_id, run_id, shards_total, comparisons = planned.total_comparisons, resume, "run planned");
+        let bodies: Vec<String> = planned.messages.into_iter().map(|(_, body)| body).collect();
+        let run_plan = RunPlan { shards_total, total_comparisons: planned.total_comparisons, time_started: time::now_iso() };
         let started = self.meta.start_run(project_id, run_id, &run_plan).await?;
         if !started && !resume {
             return self.clean_up_if_deleted(project_id, run_id).await; // deleted or failed meanwhile
@@ -344,6 +328,36 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         self.work.put(&dispatched_key(project_id, run_id), Bytes::from_static(b"{}"), &Vec::new()).await?;
         self.clean_up_if_deleted(project_id, run_id).await?;
         self.delete_quietly(&keys::run_request(project_id, run_id)).await
+    }
+
+    /// Plans the run's shards (deterministic: the same parties' data always give the same shards)
+    /// and builds their messages, storing the descriptions too large to travel inline.
+    pub(super) async fn plan_shards(&self, project_id: &str, run_id: &str, parties: &[Party]) -> Result<PlannedShards, PipelineError> {
+        let mut indexes = Vec::with_capacity(parties.len());
+        for p in parties {
+            let (bytes, _) = self.work.get(&keys::party_index(project_id, p.index)).await?;
+            let index = BlockIndex::from_bytes(&bytes)
+                .map_err(|e| PipelineError::Corrupt(format!("block index of party {}: {e}", p.index)))?;
+            indexes.push(index);
+        }
+        let target = self.settings.limits.shard_target_comparisons;
+        let plan = tokio::task::spawn_blocking(move || shard::plan(&indexes, target))
+            .await
+            .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        let mut messages = Vec::with_capacity(plan.shards.len());
+        for s in plan.shards {
+            let index = s.index;
+            let inline = serde_json::to_vec(&s).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+            let shard = if inline.len() <= INLINE_SHARD_LIMIT {
+                Some(s)
+            } else {
+                self.work.put(&keys::shard(project_id, run_id, index), Bytes::from(inline), &Vec::new()).await?;
+                None
+            };
+            let message = ShardMessage { project_id: project_id.into(), run_id: run_id.into(), shard_index: index, shard };
+            messages.push((index, serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?));
+        }
+        Ok(PlannedShards { total_comparisons: plan.total_comparisons, messages })
     }
 
     /// A run deleted while fan-out planned or dispatched it: the api removed the run's objects

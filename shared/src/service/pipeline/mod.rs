@@ -20,6 +20,7 @@ pub mod events;
 pub mod external;
 pub mod fan_out;
 pub mod solve;
+pub mod watchdog;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,18 +5,20 @@ use bytes::Bytes;
 
 use crate::engine::encoding::{BlockKey, PartyEncodings};
 use crate::engine::{link, output, solver};
-use crate::service::config::{Limits, Settings, UploadSettings};
+use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
 use crate::service::memory::{MemoryBlobs, MemoryMeta, MemoryQueue};
 use crate::service::model::*;
-use crate::service::ports::{BlobStore, MetaStore};
+use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
 use super::fan_out::KIND_JSON;
+use super::watchdog::Sweep;
 use super::{Pipeline, ShardMessage, SolveMessage};
 
 const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
+const INCOMING: &str = "incoming";
 
 type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue>;
 
@@ -42,6 +44,7 @@ fn pipeline(shard_target: u64) -> TestPipeline {
                 role_arn: String::new(),
             },
             limits,
+            watchdog: WatchdogSettings { ingest_queue_url: INCOMING.into(), stall_after_secs: 60, max_redrives: 2 },
         },
     }
 }
@@ -392,4 +395,127 @@ async fn within_the_limits_the_same_run_completes() {
     let run = limited_run(ResultType::Groups, |_| {}).await;
     assert_eq!(run.state, RunState::Completed);
     assert!(run.candidate_count > 5, "the limited runs above really had more than 5 candidates");
+}
+
+// ---- the watchdog ---------------------------------------------------------------------------
+
+/// A run whose shard messages were lost half-way (some compared, the rest gone from the queue),
+/// then its solve message too: the watchdog sends exactly the missing work, and the result is
+/// the engine's.
+#[tokio::test]
+async fn watchdog_resends_lost_shards_and_solve_and_the_run_completes_exactly() {
+    let p = pipeline(300);
+    let data = parties(7, 2, 40, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "run1", 0.6).await;
+    let mut shards = p.queue.take(SHARDS);
+    assert!(shards.len() >= 3, "the case needs several shards, got {}", shards.len());
+    // Two shards are computed; the others are lost.
+    for body in shards.drain(..2) {
+        p.compare(&serde_json::from_str(&body).unwrap()).await.unwrap();
+    }
+    let lost = shards.len();
+    let stall = p.settings.watchdog.stall_after_secs;
+
+    // First sight: noted, not stalled yet.
+    assert_eq!(p.watchdog(1_000).await.unwrap(), Sweep { watched: 1, redriven: 0, failed: 0 });
+    assert!(p.queue.take(SHARDS).is_empty());
+    // Stalled, but the shard queue is busy: lost work cannot be told from queued work.
+    p.queue.send(SHARDS, vec!["someone else's shard".into()]).await.unwrap();
+    assert_eq!(p.watchdog(1_000 + stall).await.unwrap().redriven, 0);
+    assert_eq!(p.queue.take(SHARDS).len(), 1);
+    // Stalled with the queue empty: exactly the uncounted shards are sent again.
+    assert_eq!(p.watchdog(1_000 + stall).await.unwrap().redriven, 1);
+    let resent = p.queue.take(SHARDS);
+    assert_eq!(resent.len(), lost);
+    let first_two: Vec<u32> = p.meta.counted_shards(&project, "run1").await.unwrap();
+    for body in &resent {
+        let m: ShardMessage = serde_json::from_str(body).unwrap();
+        assert!(!first_two.contains(&m.shard_index), "shard {} was counted already", m.shard_index);
+        p.compare(&m).await.unwrap();
+    }
+    // The solve message is lost as well.
+    assert_eq!(p.queue.take(SOLVES).len(), 1);
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!((run.state, run.shards_done), (RunState::Running, run.shards_total));
+    p.watchdog(5_000).await.unwrap(); // progress noted
+    assert_eq!(p.watchdog(5_000 + stall).await.unwrap().redriven, 1);
+    drain(&p, 1).await;
+
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Completed, "{run:?}");
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.6, 300).unwrap();
+    let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
+    assert_eq!(&got[..], output::groups_json(&solver::greedy_solve(expected.candidates)).as_bytes());
+    assert_eq!(p.watchdog(99_999).await.unwrap(), Sweep::default(), "finished runs are not watched");
+}
+
+/// Work that is lost again every time it is sent ends the run with a message, after
+/// `max_redrives` attempts, instead of leaving it `running` forever.
+#[tokio::test]
+async fn watchdog_fails_a_run_whose_work_keeps_getting_lost() {
+    let p = pipeline(300);
+    let data = parties(8, 2, 20, false);
+    let project = create_project(&p, ResultType::SimilarityScores, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "run1", 0.6).await;
+    let stall = p.settings.watchdog.stall_after_secs;
+    let max = p.settings.watchdog.max_redrives;
+    let mut now = 10;
+    p.watchdog(now).await.unwrap();
+    for _ in 0..max {
+        p.queue.take(SHARDS); // lost again
+        now += stall;
+        assert_eq!(p.watchdog(now).await.unwrap().redriven, 1);
+    }
+    p.queue.take(SHARDS);
+    now += stall;
+    assert_eq!(p.watchdog(now).await.unwrap(), Sweep { watched: 1, redriven: 0, failed: 1 });
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Error);
+    assert!(run.error.as_deref().unwrap_or_default().contains("stopped making progress"), "{run:?}");
+}
+
+/// A run waiting for data is not stalled; an upload whose S3 event was lost is announced again
+/// (its object written again), and a run whose start request was lost is started.
+#[tokio::test]
+async fn watchdog_restarts_lost_uploads_and_run_starts_but_leaves_waiting_runs_alone() {
+    let p = pipeline(300);
+    let data = parties(9, 2, 20, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let stall = p.settings.watchdog.stall_after_secs;
+    // The run waits for data: never re-driven however long it waits.
+    post_run(&p, &project, "run1", 0.6).await;
+    upload(&p, &project, 0, upload_body(&data[0], false)).await;
+    p.watchdog(100).await.unwrap();
+    assert_eq!(p.watchdog(100 + 10 * stall).await.unwrap().redriven, 0);
+
+    // Party 1's upload is stored but its event never arrives.
+    let start = UploadStart { upload_id: "up1".into(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(&project, 1, &start).await.unwrap();
+    let key = keys::upload(&project, 1, "up1");
+    p.work.put(&key, Bytes::from(upload_body(&data[1], false)), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    p.watchdog(1_000).await.unwrap();
+    p.work.fail_puts(true);
+    assert!(p.watchdog(1_000 + stall).await.is_err(), "a failing store is an error, retried at the next tick");
+    p.work.fail_puts(false);
+    assert_eq!(p.watchdog(1_000 + stall).await.unwrap().redriven, 1);
+    // The object was written again: the S3 event that now arrives ingests it and starts the run.
+    p.on_incoming(&key).await.unwrap();
+    drain(&p, 1).await;
+    assert_eq!(p.meta.get_run(&project, "run1").await.unwrap().unwrap().state, RunState::Completed);
+
+    // A second run whose start request was lost: the data is in, so it is started.
+    let run = Run::created(project.clone(), "run2".into(), 0.7, String::new(), String::new(), crate::service::time::now_iso());
+    p.meta.create_run(&run).await.unwrap();
+    p.watchdog(5_000).await.unwrap();
+    assert_eq!(p.watchdog(5_000 + stall).await.unwrap().redriven, 1);
+    drain(&p, 1).await;
+    assert_eq!(p.meta.get_run(&project, "run2").await.unwrap().unwrap().state, RunState::Completed);
 }
