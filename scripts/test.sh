@@ -41,7 +41,7 @@ cargo nextest run --workspace --no-fail-fast -E 'not test(/^faults::restarts::/)
 
 # Tests that stop and start parts of the stack disturb everything beside them: alone, one at a time.
 step "end-to-end: workers and queues lost mid-run (one test at a time)"
-cargo nextest run -p e2e --no-fail-fast -j 1 -E 'test(/^faults::restarts::/)'
+cargo nextest run --workspace --no-fail-fast -j 1 -E 'test(/^faults::restarts::/)'
 
 # The unchanged reference client (anonlink-client 0.1.5) through authorize-external-upload and
 # the object store; installs itself into .local/ on first use (~40 s).
