@@ -398,6 +398,12 @@ def build_plan(template=None, ctx=None):
         for pol in props.get("Policies", []):
             for st in ctx.eval(pol["PolicyDocument"])["Statement"]:
                 statements.append({k: st[k] for k in ("Effect", "Action", "Resource") if k in st})
+        # Only SeaweedFS's STS enforces roles locally; a role on the working bucket (ResultsRole)
+        # is assumed through LocalStack's STS, which checks nothing.
+        seaweed_buckets = [b["name"] for b in buckets if b["endpoint"] == "seaweedfs"]
+        resources = json.dumps([st.get("Resource") for st in statements])
+        if not any(f":::{name}/" in resources or f':::{name}"' in resources for name in seaweed_buckets):
+            continue
         roles.append({"logical_id": lid, "name": ctx.refs[lid], "arn": ctx.attrs[(lid, "Arn")],
                       "max_session_seconds": int(props.get("MaxSessionDuration", 3600)),
                       "statements": statements})
@@ -461,6 +467,7 @@ def local_settings(admin):
         "AWS_ENDPOINT_URL_DYNAMODB": DYNAMODB,
         "AWS_ENDPOINT_URL_SQS": LOCALSTACK,
         "AWS_ENDPOINT_URL_S3": LOCALSTACK,
+        "AWS_ENDPOINT_URL_STS": LOCALSTACK,
         "S3_FORCE_PATH_STYLE": "true",
         "UPLOAD_S3_ENDPOINT": SEAWEEDFS,
         "UPLOAD_S3_ACCESS_KEY_ID": admin["accessKey"],

@@ -179,7 +179,7 @@ mkdir -p "$DATA/localstack" "$DATA/localstack-home" "$DATA/seaweedfs"
 start localstack "localstack.runtime.main" "$LOGS/localstack.log" "$DATA/localstack" \
   "${CLEAN_ENV[@]}" "${TRAP_PROXY[@]}" "HOME=$DATA/localstack-home" \
   GATEWAY_LISTEN=127.0.0.1:4566 GATEWAY_SERVER=hypercorn LOCALSTACK_HOST=127.0.0.1:4566 \
-  SQS_ENDPOINT_STRATEGY=path SERVICES=s3,sqs EAGER_SERVICE_LOADING=1 \
+  SQS_ENDPOINT_STRATEGY=path SERVICES=s3,sqs,sts EAGER_SERVICE_LOADING=1 \
   OVERRIDE_IN_DOCKER=0 "FILESYSTEM_ROOT=$DATA/localstack" "LOCALSTACK_VOLUME_DIR=$DATA/localstack/volume" \
   DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
   AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \

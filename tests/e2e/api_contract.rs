@@ -541,21 +541,38 @@ fn check_scores_order(scores: &[Value], threshold: f64) {
     }
 }
 
-/// Follows `RETURN-OBJECT-STORE-ADDRESS`'s answer (deviation 17) to the candidate-pair file and
-/// returns its entries `(score, d0, d1, r0, r1)`.
+/// Follows `RETURN-OBJECT-STORE-ADDRESS`'s answer to the candidate-pair file the way the
+/// reference's clients do (an S3 client made from `credentials` and `object`), checks the
+/// presigned `url` gives the same bytes, and returns the entries `(score, d0, d1, r0, r1)`.
 async fn fetch_candidates(api: &Api, address: &Reply) -> anyhow::Result<Vec<(f64, u32, u32, u32, u32)>> {
     assert_eq!(address.status, 200, "{address}");
-    assert!(address.body["credentials"].is_null(), "{address}");
     let object = &address.body["object"];
     let path = object["path"].as_str().expect("path");
     let url = object["url"].as_str().expect("url");
     let endpoint = object["endpoint"].as_str().expect("endpoint");
-    assert_eq!(object["bucket"], function_env("api")["WORK_BUCKET"].as_str(), "{address}");
+    let bucket = object["bucket"].as_str().expect("bucket");
+    assert_eq!(bucket, function_env("api")["WORK_BUCKET"].as_str(), "{address}");
     assert_eq!(object["secure"], url.starts_with("https://"), "{address}");
     assert!(url.contains(endpoint) && url.contains(path), "{address}");
+
+    let c = &address.body["credentials"];
+    let field = |name: &str| c[name].as_str().map(String::from).ok_or_else(|| anyhow::anyhow!("credentials.{name} missing in {address}"));
+    let credentials = aws_sdk_s3::config::Credentials::new(field("AccessKeyId")?, field("SecretAccessKey")?, Some(field("SessionToken")?), None, "result-download");
+    field("Expiration")?;
+    let scheme = if object["secure"] == true { "https" } else { "http" };
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(format!("{scheme}://{endpoint}"))
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .build();
+    let got = aws_sdk_s3::Client::from_conf(conf).get_object().bucket(bucket).key(path).send().await?;
+    let bytes = got.body.collect().await?.into_bytes();
+
     let r = api.http.get(url).send().await?;
     anyhow::ensure!(r.status() == 200, "GET presigned URL: {}", r.status());
-    let bytes = r.bytes().await?;
+    assert_eq!(r.bytes().await?, bytes, "the presigned URL serves the same object");
     assert_eq!(&bytes[..4], &[1, 8, 4, 4], "anonlink candidate file header");
     assert_eq!((bytes.len() - 4) % 24, 0);
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));

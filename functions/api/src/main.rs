@@ -2,7 +2,7 @@
 //! bucket and STS. Behind API Gateway when the Lambda runtime is present; otherwise a local HTTP
 //! server on `BIND` (default 127.0.0.1:8851) that stops cleanly on SIGTERM or Ctrl-C.
 
-use shared::aws::{dynamo::DynamoMeta, s3::S3Blobs, sts::StsIssuer};
+use shared::aws::{dynamo::DynamoMeta, s3::S3Blobs, sts::{AssumableRole, StsIssuer}};
 use shared::service::api::{ApiState, router};
 use shared::service::config::Settings;
 
@@ -14,7 +14,10 @@ async fn main() -> Result<(), lambda_http::Error> {
     let state = ApiState {
         meta: DynamoMeta::new(shared::aws::dynamodb_client(&config), settings.table_name.clone()),
         work: S3Blobs::new(shared::aws::work_s3_client(&config), settings.work_bucket.clone()),
-        credentials: StsIssuer::new(shared::aws::upload_sts_client(&config), settings.upload.role_arn.clone()),
+        credentials: StsIssuer {
+            upload: AssumableRole { client: shared::aws::upload_sts_client(&config), role_arn: settings.upload.role_arn.clone() },
+            download: settings.results_role_arn.clone().map(|role_arn| AssumableRole { client: shared::aws::sts_client(&config), role_arn }),
+        },
         settings,
     };
     let app = router(state);
@@ -98,6 +101,7 @@ mod tests {
             },
             limits: Limits::default(),
             watchdog: WatchdogSettings::default(),
+            results_role_arn: None,
         }
     }
 

@@ -59,6 +59,11 @@ pub fn upload_sts_client(config: &SdkConfig) -> aws_sdk_sts::Client {
     aws_sdk_sts::Client::from_conf(b.build())
 }
 
+/// STS client for the working bucket's account (result download credentials).
+pub fn sts_client(config: &SdkConfig) -> aws_sdk_sts::Client {
+    aws_sdk_sts::Client::new(config)
+}
+
 pub fn dynamodb_client(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(config)
 }

@@ -1,7 +1,9 @@
 //! [`CredentialIssuer`] on STS: `AssumeRole` with an inline session policy, so the credentials a
-//! data provider receives can only `s3:PutObject` under its own prefix of the upload bucket (the
-//! effective permissions are the intersection of the role's and the session policy's). Locally
-//! the STS is SeaweedFS's, which enforces session policies the same way.
+//! data provider receives can only `s3:PutObject` under its own prefix of the upload bucket, and
+//! those a result holder receives can only `s3:GetObject` one result object of the working bucket
+//! (the effective permissions are the intersection of the role's and the session policy's).
+//! Locally the upload store's STS is SeaweedFS's, which enforces session policies the same way;
+//! the working bucket's is LocalStack's, which issues credentials but enforces no IAM.
 
 use aws_sdk_sts::Client;
 use aws_sdk_sts::error::DisplayErrorContext;
@@ -13,17 +15,20 @@ use crate::service::ports::{CredentialError, CredentialIssuer, TemporaryCredenti
 const MIN_TTL_SECS: u64 = 900;
 const MAX_TTL_SECS: u64 = 43_200;
 
+/// A role to assume, and the STS that serves the bucket it grants.
 #[derive(Clone, Debug)]
-pub struct StsIssuer {
+pub struct AssumableRole {
     pub client: Client,
-    /// The role that may write the upload bucket; sessions narrow it to one prefix.
     pub role_arn: String,
 }
 
-impl StsIssuer {
-    pub fn new(client: Client, role_arn: impl Into<String>) -> Self {
-        StsIssuer { client, role_arn: role_arn.into() }
-    }
+#[derive(Clone, Debug)]
+pub struct StsIssuer {
+    /// May write the upload bucket; sessions narrow it to one party's prefix.
+    pub upload: AssumableRole,
+    /// May read the working bucket's results; sessions narrow it to one object. `None` when
+    /// not configured: then no download credentials are issued.
+    pub download: Option<AssumableRole>,
 }
 
 /// The session policy: PutObject on `bucket/prefix*` and nothing else.
@@ -40,26 +45,40 @@ pub fn upload_policy(bucket: &str, prefix: &str) -> String {
     .to_string()
 }
 
-/// A session name STS accepts (`[\w+=,.@-]{2,64}`) that says whose upload it is, for CloudTrail.
-fn session_name(prefix: &str) -> String {
+/// The session policy: GetObject on `bucket/key` and nothing else.
+pub fn download_policy(bucket: &str, key: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "ReadOneResultOnly",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [format!("arn:aws:s3:::{bucket}/{key}")],
+        }]
+    })
+    .to_string()
+}
+
+/// A session name STS accepts (`[\w+=,.@-]{2,64}`) that says whose grant it is, for CloudTrail.
+fn session_name(kind: &str, prefix: &str) -> String {
     let cleaned: String = prefix
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
         .collect();
-    let mut name = format!("upload-{}", cleaned.trim_matches('-'));
+    let mut name = format!("{kind}-{}", cleaned.trim_matches('-'));
     name.truncate(64);
     name
 }
 
-impl CredentialIssuer for StsIssuer {
-    async fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
+impl AssumableRole {
+    async fn assume(&self, session: String, policy: String, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
         let duration = ttl_secs.clamp(MIN_TTL_SECS, MAX_TTL_SECS) as i32;
         let out = self
             .client
             .assume_role()
             .role_arn(&self.role_arn)
-            .role_session_name(session_name(prefix))
-            .policy(upload_policy(bucket, prefix))
+            .role_session_name(session)
+            .policy(policy)
             .duration_seconds(duration)
             .send()
             .await
@@ -78,6 +97,17 @@ impl CredentialIssuer for StsIssuer {
     }
 }
 
+impl CredentialIssuer for StsIssuer {
+    async fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
+        self.upload.assume(session_name("upload", prefix), upload_policy(bucket, prefix), ttl_secs).await
+    }
+
+    async fn issue_download(&self, bucket: &str, key: &str, ttl_secs: u64) -> Result<Option<TemporaryCredentials>, CredentialError> {
+        let Some(role) = &self.download else { return Ok(None) };
+        role.assume(session_name("result", key), download_policy(bucket, key), ttl_secs).await.map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,8 +120,16 @@ mod tests {
     }
 
     #[test]
+    fn download_policy_allows_only_get_of_the_one_object() {
+        let p: serde_json::Value = serde_json::from_str(&download_policy("work", "results/p/r/similarity_scores.bin")).unwrap();
+        assert_eq!(p["Statement"].as_array().map(Vec::len), Some(1));
+        assert_eq!(p["Statement"][0]["Action"], serde_json::json!(["s3:GetObject"]));
+        assert_eq!(p["Statement"][0]["Resource"], serde_json::json!(["arn:aws:s3:::work/results/p/r/similarity_scores.bin"]));
+    }
+
+    #[test]
     fn session_names_are_valid() {
-        let name = session_name(&format!("{}/12/", "f".repeat(48)));
+        let name = session_name("upload", &format!("{}/12/", "f".repeat(48)));
         assert!(name.len() <= 64 && name.len() >= 2);
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c)));
     }

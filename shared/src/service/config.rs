@@ -90,6 +90,9 @@ pub struct Settings {
     pub upload: UploadSettings,
     pub limits: Limits,
     pub watchdog: WatchdogSettings,
+    /// The role whose sessions may read one result object each (`RETURN-OBJECT-STORE-ADDRESS`);
+    /// without it no download credentials are issued.
+    pub results_role_arn: Option<String>,
 }
 
 fn required(name: &'static str) -> Result<String, ConfigError> {
@@ -166,6 +169,7 @@ impl Settings {
                 stall_after_secs: number("WATCHDOG_STALL_SECS", WatchdogSettings::default().stall_after_secs)?,
                 max_redrives: number("WATCHDOG_MAX_REDRIVES", WatchdogSettings::default().max_redrives)?,
             },
+            results_role_arn: optional("RESULTS_ROLE_ARN"),
         })
     }
 }

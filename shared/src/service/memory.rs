@@ -568,12 +568,14 @@ impl WorkQueue for MemoryQueue {
 
 // ---- credentials ------------------------------------------------------------------------------
 
-/// One `issue` call, as recorded by [`MemoryCredentials`].
+/// One grant, as recorded by [`MemoryCredentials`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedGrant {
     pub bucket: String,
+    /// The prefix an upload grant may write under, or the one object a download grant may read.
     pub prefix: String,
     pub ttl_secs: u64,
+    pub download: bool,
 }
 
 /// [`CredentialIssuer`] that mints recognisable fake credentials and records each grant.
@@ -592,20 +594,30 @@ impl MemoryCredentials {
     }
 }
 
-impl CredentialIssuer for MemoryCredentials {
-    async fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
+impl MemoryCredentials {
+    fn grant(&self, bucket: &str, prefix: &str, ttl_secs: u64, download: bool) -> TemporaryCredentials {
         let n = {
             let mut issued = lock(&self.issued);
-            issued.push(IssuedGrant { bucket: bucket.into(), prefix: prefix.into(), ttl_secs });
+            issued.push(IssuedGrant { bucket: bucket.into(), prefix: prefix.into(), ttl_secs, download });
             issued.len()
         };
         let expires = time::now_micros().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000);
-        Ok(TemporaryCredentials {
+        TemporaryCredentials {
             access_key_id: format!("MEMORYKEY{n:08}"),
             secret_access_key: format!("memory-secret-{n}"),
             session_token: format!("memory-session-{n}-{bucket}/{prefix}"),
             expiration: time::format_iso(expires),
-        })
+        }
+    }
+}
+
+impl CredentialIssuer for MemoryCredentials {
+    async fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
+        Ok(self.grant(bucket, prefix, ttl_secs, false))
+    }
+
+    async fn issue_download(&self, bucket: &str, key: &str, ttl_secs: u64) -> Result<Option<TemporaryCredentials>, CredentialError> {
+        Ok(Some(self.grant(bucket, key, ttl_secs, true)))
     }
 }
 
@@ -771,6 +783,6 @@ mod tests {
         let c = MemoryCredentials::new();
         let creds = c.issue("up", "p/0", 60).await.unwrap();
         assert!(!creds.access_key_id.is_empty());
-        assert_eq!(c.issued(), [IssuedGrant { bucket: "up".into(), prefix: "p/0".into(), ttl_secs: 60 }]);
+        assert_eq!(c.issued(), [IssuedGrant { bucket: "up".into(), prefix: "p/0".into(), ttl_secs: 60, download: false }]);
     }
 }

@@ -163,8 +163,11 @@ pub struct TemporaryCredentials {
 #[error("credential issuer error: {0}")]
 pub struct CredentialError(pub String);
 
-/// Mints credentials that allow only `s3:PutObject` on `bucket/prefix*` (STS AssumeRole with an
-/// inline session policy in AWS).
+/// Mints temporary credentials (STS AssumeRole with an inline session policy in AWS).
 pub trait CredentialIssuer: Send + Sync + Clone + 'static {
+    /// Credentials that allow only `s3:PutObject` on `bucket/prefix*`.
     fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> impl Future<Output = Result<TemporaryCredentials, CredentialError>> + Send;
+    /// Credentials that allow only `s3:GetObject` on `bucket/key`; `None` when the service is not
+    /// configured to issue them.
+    fn issue_download(&self, bucket: &str, key: &str, ttl_secs: u64) -> impl Future<Output = Result<Option<TemporaryCredentials>, CredentialError>> + Send;
 }

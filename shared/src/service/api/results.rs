@@ -80,24 +80,29 @@ async fn serve_object<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 }
 
 /// The reference's `{"credentials", "object": {"endpoint","secure","bucket","path"}}` for the
-/// candidate-pair file. The service issues no read credentials: `credentials` is null and the
-/// object carries a presigned `url` instead (see docs/api-compatibility.md).
+/// candidate-pair file: STS credentials that can only read that one object (null where the
+/// service is not configured to issue them), plus a presigned `url` for clients without an S3
+/// library (see docs/api-compatibility.md, row 17).
 async fn object_store_address<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     state: &super::ApiState<M, B, C>,
     key: &str,
 ) -> ApiResult<Response> {
     state.work.head(key).await?.ok_or_else(|| missing_result(key))?;
+    let bucket = &state.settings.work_bucket;
+    let credentials = state.credentials.issue_download(bucket, key, RESULT_URL_TTL_SECS).await?;
     let url = state.work.presign_get(key, RESULT_URL_TTL_SECS).await?;
-    let (secure, endpoint) = match url.split_once("://") {
-        Some((scheme, rest)) => (scheme == "https", rest.split('/').next().unwrap_or_default().to_string()),
-        None => (true, String::new()),
+    let (secure, host) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme == "https", rest.split('/').next().unwrap_or_default()),
+        None => (true, ""),
     };
+    // A virtual-hosted URL names the bucket in its host; clients want the bare endpoint.
+    let endpoint = host.strip_prefix(&format!("{bucket}.")).unwrap_or(host);
     let body = serde_json::json!({
-        "credentials": null,
+        "credentials": credentials,
         "object": {
             "endpoint": endpoint,
             "secure": secure,
-            "bucket": state.settings.work_bucket,
+            "bucket": bucket,
             "path": key,
             "url": url,
         }

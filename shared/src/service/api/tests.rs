@@ -38,6 +38,7 @@ fn settings(upload_enabled: bool) -> Settings {
         },
         limits: Limits { max_request_bytes: MAX_REQUEST, max_response_bytes: MAX_RESPONSE, ..Limits::default() },
         watchdog: WatchdogSettings::default(),
+        results_role_arn: None,
     }
 }
 
@@ -806,6 +807,13 @@ async fn similarity_scores_results_and_object_store_address() {
     assert_eq!(v["object"]["path"], keys::result_candidates(&p.id, &run).as_str());
     assert_eq!((v["object"]["endpoint"].as_str(), v["object"]["secure"].as_bool()), (Some("memory.invalid"), Some(true)));
     assert!(v["object"]["url"].is_string());
+    // Read-only credentials for exactly that object.
+    for field in ["AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"] {
+        assert!(v["credentials"][field].is_string(), "{field} in {v}");
+    }
+    let grant = api.credentials.issued().pop().unwrap();
+    assert!(grant.download);
+    assert_eq!((grant.bucket.as_str(), grant.prefix.as_str()), ("work", keys::result_candidates(&p.id, &run).as_str()));
 }
 
 #[tokio::test]

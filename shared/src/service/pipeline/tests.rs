@@ -45,6 +45,7 @@ fn pipeline(shard_target: u64) -> TestPipeline {
             },
             limits,
             watchdog: WatchdogSettings { ingest_queue_url: INCOMING.into(), stall_after_secs: 60, max_redrives: 2 },
+            results_role_arn: None,
         },
     }
 }
