@@ -82,6 +82,8 @@ if [ "${1:-}" != "--only" ]; then
     ss -ltnpH 2>/dev/null | grep -E ":($(echo $left | tr ' ' '|'))\b" >&2 || true
     exit 1
   fi
+  # The table lives on disk (see up.sh); the rest of the state went with LocalStack's memory.
+  rm -rf "$HERE/.state/data/dynamodb"
   say "stopped; no listeners left on $PORTS"
 fi
 exit 0

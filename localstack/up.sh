@@ -187,9 +187,12 @@ start localstack "localstack.runtime.main" "$LOGS/localstack.log" "$DATA/localst
 
 DDB_DIR=$(ls -d "$TOOLS"/dynamodb-local/package/lib/dynamodb_local_* | head -n 1)
 # DynamoDB Local has no bind option: it listens on *:8000 (clients only ever use 127.0.0.1).
+# On disk, like DynamoDB itself, so restarting it (`down.sh --only dynamodb`, then up.sh) loses
+# nothing; a full down.sh deletes the files, since LocalStack's buckets and queues are gone too.
+mkdir -p "$DATA/dynamodb"
 start dynamodb "DynamoDBLocal.jar" "$LOGS/dynamodb.log" "$DDB_DIR" \
   "${CLEAN_ENV[@]}" "HOME=$DATA" \
-  java -Djava.library.path=./DynamoDBLocal_lib -jar DynamoDBLocal.jar -inMemory -sharedDb -disableTelemetry -port 8000
+  java -Djava.library.path=./DynamoDBLocal_lib -jar DynamoDBLocal.jar -dbPath "$DATA/dynamodb" -sharedDb -disableTelemetry -port 8000
 
 start seaweedfs "weed mini" "$LOGS/seaweedfs.log" "$DATA/seaweedfs" \
   "${CLEAN_ENV[@]}" "HOME=$DATA/seaweedfs" \

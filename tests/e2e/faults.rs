@@ -185,13 +185,19 @@ async fn a_compare_killed_mid_shard_is_retried_and_the_result_is_exact() -> anyh
     assert_eq!(status["state"], "completed", "{status}");
     assert!(before["state"] == "running", "the kill hit a running run: {before}");
 
+    assert_scores_exact(&api, &project, &run, &data, &status).await
+}
+
+/// The completed run's comparisons and similarity scores (threshold 0.8) equal the engine's on
+/// the same 128-byte encodings.
+async fn assert_scores_exact(api: &Api, project: &Project, run: &str, data: &[Vec<Vec<u8>>], status: &serde_json::Value) -> anyhow::Result<()> {
     let parties: Vec<shared::engine::encoding::PartyEncodings> = data
         .iter()
         .map(|p| shared::engine::encoding::PartyEncodings { encoding_size: 128, data: p.concat(), blocks: None })
         .collect();
     let expected = shared::engine::link::link(&parties, 0.8, 300_000_000)?;
     assert_eq!(status["total_number_comparisons"], expected.total_comparisons);
-    let (_, result) = api.result(&project, &run, &project.result_token).await?;
+    let (_, result) = api.result(project, run, &project.result_token).await?;
     let mut want = Vec::new();
     shared::engine::output::write_similarity_scores(&mut want, expected.candidates.into_iter())?;
     let want: serde_json::Value = serde_json::from_slice(&want)?;
@@ -300,17 +306,26 @@ mod restarts {
         let log = runner_log();
         assert!(log.lines().any(|l| l.contains("stalled upload sent again") && l.contains(&project.id)), "the upload was re-sent by the watchdog");
         assert!(log.lines().any(|l| l.contains("uncounted shards sent again") && l.contains(&run)), "the shards were re-sent by the watchdog");
-        let parties: Vec<shared::engine::encoding::PartyEncodings> = data
-            .iter()
-            .map(|p| shared::engine::encoding::PartyEncodings { encoding_size: 128, data: p.concat(), blocks: None })
-            .collect();
-        let expected = shared::engine::link::link(&parties, 0.8, 300_000_000)?;
-        assert_eq!(status["total_number_comparisons"], expected.total_comparisons);
-        let (_, result) = api.result(&project, &run, &project.result_token).await?;
-        let mut want = Vec::new();
-        shared::engine::output::write_similarity_scores(&mut want, expected.candidates.into_iter())?;
-        let want: serde_json::Value = serde_json::from_slice(&want)?;
-        assert_eq!(result["similarity_scores"], want["similarity_scores"]);
-        Ok(())
+        assert_scores_exact(&api, &project, &run, &data, &status).await
+    }
+
+    /// DynamoDB restarted while a run computes (its table on disk, as DynamoDB's is durable):
+    /// meanwhile the api answers 503 and every step fails; the failed messages come back after
+    /// the visibility timeout, and the run completes with the exact result.
+    #[tokio::test]
+    async fn dynamodb_restarted_mid_run_the_run_completes_exactly() -> anyhow::Result<()> {
+        let api = Api::new();
+        let (project, data) = slow_project(&api, 20_000, "similarity_scores").await?;
+        let run = api.post_run(&project, 0.8).await?;
+        wait_until_computing(&api, &project, &run).await?;
+        local_stack("down.sh", &["--only", "dynamodb"])?;
+        let path = format!("/projects/{}/runs/{run}/status", project.id);
+        let down = api.http.get(api.url(&path)).header("Authorization", &project.result_token).send().await?;
+        assert_eq!(down.status(), 503, "the api says the metadata store is unavailable");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        local_stack("up.sh", &[])?;
+        let status = api.wait_for_run(&project, &run, Duration::from_secs(300)).await?;
+        assert_eq!(status["state"], "completed", "{status}");
+        assert_scores_exact(&api, &project, &run, &data, &status).await
     }
 }
