@@ -26,9 +26,9 @@
 //!   pair. Entry order (and thus the planner's contiguous spans) is untouched: the copy is the
 //!   kernel's own, and results are mapped back to entry positions.
 //! - Early exit (1024-bit encodings, AVX2): after the AND count of the first 512 (then 768)
-//!   bits, each remaining 64-bit word can add at most `min(popcount(a_w), popcount(b_w))`; a
+//!   bits, each remaining 16-bit piece can add at most `min(popcount(a_k), popcount(b_k))`; a
 //!   pair whose partial count plus that is below `needed` is dropped without reading the rest.
-//!   On random CLK-like data at t = 0.8 that halves the work per pair.
+//!   On CLKs at t = 0.8 (synthetic and FEBRL4) that halves the work per pair.
 //!
 //! # Speed
 //!
@@ -249,11 +249,13 @@ struct Side<'a> {
     original: Vec<u32>,
     /// `(popcount, first row)` of every distinct popcount, ascending.
     runs: Vec<(u32, u32)>,
-    /// 1024-bit encodings only (else empty): per row, byte `k` is the popcount of word `8 + k`,
-    /// i.e. of each 64-bit word of the row's second half. Then [`PAD_ROWS`] zeros. Word `w` can
-    /// add at most `min(popcount(a_w), popcount(b_w))` to an AND count, which is the early exit's
-    /// bound: per word it is about twice as tight as the same bound on whole halves.
-    tail_words: Vec<u64>,
+    /// 1024-bit encodings only (else empty): per row, byte `k` is the popcount of bits
+    /// `512 + 16k .. 528 + 16k`, i.e. of each 16-bit piece of the row's second half; then
+    /// [`PAD_ROWS`] zero rows. A piece can add at most `min(popcount(a_k), popcount(b_k))` to an
+    /// AND count, which is the early exit's bound. 16-bit pieces make it tight enough to end
+    /// almost every non-matching pair of real CLKs (FEBRL4) at 512 bits (64-bit pieces leave 9%
+    /// of them, whole halves 42%), and 32 bytes a row is exactly one AVX2 vector.
+    tail_pieces: Vec<Chunk>,
 }
 
 impl<'a> Side<'a> {
@@ -278,17 +280,24 @@ impl<'a> Side<'a> {
                 runs.push((p, row as u32));
             }
         }
-        let tail_words: Vec<u64> = if size == 128 {
+        let tail_pieces: Vec<Chunk> = if size == 128 {
             (0..order.len() + PAD_ROWS)
                 .map(|row| {
+                    let mut pieces = [0u64; 4];
                     let words = rows[row * 4 + 2..row * 4 + 4].iter().flat_map(|c| c.0);
-                    words.enumerate().fold(0u64, |acc, (k, w)| acc | u64::from(w.count_ones()) << (8 * k))
+                    for (w, word) in words.enumerate() {
+                        for k in 0..4 {
+                            let piece = 4 * w + k;
+                            pieces[piece / 8] |= u64::from((word >> (16 * k) & 0xffff).count_ones()) << (8 * (piece % 8));
+                        }
+                    }
+                    Chunk(pieces)
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        Side { entries, chunks_per_row, rows, popcounts, original: order, runs, tail_words }
+        Side { entries, chunks_per_row, rows, popcounts, original: order, runs, tail_pieces }
     }
 
     fn len(&self) -> usize {
@@ -331,8 +340,9 @@ pub struct Match {
     pub score: f64,
 }
 
-/// Compares every entry of `a` with every entry of `b` on `path` (result in A-major order, then
-/// by B). `a` plays anonlink's first dataset. `parallel` runs A tiles on the rayon pool.
+/// Compares every entry of `a` with every entry of `b` on `path` (result in no particular order:
+/// sorting it would cost more than the kernel at low thresholds, and callers sort anyway).
+/// `a` plays anonlink's first dataset. `parallel` runs A tiles on the rayon pool.
 ///
 /// Errors when the two views hold different encoding sizes or the path is not available here.
 pub fn compare_entries(
@@ -353,7 +363,7 @@ pub fn compare_entries(
         hits
     };
     let hits: Vec<Vec<Hit>> = if parallel { tiles.par_iter().map(run).collect() } else { tiles.iter().map(run).collect() };
-    let mut matches: Vec<Match> = hits
+    Ok(hits
         .into_iter()
         .flatten()
         .map(|h| Match {
@@ -361,9 +371,7 @@ pub fn compare_entries(
             b: sb.original[h.b as usize],
             score: score(h.and_count, sa.popcounts[h.a as usize] + sb.popcounts[h.b as usize]),
         })
-        .collect();
-    matches.sort_unstable_by_key(|m| (m.a, m.b));
-    Ok(matches)
+        .collect())
 }
 
 /// Runs one shard. `inputs` holds, for every party in `shard.entry_spans()`, the entries of that
@@ -661,104 +669,189 @@ mod x86 {
         _mm_madd_epi16(h, _mm_set1_epi16(1))
     }
 
+    /// The recent success rate of one early-exit test: `on` while fewer than `num/den` of the
+    /// groups it tests get past it (break-even measured on FEBRL4 and synthetic CLKs: a test
+    /// costs about a quarter of the work it can save, plus a likely mispredicted branch).
+    struct StageTest {
+        on: bool,
+        tested: u32,
+        passed: u32,
+        num: u32,
+        den: u32,
+    }
+
+    impl StageTest {
+        fn new(num: u32, den: u32) -> Self {
+            StageTest { on: true, tested: 0, passed: 0, num, den }
+        }
+
+        fn record(&mut self, tested: u32, passed: u32) {
+            self.tested += tested;
+            self.passed += passed;
+            if self.tested >= 64 {
+                self.on = self.passed * self.den < self.tested * self.num;
+                // Halving keeps the rate recent (a window of some 32..64 tests).
+                self.tested /= 2;
+                self.passed /= 2;
+            }
+        }
+    }
+
+    /// One A row, pre-split for [`and_byte_counts`], and the bounds of its last 512 and 256 bits.
+    struct ARow {
+        pa: u32,
+        lo: [__m256i; 4],
+        hi: [__m256i; 4],
+        tail: __m256i,
+        tail_last: __m256i,
+    }
+
     /// The kernel for 1024-bit encodings (the CLK size in practice). Per A row and admissible
-    /// B run, [`GROUP`] B rows at a time:
+    /// B run, [`GROUP`] B rows at a time ([`group_run`]):
     ///
-    /// 1. AND-count the first 512 bits of the four pairs. Each remaining word can add at most
-    ///    `min(popcount(a_w), popcount(b_w))` ([`Side::tail_words`]); a pair whose count plus
-    ///    that over words 8..16 is below the least passing AND count cannot pass, and when no
-    ///    pair of the group can, the group is done. On random CLK-like data at t = 0.8 this
-    ///    ends ~99% of groups after half the work (~90% of pairs on FEBRL4).
-    /// 2. Otherwise count bits 512..768 and test again with words 12..16.
+    /// 1. AND-count the first 512 bits of the four pairs. Each 16-bit piece of the rest can add
+    ///    at most `min(popcount(a_k), popcount(b_k))` ([`Side::tail_pieces`]); a pair whose
+    ///    count plus that is below the least passing AND count cannot pass, and when no pair of
+    ///    the group can, the group is done. The bound's bytes are added to the count's bytes
+    ///    before the horizontal sum, so the test costs two instructions a row. At t = 0.8 this
+    ///    ends ~99% of groups after half the work, on the synthetic and on the FEBRL4 CLKs.
+    /// 2. Otherwise count bits 512..768 and test again with the pieces of bits 768..1024.
     /// 3. Otherwise count the last 256 bits and test the whole counts; the few survivors get the
     ///    exact per-pair check (admissibility and the exact table entry).
     ///
-    /// The group's bound is `floor[pa + pb]` of its first (sparsest) B row: `floor` is the least
-    /// passing count of that or any larger popcount sum, so it is ≤ every group member's own
-    /// entry and no passing pair is ever cut. Same results as [`super::tiled`].
+    /// Where a test rarely ends a group (low thresholds), it costs more than it saves, in
+    /// instructions and mispredicted branches: each test keeps its recent success rate
+    /// ([`StageTest`]) and runs are walked without it while that is low, except every 8th run,
+    /// which keeps the rate current. Which tests run never changes the results.
     ///
     /// # Safety
     /// AVX2 must be available; both sides hold 128-byte encodings.
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn runs_avx2_1024(table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
         debug_assert!(a.chunks_per_row == 4 && b.chunks_per_row == 4);
-        debug_assert!(b.tail_words.len() == b.len() + PAD_ROWS);
-        let lut = nibble_lut();
+        debug_assert!(b.tail_pieces.len() == b.len() + PAD_ROWS);
         let low = _mm256_set1_epi8(0x0f);
-        // Gathers the low u32 of each u64 lane into one 128-bit vector.
-        let evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        // Keeps the pieces of bits 768..1024 (bytes 16..32).
+        let last_quarter = _mm256_setr_epi64x(0, 0, -1, -1);
+        let (mut early, mut late) = (StageTest::new(2, 5), StageTest::new(1, 5));
+        let mut visits = 0u32;
         for_each_run(table, a, b, rows, |ia, span| {
-            let pa = a.popcounts[ia];
-            // Per-word popcounts of the A row's words 8..16, and with words 8..12 zeroed (so
-            // min() leaves only words 12..16) for the second test.
-            let a_tail8 = _mm256_set1_epi64x(a.tail_words[ia] as i64);
-            let a_tail12 = _mm256_set1_epi64x((a.tail_words[ia] & !0xffff_ffff) as i64);
-            // SAFETY: AVX2 is enabled on this function (closures inherit it). Row pointers are
-            // aligned (`Chunk`) and valid for 4 chunks for every row < len + PAD_ROWS; a group
-            // starts at j < span.end ≤ b.len(), so rows j..j+GROUP are all below that bound,
-            // and so are the `tail_words` j..j+GROUP read with one unaligned 256-bit load.
-            unsafe {
+            // SAFETY: row ia < a.len(): its 4 aligned chunks and tail pieces exist.
+            let row = unsafe {
                 let ap = a.row_ptr(ia) as *const __m256i;
                 let av: [__m256i; 4] = std::array::from_fn(|k| _mm256_load_si256(ap.add(k)));
-                let a_lo: [__m256i; 4] = std::array::from_fn(|k| _mm256_and_si256(av[k], low));
-                let a_hi: [__m256i; 4] = std::array::from_fn(|k| _mm256_andnot_si256(low, av[k]));
-                let mut j = span.start;
-                while j < span.end {
-                    let floor = table.floor[(pa + b.popcounts[j]) as usize];
-                    if floor == NEVER {
-                        // No larger popcount sum can pass either, and the run only grows.
-                        break;
-                    }
-                    // Counts + bound > floor − 1 ⇔ ≥ floor; all values < 2^12, signed compare is fine.
-                    let below = _mm_set1_epi32(floor as i32 - 1);
-                    let live = if span.end - j >= GROUP { 0xf } else { (1 << (span.end - j)) - 1 };
-                    let bp = b.row_ptr(j) as *const __m256i;
-                    let mut y: [__m256i; 4] = std::array::from_fn(|r| {
-                        let c0 = and_byte_counts(a_lo[0], a_hi[0], _mm256_load_si256(bp.add(4 * r)), lut);
-                        let c1 = and_byte_counts(a_lo[1], a_hi[1], _mm256_load_si256(bp.add(4 * r + 1)), lut);
-                        _mm256_add_epi8(c0, c1)
-                    });
-                    let b_tail = _mm256_loadu_si256(b.tail_words.as_ptr().add(j) as *const __m256i);
-                    let passes = |counts: __m128i, a_tail: __m256i| {
-                        let most = _mm256_sad_epu8(_mm256_min_epu8(a_tail, b_tail), _mm256_setzero_si256());
-                        let most = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(most, evens));
-                        let total = _mm_add_epi32(counts, most);
-                        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(total, below)))
-                    };
-                    let mut mask = passes(sum4(y), a_tail8) & live;
+                let tail = _mm256_load_si256(a.tail_pieces.as_ptr().add(ia) as *const __m256i);
+                ARow {
+                    pa: a.popcounts[ia],
+                    lo: std::array::from_fn(|k| _mm256_and_si256(av[k], low)),
+                    hi: std::array::from_fn(|k| _mm256_andnot_si256(low, av[k])),
+                    tail,
+                    tail_last: _mm256_and_si256(tail, last_quarter),
+                }
+            };
+            let probe = visits.is_multiple_of(8);
+            visits = visits.wrapping_add(1);
+            // SAFETY: AVX2 is enabled here; span ⊆ 0..b.len() (for_each_run).
+            let stats = unsafe {
+                match (early.on || probe, late.on || probe) {
+                    (true, true) => group_run::<true, true>(table, &row, ia, b, span, out),
+                    (true, false) => group_run::<true, false>(table, &row, ia, b, span, out),
+                    (false, true) => group_run::<false, true>(table, &row, ia, b, span, out),
+                    (false, false) => group_run::<false, false>(table, &row, ia, b, span, out),
+                }
+            };
+            early.record(stats[0], stats[1]);
+            late.record(stats[2], stats[3]);
+        });
+    }
+
+    /// One A row against B rows `span`, [`GROUP`] at a time, with the 512-bit test when `EARLY`
+    /// and the 768-bit test when `LATE` (see [`runs_avx2_1024`]). Returns how many groups each
+    /// test saw and let through: `[early tested, early passed, late tested, late passed]`.
+    ///
+    /// The group's bound is `floor[pa + pb]` of its first (sparsest) B row: `floor` is the least
+    /// passing count of that or any larger popcount sum, so it is ≤ every group member's own
+    /// entry and no passing pair is ever cut.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `span ⊆ 0..b.len()`; 128-byte encodings.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    unsafe fn group_run<const EARLY: bool, const LATE: bool>(
+        table: &ThresholdTable,
+        row: &ARow,
+        ia: usize,
+        b: &Side<'_>,
+        span: Range<usize>,
+        out: &mut Vec<Hit>,
+    ) -> [u32; 4] {
+        let lut = nibble_lut();
+        let mut stats = [0u32; 4];
+        let mut j = span.start;
+        while j < span.end {
+            let floor = table.floor[(row.pa + b.popcounts[j]) as usize];
+            if floor == NEVER {
+                // No larger popcount sum can pass either, and the run only grows.
+                break;
+            }
+            // Counts + bound > floor − 1 ⇔ ≥ floor; all values < 2^12, signed compare is fine.
+            let below = _mm_set1_epi32(floor as i32 - 1);
+            let passes = |totals: __m128i| _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(totals, below)));
+            let live = if span.end - j >= GROUP { 0xf } else { (1 << (span.end - j)) - 1 };
+            // SAFETY: j < span.end ≤ b.len(), so rows j..j + GROUP and their tail pieces are
+            // below len + PAD_ROWS; chunks are 32-byte aligned. AVX2 is enabled here.
+            unsafe {
+                let bp = b.row_ptr(j) as *const __m256i;
+                let b_tail = b.tail_pieces.as_ptr().add(j) as *const __m256i;
+                let chunk = |r: usize, k: usize| and_byte_counts(row.lo[k], row.hi[k], _mm256_load_si256(bp.add(4 * r + k)), lut);
+                let mut y: [__m256i; 4] = std::array::from_fn(|r| _mm256_add_epi8(chunk(r, 0), chunk(r, 1)));
+                // Bytes: count ≤ 24 plus piece bound ≤ 16: no overflow in sum4.
+                let with_bound = |y: &[__m256i; 4], a_tail: __m256i| -> [__m256i; 4] {
+                    std::array::from_fn(|r| _mm256_add_epi8(y[r], _mm256_min_epu8(a_tail, _mm256_load_si256(b_tail.add(r)))))
+                };
+                let mut mask = live;
+                if EARLY {
+                    mask &= passes(sum4(with_bound(&y, row.tail)));
+                    stats[0] += 1;
                     if mask == 0 {
                         j += GROUP;
                         continue;
                     }
-                    for (r, yr) in y.iter_mut().enumerate() {
-                        *yr = _mm256_add_epi8(*yr, and_byte_counts(a_lo[2], a_hi[2], _mm256_load_si256(bp.add(4 * r + 2)), lut));
-                    }
-                    mask &= passes(sum4(y), a_tail12);
+                    stats[1] += 1;
+                }
+                for (r, yr) in y.iter_mut().enumerate() {
+                    *yr = _mm256_add_epi8(*yr, chunk(r, 2));
+                }
+                if LATE {
+                    mask &= passes(sum4(with_bound(&y, row.tail_last)));
+                    stats[2] += 1;
                     if mask == 0 {
                         j += GROUP;
                         continue;
                     }
-                    for (r, yr) in y.iter_mut().enumerate() {
-                        *yr = _mm256_add_epi8(*yr, and_byte_counts(a_lo[3], a_hi[3], _mm256_load_si256(bp.add(4 * r + 3)), lut));
+                    stats[3] += 1;
+                }
+                for (r, yr) in y.iter_mut().enumerate() {
+                    *yr = _mm256_add_epi8(*yr, chunk(r, 3));
+                }
+                let totals = sum4(y);
+                mask &= passes(totals);
+                let mut counts = [0u32; 4];
+                _mm_storeu_si128(counts.as_mut_ptr() as *mut __m128i, totals);
+                while mask != 0 {
+                    let r = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let ib = j + r;
+                    if let Some(needed) = table.admissible(row.pa, b.popcounts[ib])
+                        && counts[r] >= needed
+                    {
+                        out.push(Hit { a: ia as u32, b: ib as u32, and_count: counts[r] });
                     }
-                    let totals = sum4(y);
-                    mask &= _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(totals, below)));
-                    let mut counts = [0u32; 4];
-                    _mm_storeu_si128(counts.as_mut_ptr() as *mut __m128i, totals);
-                    while mask != 0 {
-                        let r = mask.trailing_zeros() as usize;
-                        mask &= mask - 1;
-                        let ib = j + r;
-                        if let Some(needed) = table.admissible(pa, b.popcounts[ib])
-                            && counts[r] >= needed
-                        {
-                            out.push(Hit { a: ia as u32, b: ib as u32, and_count: counts[r] });
-                        }
-                    }
-                    j += GROUP;
                 }
             }
-        });
+            j += GROUP;
+        }
+        stats
     }
 
     /// AND-popcount with AVX2 over `vectors` aligned 32-byte chunks: nibble lookups, bytewise
