@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Times anonlink's dice_coefficient_accelerated (k=None) on the kernel benchmark's data.
 
-Usage: anonlink_kernel.py DIR [THRESHOLD]
-DIR holds a.bin and b.bin (raw 128-byte records) written by
-`kernel_bench --write-data DIR`. Prints pairs/s (anonlink's kernel is single-threaded C++) and
-the number of kept pairs, which must equal the Rust kernel's count on the same data.
+Usage: anonlink_kernel.py DIR [THRESHOLD [PREFIX]]
+DIR holds PREFIXa.bin and PREFIXb.bin (raw 128-byte records; PREFIX defaults to "", FEBRL4 is
+"febrl4-") written by `kernel_bench --write-data DIR`. Prints pairs per wall-clock second and per
+CPU-second of this process (anonlink's kernel is single-threaded C++; on a shared machine only
+the latter is comparable between runs) and the number of kept pairs, which must equal the Rust
+kernel's count on the same data.
 """
 import sys
 import time
@@ -29,14 +31,15 @@ def load(path):
 def main():
     directory = sys.argv[1]
     threshold = float(sys.argv[2]) if len(sys.argv) > 2 else 0.8
-    a = load(f"{directory}/a.bin")
-    b = load(f"{directory}/b.bin")
-    start = time.perf_counter()
+    prefix = sys.argv[3] if len(sys.argv) > 3 else ""
+    a = load(f"{directory}/{prefix}a.bin")
+    b = load(f"{directory}/{prefix}b.bin")
+    cpu, start = time.process_time(), time.perf_counter()
     sims, (ia, ib) = dice_coefficient_accelerated((a, b), threshold, k=None)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     pairs = len(a) * len(b)
     print(f"anonlink dice_coefficient_accelerated  1 thread  {pairs / elapsed / 1e6:8.1f} M pairs/s per core"
-          f"  ({len(sims)} kept, {len(a)} x {len(b)})")
+          f"  {pairs / cpu / 1e6:8.1f} M pairs/CPU-s  ({len(sims)} kept, {len(a)} x {len(b)})")
 
 
 if __name__ == "__main__":

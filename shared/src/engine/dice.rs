@@ -18,9 +18,17 @@
 //!
 //! # Pruning
 //!
-//! `c ≤ min(pa, pb)`, so a pair with `min(pa, pb) < needed[pa + pb]` cannot pass and is skipped
-//! without touching its encodings. The check is exact and needs no sorting, so entry order (and
-//! thus the planner's contiguous spans) is untouched.
+//! All of it exact: a pair is skipped only when it provably cannot pass.
+//!
+//! - Popcount bound: `c ≤ min(pa, pb)`, so a pair with `min(pa, pb) < needed[pa + pb]` cannot
+//!   pass. Each side is copied into popcount order ([`Side`]), which turns the pairs an A row can
+//!   pass with into one run of B rows, found once per distinct popcount, instead of a test per
+//!   pair. Entry order (and thus the planner's contiguous spans) is untouched: the copy is the
+//!   kernel's own, and results are mapped back to entry positions.
+//! - Early exit (1024-bit encodings, AVX2): after the AND count of the first 512 (then 768)
+//!   bits, each remaining 16-bit piece can add at most `min(popcount(a_k), popcount(b_k))`; a
+//!   pair whose partial count plus that is below `needed` is dropped without reading the rest.
+//!   On CLKs at t = 0.8 (synthetic and FEBRL4) that halves the work per pair.
 //!
 //! # Speed
 //!
@@ -28,10 +36,12 @@
 //!   vectors), scalar `popcnt`, or portable Rust, in that order of preference (measured, see
 //!   [`KernelPath::detect`]). The release build needs no `-C target-cpu`; each path is compiled
 //!   with `#[target_feature]` and chosen once with `is_x86_feature_detected!`.
-//! - Word counts common for CLKs (64, 128, 256, 512 bytes) get a fully unrolled const-generic
-//!   loop with four independent accumulators; other sizes a generic loop.
+//! - 1024-bit encodings on AVX2: one A row (held in registers, pre-split into nibbles) against
+//!   four B rows at a time, whose four horizontal sums share one reduction.
+//! - Other sizes: word counts common for CLKs (64, 128, 256, 512 bytes) get a fully unrolled
+//!   const-generic loop with four independent accumulators; other sizes a generic loop.
 //! - Cache tiling: each rayon work item is a tile of [`A_TILE`] rows of the first side, which
-//!   walks the other side in tiles of [`B_TILE`] rows, so a B tile (~17 KB for 1024-bit CLKs)
+//!   walks the other side in tiles of [`B_TILE`] rows, so a B tile (16 KB for 1024-bit CLKs)
 //!   stays in L1 while every A row of the work item meets it.
 //! - rayon parallelism within a shard over (task, A tile) work items.
 
@@ -87,13 +97,17 @@ pub struct ThresholdTable {
     needed: Vec<u32>,
     /// anonlink's `calculate_max_difference(pa, t)` per popcount `pa` of the first side.
     max_delta: Vec<u32>,
+    /// `floor[s]`: the least `needed[s']` over all `s' ≥ s`. `needed` is not monotone (an odd
+    /// sum can be [`NEVER`] where the next even one is not), `floor` is, so it bounds a whole
+    /// group of pairs whose popcount sums are at least `s` from below.
+    floor: Vec<u32>,
 }
 
 impl ThresholdTable {
     /// Tables for encodings of `encoding_size` bytes.
     pub fn new(threshold: f64, encoding_size: usize) -> Self {
         let bits = (encoding_size * 8) as u32;
-        let needed = (0..=2 * bits).map(|s| least_passing_and_count(threshold, s)).collect();
+        let needed: Vec<u32> = (0..=2 * bits).map(|s| least_passing_and_count(threshold, s)).collect();
         let max_delta = (0..=bits)
             .map(|pa| {
                 if threshold > 0.0 {
@@ -105,7 +119,11 @@ impl ThresholdTable {
                 }
             })
             .collect();
-        ThresholdTable { threshold, bits, needed, max_delta }
+        let mut floor = needed.clone();
+        for s in (0..floor.len().saturating_sub(1)).rev() {
+            floor[s] = floor[s].min(floor[s + 1]);
+        }
+        ThresholdTable { threshold, bits, needed, max_delta, floor }
     }
 
     pub fn threshold(&self) -> f64 {
@@ -200,21 +218,112 @@ impl KernelPath {
     }
 }
 
-/// One side of a block-pair comparison, with its popcounts gathered contiguously so that the
-/// pruning check streams through a dense array instead of strided entry headers.
+/// 32 bytes, the AVX2 vector width. A [`Side`] stores each row as whole chunks so that vector
+/// loads are aligned and never straddle two rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Chunk([u64; 4]);
+
+/// Zero rows after the last row of a [`Side`], so a kernel handling [`GROUP`] rows at once may
+/// read a whole group starting at any row (the extra lanes are masked out, and zero rows would
+/// add nothing to an AND count anyway).
+const PAD_ROWS: usize = GROUP - 1;
+
+/// B rows one AVX2 step handles against one A row.
+const GROUP: usize = 4;
+
+/// One side of a block-pair comparison, copied into kernel order: rows sorted by popcount.
+///
+/// Sorting makes every A row's admissible partners (popcounts that can reach the threshold) one
+/// contiguous run of B rows, found once per distinct popcount instead of being tested per pair,
+/// and it puts rows of near-equal popcount side by side, so one bound serves a whole group of
+/// rows. The copy costs O(n) per shard task against O(n·m) pairs; the packed format is untouched.
 struct Side<'a> {
     entries: Entries<'a>,
+    chunks_per_row: usize,
+    /// Row `i` is chunks `i*chunks_per_row ..`, zero-padded; then [`PAD_ROWS`] zero rows.
+    rows: Vec<Chunk>,
+    /// Ascending.
     popcounts: Vec<u32>,
+    /// The entry position (within `entries`) of each sorted row.
+    original: Vec<u32>,
+    /// `(popcount, first row)` of every distinct popcount, ascending.
+    runs: Vec<(u32, u32)>,
+    /// 1024-bit encodings only (else empty): per row, byte `k` is the popcount of bits
+    /// `512 + 16k .. 528 + 16k`, i.e. of each 16-bit piece of the row's second half; then
+    /// [`PAD_ROWS`] zero rows. A piece can add at most `min(popcount(a_k), popcount(b_k))` to an
+    /// AND count, which is the early exit's bound. 16-bit pieces make it tight enough to end
+    /// almost every non-matching pair of real CLKs (FEBRL4) at 512 bits (64-bit pieces leave 9%
+    /// of them, whole halves 42%), and 32 bytes a row is exactly one AVX2 vector.
+    tail_pieces: Vec<Chunk>,
 }
 
 impl<'a> Side<'a> {
     fn new(entries: Entries<'a>) -> Self {
-        let popcounts = (0..entries.len()).map(|i| entries.popcount(i)).collect();
-        Side { entries, popcounts }
+        let size = entries.encoding_size();
+        let chunks_per_row = size.div_ceil(32);
+        let mut order: Vec<u32> = (0..entries.len() as u32).collect();
+        // Stable: rows of equal popcount keep entry order, so the result does not depend on the
+        // sort algorithm.
+        order.sort_by_key(|&i| entries.popcount(i as usize));
+        let mut rows = vec![Chunk([0; 4]); (order.len() + PAD_ROWS) * chunks_per_row];
+        for (row, &i) in order.iter().enumerate() {
+            let dst = &mut rows[row * chunks_per_row..(row + 1) * chunks_per_row];
+            for (w, src) in entries.encoding(i as usize).chunks_exact(8).enumerate() {
+                dst[w / 4].0[w % 4] = u64::from_le_bytes(src.try_into().expect("8-byte chunk"));
+            }
+        }
+        let popcounts: Vec<u32> = order.iter().map(|&i| entries.popcount(i as usize)).collect();
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for (row, &p) in popcounts.iter().enumerate() {
+            if runs.last().is_none_or(|&(q, _)| q != p) {
+                runs.push((p, row as u32));
+            }
+        }
+        let tail_pieces: Vec<Chunk> = if size == 128 {
+            (0..order.len() + PAD_ROWS)
+                .map(|row| {
+                    let mut pieces = [0u64; 4];
+                    let words = rows[row * 4 + 2..row * 4 + 4].iter().flat_map(|c| c.0);
+                    for (w, word) in words.enumerate() {
+                        for k in 0..4 {
+                            let piece = 4 * w + k;
+                            pieces[piece / 8] |= u64::from((word >> (16 * k) & 0xffff).count_ones()) << (8 * (piece % 8));
+                        }
+                    }
+                    Chunk(pieces)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Side { entries, chunks_per_row, rows, popcounts, original: order, runs, tail_pieces }
+    }
+
+    fn len(&self) -> usize {
+        self.popcounts.len()
+    }
+
+    /// The first word of sorted row `row` (`row < len + PAD_ROWS`, bounds-checked: once per
+    /// pair or per group of pairs, against ~30 vector instructions each).
+    #[inline(always)]
+    fn row_ptr(&self, row: usize) -> *const u64 {
+        self.rows[row * self.chunks_per_row..].as_ptr() as *const u64
+    }
+
+    /// The rows of `self` whose popcount is admissible against an A row of popcount `pa`: from
+    /// the first to the last admissible run. Admissibility is an interval in exact arithmetic;
+    /// where rounding leaves gaps inside, the exact per-pair check still rejects those rows.
+    fn admissible_rows(&self, table: &ThresholdTable, pa: u32) -> Range<usize> {
+        let ok = |&&(pb, _): &&(u32, u32)| table.admissible(pa, pb).is_some();
+        let Some(first) = self.runs.iter().position(|r| ok(&r)) else { return 0..0 };
+        let last = self.runs.iter().rposition(|r| ok(&r)).unwrap_or(first);
+        let end = self.runs.get(last + 1).map_or(self.len(), |&(_, row)| row as usize);
+        self.runs[first].1 as usize..end
     }
 }
 
-/// A kept pair: local entry positions within the two sides, and its AND-count.
+/// A kept pair: sorted row positions within the two sides, and its AND-count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Hit {
     a: u32,
@@ -230,7 +339,8 @@ pub struct Match {
     pub score: f64,
 }
 
-/// Compares every entry of `a` with every entry of `b` on `path` (A-major order of the result).
+/// Compares every entry of `a` with every entry of `b` on `path` (result in no particular order:
+/// sorting it would cost more than the kernel at low thresholds, and callers sort anyway).
 /// `a` plays anonlink's first dataset. `parallel` runs A tiles on the rayon pool.
 ///
 /// Errors when the two views hold different encoding sizes or the path is not available here.
@@ -245,7 +355,7 @@ pub fn compare_entries(
     check_path(path)?;
     let table = ThresholdTable::new(threshold, a.encoding_size());
     let (sa, sb) = (Side::new(a), Side::new(b));
-    let tiles: Vec<Range<usize>> = tiles_of(sa.entries.len());
+    let tiles: Vec<Range<usize>> = tiles_of(sa.len());
     let run = |rows: &Range<usize>| {
         let mut hits = Vec::new();
         run_tile(path, &table, &sa, &sb, rows.clone(), &mut hits);
@@ -256,8 +366,8 @@ pub fn compare_entries(
         .into_iter()
         .flatten()
         .map(|h| Match {
-            a: h.a,
-            b: h.b,
+            a: sa.original[h.a as usize],
+            b: sb.original[h.b as usize],
             score: score(h.and_count, sa.popcounts[h.a as usize] + sb.popcounts[h.b as usize]),
         })
         .collect())
@@ -291,27 +401,29 @@ pub fn compare_shard_with(
             ))
         })
     };
-    let mut sides = Vec::with_capacity(shard.tasks.len());
+    let mut views = Vec::with_capacity(shard.tasks.len());
     for task in &shard.tasks {
         let (a, b) = (view(task.party_a, &task.a)?, view(task.party_b, &task.b)?);
         check_sizes(&a, &b)?;
-        sides.push((task.party_a, task.party_b, Side::new(a), Side::new(b)));
+        views.push((task.party_a, task.party_b, a, b));
     }
-    let Some(encoding_size) = sides.first().map(|(_, _, a, _)| a.entries.encoding_size()) else {
+    let Some(encoding_size) = views.first().map(|(_, _, a, _)| a.encoding_size()) else {
         return Ok(Vec::new());
     };
-    if let Some((_, _, other, _)) = sides.iter().find(|(_, _, a, _)| a.entries.encoding_size() != encoding_size) {
+    if let Some((_, _, other, _)) = views.iter().find(|(_, _, a, _)| a.encoding_size() != encoding_size) {
         return Err(FormatError::ShardInput(format!(
             "parties hold encodings of different sizes ({encoding_size} and {} bytes)",
-            other.entries.encoding_size()
+            other.encoding_size()
         )));
     }
+    let sides: Vec<(u32, u32, Side<'_>, Side<'_>)> =
+        views.into_par_iter().map(|(d0, d1, a, b)| (d0, d1, Side::new(a), Side::new(b))).collect();
     let table = ThresholdTable::new(threshold, encoding_size);
     let work: Vec<(usize, Range<usize>)> = sides
         .iter()
         .enumerate()
-        .filter(|(_, (_, _, _, b))| !b.entries.is_empty())
-        .flat_map(|(t, (_, _, a, _))| tiles_of(a.entries.len()).into_iter().map(move |rows| (t, rows)))
+        .filter(|(_, (_, _, _, b))| b.len() > 0)
+        .flat_map(|(t, (_, _, a, _))| tiles_of(a.len()).into_iter().map(move |rows| (t, rows)))
         .collect();
     let per_item: Vec<Vec<Candidate>> = work
         .par_iter()
@@ -323,9 +435,9 @@ pub fn compare_shard_with(
                 .map(|h| Candidate {
                     score: score(h.and_count, sa.popcounts[h.a as usize] + sb.popcounts[h.b as usize]),
                     d0: *d0,
-                    r0: sa.entries.record_index(h.a as usize),
+                    r0: sa.entries.record_index(sa.original[h.a as usize] as usize),
                     d1: *d1,
-                    r1: sb.entries.record_index(h.b as usize),
+                    r1: sb.entries.record_index(sb.original[h.b as usize] as usize),
                 })
                 .collect()
         })
@@ -357,7 +469,7 @@ fn tiles_of(len: usize) -> Vec<Range<usize>> {
     (0..len).step_by(A_TILE).map(|start| start..(start + A_TILE).min(len)).collect()
 }
 
-/// Compares rows `rows` of `a` with all of `b`, appending kept pairs to `out`.
+/// Compares sorted rows `rows` of `a` with all of `b`, appending kept pairs to `out`.
 fn run_tile(path: KernelPath, table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
     let words = a.entries.encoding_size() / 8;
     match path {
@@ -373,13 +485,42 @@ fn run_tile(path: KernelPath, table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>
     }
 }
 
-/// The tiled loop shared by every path; `and_count(a_ptr, b_ptr)` is the path's inner kernel.
-/// `#[inline(always)]` so that it is compiled inside each path's `#[target_feature]` function.
+/// Walks the admissible pairs of A rows `rows` against `b` in L1-sized B tiles: calls
+/// `visit(a_row, b_rows)` for every A row and every tile with the tile's part of that row's
+/// admissible run. `#[inline(always)]` so that it is compiled inside each path's
+/// `#[target_feature]` function.
+#[inline(always)]
+fn for_each_run<F: FnMut(usize, Range<usize>)>(table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, mut visit: F) {
+    let mut spans: Vec<Range<usize>> = Vec::with_capacity(rows.len());
+    for ia in rows.clone() {
+        // A is sorted too: equal popcounts are adjacent, so each distinct one is resolved once.
+        let span = match spans.last() {
+            Some(prev) if ia > rows.start && a.popcounts[ia - 1] == a.popcounts[ia] => prev.clone(),
+            _ => b.admissible_rows(table, a.popcounts[ia]),
+        };
+        spans.push(span);
+    }
+    let lo = spans.iter().filter(|s| !s.is_empty()).map(|s| s.start).min().unwrap_or(0);
+    let hi = spans.iter().map(|s| s.end).max().unwrap_or(0);
+    for b_start in (lo..hi).step_by(B_TILE) {
+        let b_end = (b_start + B_TILE).min(hi);
+        for (ia, span) in rows.clone().zip(&spans) {
+            let (start, end) = (span.start.max(b_start), span.end.min(b_end));
+            if start < end {
+                visit(ia, start..end);
+            }
+        }
+    }
+}
+
+/// The tiled loop of the word-at-a-time paths; `and_count(a_ptr, b_ptr)` is the path's inner
+/// kernel. `#[inline(always)]` so that it is compiled inside each path's `#[target_feature]`
+/// function.
 ///
 /// # Safety
-/// `and_count` must read at most `encoding_size` bytes from each pointer.
+/// `and_count` must read at most `chunks_per_row * 32` bytes from each pointer.
 #[inline(always)]
-unsafe fn tiled<F: Fn(*const u8, *const u8) -> u32>(
+unsafe fn tiled<F: Fn(*const u64, *const u64) -> u32>(
     table: &ThresholdTable,
     a: &Side<'_>,
     b: &Side<'_>,
@@ -387,28 +528,17 @@ unsafe fn tiled<F: Fn(*const u8, *const u8) -> u32>(
     out: &mut Vec<Hit>,
     and_count: F,
 ) {
-    let stride = a.entries.encoding_size() + 8;
-    let (a_bytes, b_bytes) = (a.entries.bytes(), b.entries.bytes());
-    debug_assert!(rows.end <= a.popcounts.len());
-    for b_start in (0..b.popcounts.len()).step_by(B_TILE) {
-        let b_end = (b_start + B_TILE).min(b.popcounts.len());
-        let b_popcounts = &b.popcounts[b_start..b_end];
-        for ia in rows.clone() {
-            let pa = a.popcounts[ia];
-            // SAFETY: ia < a.len(), so the entry's encoding lies inside a_bytes.
-            let a_ptr = unsafe { a_bytes.as_ptr().add(ia * stride + 8) };
-            for (offset, &pb) in b_popcounts.iter().enumerate() {
-                let Some(needed) = table.admissible(pa, pb) else { continue };
-                let ib = b_start + offset;
-                // SAFETY: ib < b.len(), so the entry's encoding lies inside b_bytes.
-                let b_ptr = unsafe { b_bytes.as_ptr().add(ib * stride + 8) };
-                let c = and_count(a_ptr, b_ptr);
-                if c >= needed {
-                    out.push(Hit { a: ia as u32, b: ib as u32, and_count: c });
-                }
+    for_each_run(table, a, b, rows, |ia, span| {
+        let pa = a.popcounts[ia];
+        let a_ptr = a.row_ptr(ia);
+        for ib in span {
+            let Some(needed) = table.admissible(pa, b.popcounts[ib]) else { continue };
+            let c = and_count(a_ptr, b.row_ptr(ib));
+            if c >= needed {
+                out.push(Hit { a: ia as u32, b: ib as u32, and_count: c });
             }
         }
-    }
+    });
 }
 
 /// AND-popcount of `W` 64-bit words, four accumulators (breaks the add dependency chain).
@@ -416,11 +546,11 @@ unsafe fn tiled<F: Fn(*const u8, *const u8) -> u32>(
 /// # Safety
 /// Both pointers must be valid for `8 * W` bytes.
 #[inline(always)]
-unsafe fn and_count_words<const W: usize>(a: *const u8, b: *const u8) -> u32 {
+unsafe fn and_count_words<const W: usize>(a: *const u64, b: *const u64) -> u32 {
     let mut acc = [0u32; 4];
     for k in 0..W {
         // SAFETY: k < W, caller guarantees 8·W readable bytes.
-        let (x, y) = unsafe { ((a.add(8 * k) as *const u64).read_unaligned(), (b.add(8 * k) as *const u64).read_unaligned()) };
+        let (x, y) = unsafe { (a.add(k).read(), b.add(k).read()) };
         acc[k % 4] += (x & y).count_ones();
     }
     acc[0] + acc[1] + acc[2] + acc[3]
@@ -431,11 +561,11 @@ unsafe fn and_count_words<const W: usize>(a: *const u8, b: *const u8) -> u32 {
 /// # Safety
 /// Both pointers must be valid for `8 * words` bytes.
 #[inline(always)]
-unsafe fn and_count_dyn(a: *const u8, b: *const u8, words: usize) -> u32 {
+unsafe fn and_count_dyn(a: *const u64, b: *const u64, words: usize) -> u32 {
     let mut acc = [0u32; 4];
     for k in 0..words {
         // SAFETY: k < words, caller guarantees 8·words readable bytes.
-        let (x, y) = unsafe { ((a.add(8 * k) as *const u64).read_unaligned(), (b.add(8 * k) as *const u64).read_unaligned()) };
+        let (x, y) = unsafe { (a.add(k).read(), b.add(k).read()) };
         acc[k % 4] += (x & y).count_ones();
     }
     acc[0] + acc[1] + acc[2] + acc[3]
@@ -444,8 +574,8 @@ unsafe fn and_count_dyn(a: *const u8, b: *const u8, words: usize) -> u32 {
 /// Instantiates the tiled loop for the common CLK sizes with a const word count.
 macro_rules! dispatch_words {
     ($words:expr, $table:expr, $a:expr, $b:expr, $rows:expr, $out:expr) => {
-        // SAFETY (all arms): every encoding is exactly `words` 64-bit words (Entries validated
-        // encoding_size % 8 == 0 and both sides share it).
+        // SAFETY (all arms): every row holds at least `words` 64-bit words (Entries validated
+        // encoding_size % 8 == 0, both sides share it, and Side rows are padded past it).
         match $words {
             8 => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_words::<8>(x, y)) },
             16 => unsafe { tiled($table, $a, $b, $rows, $out, |x, y| and_count_words::<16>(x, y)) },
@@ -484,7 +614,7 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2 (and `popcnt`, implied on every AVX2 CPU, used for tails).
+    /// The CPU must support AVX2 (and `popcnt`, implied on every AVX2 CPU).
     #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn run_avx2(
         words: usize,
@@ -494,143 +624,265 @@ mod x86 {
         rows: Range<usize>,
         out: &mut Vec<Hit>,
     ) {
-        // SAFETY: encodings are `words` words long; AVX2 is enabled on this function.
+        let vectors = a.chunks_per_row;
+        // SAFETY: rows are `vectors` aligned chunks; AVX2 is enabled on this function.
         unsafe {
             match words {
-                16 => tiled_avx2_1024(table, a, b, rows, out),
-                words => tiled(table, a, b, rows, out, |x, y| and_count_avx2(x, y, words)),
+                16 => runs_avx2_1024(table, a, b, rows, out),
+                _ => tiled(table, a, b, rows, out, |x, y| and_count_avx2(x, y, vectors)),
             }
         }
     }
 
-    /// Per-byte popcounts of `x` (each byte 0..=8) via two nibble lookups.
-    #[inline(always)]
-    unsafe fn byte_popcounts(x: __m256i, lut: __m256i, low_nibbles: __m256i) -> __m256i {
-        // SAFETY: AVX2 is enabled by every caller's `#[target_feature]`.
-        unsafe {
-            let lo = _mm256_and_si256(x, low_nibbles);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low_nibbles);
-            _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
+    /// The nibble lookup table: popcount of 0..=15, in both 128-bit lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn nibble_lut() -> __m256i {
+        _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4)
+    }
+
+    /// Per-byte popcounts (0..=8) of `a & b`, given `a` pre-split into its low nibbles
+    /// (`a_lo = a & 0x0f..`) and high nibbles (`a_hi = a & 0xf0..`): pre-splitting the A row,
+    /// which is reused for a whole B run, saves one AND per vector and pair.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn and_byte_counts(a_lo: __m256i, a_hi: __m256i, b: __m256i, lut: __m256i) -> __m256i {
+        let lo = _mm256_and_si256(a_lo, b);
+        // a_hi has no low-nibble bits, so the 16-bit shift moves nothing across bytes.
+        let hi = _mm256_srli_epi16(_mm256_and_si256(a_hi, b), 4);
+        _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
+    }
+
+    /// The four totals of four per-byte count vectors (each byte ≤ 32), as u32 lanes: one
+    /// `vpsadbw` per vector, then packs and one multiply-add fold all four at once, where a
+    /// per-vector horizontal sum would cost about twice the instructions.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn sum4(y: [__m256i; 4]) -> __m128i {
+        let zero = _mm256_setzero_si256();
+        // Each 64-bit lane sums 8 bytes: ≤ 256, so the saturating packs below never saturate.
+        let s: [__m256i; 4] = std::array::from_fn(|k| _mm256_sad_epu8(y[k], zero));
+        // Per 128-bit lane, 16-bit words [s0.0, s0.1, s1.0, s1.1, s2.0, s2.1, s3.0, s3.1].
+        let q = _mm256_packus_epi32(_mm256_packus_epi32(s[0], s[1]), _mm256_packus_epi32(s[2], s[3]));
+        let h = _mm_add_epi16(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_madd_epi16(h, _mm_set1_epi16(1))
+    }
+
+    /// The recent success rate of one early-exit test: `on` while fewer than `num/den` of the
+    /// groups it tests get past it (break-even measured on FEBRL4 and synthetic CLKs: a test
+    /// costs about a quarter of the work it can save, plus a likely mispredicted branch).
+    struct StageTest {
+        on: bool,
+        tested: u32,
+        passed: u32,
+        num: u32,
+        den: u32,
+    }
+
+    impl StageTest {
+        fn new(num: u32, den: u32) -> Self {
+            StageTest { on: true, tested: 0, passed: 0, num, den }
+        }
+
+        fn record(&mut self, tested: u32, passed: u32) {
+            self.tested += tested;
+            self.passed += passed;
+            if self.tested >= 64 {
+                self.on = self.passed * self.den < self.tested * self.num;
+                // Halving keeps the rate recent (a window of some 32..64 tests).
+                self.tested /= 2;
+                self.passed /= 2;
+            }
         }
     }
 
-    /// The tiled loop specialised for 1024-bit encodings (the CLK size in practice): the A row's
-    /// four vectors stay in registers across the B tile, and two B rows share one horizontal
-    /// reduction (`vpunpck{l,h}qdq` + one 128-bit fold for both sums), which is the costliest
-    /// part of a per-pair AVX2 popcount. Same results as [`super::tiled`]: pairs are checked for
-    /// admissibility first and only admissible ones are kept.
+    /// One A row, pre-split for [`and_byte_counts`], and the bounds of its last 512 and 256 bits.
+    struct ARow {
+        pa: u32,
+        lo: [__m256i; 4],
+        hi: [__m256i; 4],
+        tail: __m256i,
+        tail_last: __m256i,
+    }
+
+    /// The kernel for 1024-bit encodings (the CLK size in practice). Per A row and admissible
+    /// B run, [`GROUP`] B rows at a time ([`group_run`]):
+    ///
+    /// 1. AND-count the first 512 bits of the four pairs. Each 16-bit piece of the rest can add
+    ///    at most `min(popcount(a_k), popcount(b_k))` ([`Side::tail_pieces`]); a pair whose
+    ///    count plus that is below the least passing AND count cannot pass, and when no pair of
+    ///    the group can, the group is done. The bound's bytes are added to the count's bytes
+    ///    before the horizontal sum, so the test costs two instructions a row. At t = 0.8 this
+    ///    ends ~99% of groups after half the work, on the synthetic and on the FEBRL4 CLKs.
+    /// 2. Otherwise count bits 512..768 and test again with the pieces of bits 768..1024.
+    /// 3. Otherwise count the last 256 bits and test the whole counts; the few survivors get the
+    ///    exact per-pair check (admissibility and the exact table entry).
+    ///
+    /// Where a test rarely ends a group (low thresholds), it costs more than it saves, in
+    /// instructions and mispredicted branches: each test keeps its recent success rate
+    /// ([`StageTest`]) and runs are walked without it while that is low, except every 8th run,
+    /// which keeps the rate current. Which tests run never changes the results.
     ///
     /// # Safety
     /// AVX2 must be available; both sides hold 128-byte encodings.
     #[target_feature(enable = "avx2,popcnt")]
-    unsafe fn tiled_avx2_1024(table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
-        const STRIDE: usize = 8 + 128;
-        debug_assert_eq!(a.entries.encoding_size(), 128);
-        debug_assert_eq!(b.entries.encoding_size(), 128);
-        let (a_bytes, b_bytes) = (a.entries.bytes(), b.entries.bytes());
-        // SAFETY: AVX2 is enabled on this function; every pointer below addresses the 128
-        // encoding bytes of an entry index < len of its side.
-        unsafe {
-            let lut = _mm256_setr_epi8(
-                0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-            );
-            let low = _mm256_set1_epi8(0x0f);
-            let zero = _mm256_setzero_si256();
-            let count_bytes = |av: &[__m256i; 4], p: *const u8| {
-                let mut sum = byte_popcounts(_mm256_and_si256(av[0], _mm256_loadu_si256(p as *const __m256i)), lut, low);
-                for (k, &ak) in av.iter().enumerate().skip(1) {
-                    let x = _mm256_and_si256(ak, _mm256_loadu_si256(p.add(32 * k) as *const __m256i));
-                    sum = _mm256_add_epi8(sum, byte_popcounts(x, lut, low));
+    unsafe fn runs_avx2_1024(table: &ThresholdTable, a: &Side<'_>, b: &Side<'_>, rows: Range<usize>, out: &mut Vec<Hit>) {
+        debug_assert!(a.chunks_per_row == 4 && b.chunks_per_row == 4);
+        debug_assert!(b.tail_pieces.len() == b.len() + PAD_ROWS);
+        let low = _mm256_set1_epi8(0x0f);
+        // Keeps the pieces of bits 768..1024 (bytes 16..32).
+        let last_quarter = _mm256_setr_epi64x(0, 0, -1, -1);
+        let (mut early, mut late) = (StageTest::new(2, 5), StageTest::new(1, 5));
+        let mut visits = 0u32;
+        for_each_run(table, a, b, rows, |ia, span| {
+            // SAFETY: row ia < a.len(): its 4 aligned chunks and tail pieces exist.
+            let row = unsafe {
+                let ap = a.row_ptr(ia) as *const __m256i;
+                let av: [__m256i; 4] = std::array::from_fn(|k| _mm256_load_si256(ap.add(k)));
+                let tail = _mm256_load_si256(a.tail_pieces.as_ptr().add(ia) as *const __m256i);
+                ARow {
+                    pa: a.popcounts[ia],
+                    lo: std::array::from_fn(|k| _mm256_and_si256(av[k], low)),
+                    hi: std::array::from_fn(|k| _mm256_andnot_si256(low, av[k])),
+                    tail,
+                    tail_last: _mm256_and_si256(tail, last_quarter),
                 }
-                // Each byte ≤ 4·8 = 32: no overflow before the fold into u64 lanes.
-                _mm256_sad_epu8(sum, zero)
             };
-            for b_start in (0..b.popcounts.len()).step_by(B_TILE) {
-                let b_end = (b_start + B_TILE).min(b.popcounts.len());
-                let b_popcounts = &b.popcounts[b_start..b_end];
-                for ia in rows.clone() {
-                    let pa = a.popcounts[ia];
-                    let ap = a_bytes.as_ptr().add(ia * STRIDE + 8);
-                    let av: [__m256i; 4] = std::array::from_fn(|k| _mm256_loadu_si256(ap.add(32 * k) as *const __m256i));
-                    let mut j = 0;
-                    while j + 1 < b_popcounts.len() {
-                        let (n0, n1) = (table.admissible(pa, b_popcounts[j]), table.admissible(pa, b_popcounts[j + 1]));
-                        if n0.is_some() || n1.is_some() {
-                            let ib = b_start + j;
-                            let s0 = count_bytes(&av, b_bytes.as_ptr().add(ib * STRIDE + 8));
-                            let s1 = count_bytes(&av, b_bytes.as_ptr().add((ib + 1) * STRIDE + 8));
-                            let pairs = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
-                            let both = _mm_add_epi64(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
-                            let (c0, c1) = (_mm_cvtsi128_si64(both) as u32, _mm_extract_epi64(both, 1) as u32);
-                            if let Some(needed) = n0
-                                && c0 >= needed
-                            {
-                                out.push(Hit { a: ia as u32, b: ib as u32, and_count: c0 });
-                            }
-                            if let Some(needed) = n1
-                                && c1 >= needed
-                            {
-                                out.push(Hit { a: ia as u32, b: ib as u32 + 1, and_count: c1 });
-                            }
-                        }
-                        j += 2;
+            let probe = visits.is_multiple_of(8);
+            visits = visits.wrapping_add(1);
+            // SAFETY: AVX2 is enabled here; span ⊆ 0..b.len() (for_each_run).
+            let stats = unsafe {
+                match (early.on || probe, late.on || probe) {
+                    (true, true) => group_run::<true, true>(table, &row, ia, b, span, out),
+                    (true, false) => group_run::<true, false>(table, &row, ia, b, span, out),
+                    (false, true) => group_run::<false, true>(table, &row, ia, b, span, out),
+                    (false, false) => group_run::<false, false>(table, &row, ia, b, span, out),
+                }
+            };
+            early.record(stats[0], stats[1]);
+            late.record(stats[2], stats[3]);
+        });
+    }
+
+    /// One A row against B rows `span`, [`GROUP`] at a time, with the 512-bit test when `EARLY`
+    /// and the 768-bit test when `LATE` (see [`runs_avx2_1024`]). Returns how many groups each
+    /// test saw and let through: `[early tested, early passed, late tested, late passed]`.
+    ///
+    /// The group's bound is `floor[pa + pb]` of its first (sparsest) B row: `floor` is the least
+    /// passing count of that or any larger popcount sum, so it is ≤ every group member's own
+    /// entry and no passing pair is ever cut.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `span ⊆ 0..b.len()`; 128-byte encodings.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    unsafe fn group_run<const EARLY: bool, const LATE: bool>(
+        table: &ThresholdTable,
+        row: &ARow,
+        ia: usize,
+        b: &Side<'_>,
+        span: Range<usize>,
+        out: &mut Vec<Hit>,
+    ) -> [u32; 4] {
+        let lut = nibble_lut();
+        let mut stats = [0u32; 4];
+        let mut j = span.start;
+        while j < span.end {
+            let floor = table.floor[(row.pa + b.popcounts[j]) as usize];
+            if floor == NEVER {
+                // No larger popcount sum can pass either, and the run only grows.
+                break;
+            }
+            // Counts + bound > floor − 1 ⇔ ≥ floor; all values < 2^12, signed compare is fine.
+            let below = _mm_set1_epi32(floor as i32 - 1);
+            let passes = |totals: __m128i| _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(totals, below)));
+            let live = if span.end - j >= GROUP { 0xf } else { (1 << (span.end - j)) - 1 };
+            // SAFETY: j < span.end ≤ b.len(), so rows j..j + GROUP and their tail pieces are
+            // below len + PAD_ROWS; chunks are 32-byte aligned. AVX2 is enabled here.
+            unsafe {
+                let bp = b.row_ptr(j) as *const __m256i;
+                let b_tail = b.tail_pieces.as_ptr().add(j) as *const __m256i;
+                let chunk = |r: usize, k: usize| and_byte_counts(row.lo[k], row.hi[k], _mm256_load_si256(bp.add(4 * r + k)), lut);
+                let mut y: [__m256i; 4] = std::array::from_fn(|r| _mm256_add_epi8(chunk(r, 0), chunk(r, 1)));
+                // Bytes: count ≤ 24 plus piece bound ≤ 16: no overflow in sum4.
+                let with_bound = |y: &[__m256i; 4], a_tail: __m256i| -> [__m256i; 4] {
+                    std::array::from_fn(|r| _mm256_add_epi8(y[r], _mm256_min_epu8(a_tail, _mm256_load_si256(b_tail.add(r)))))
+                };
+                let mut mask = live;
+                if EARLY {
+                    mask &= passes(sum4(with_bound(&y, row.tail)));
+                    stats[0] += 1;
+                    if mask == 0 {
+                        j += GROUP;
+                        continue;
                     }
-                    if j < b_popcounts.len()
-                        && let Some(needed) = table.admissible(pa, b_popcounts[j])
+                    stats[1] += 1;
+                }
+                for (r, yr) in y.iter_mut().enumerate() {
+                    *yr = _mm256_add_epi8(*yr, chunk(r, 2));
+                }
+                if LATE {
+                    mask &= passes(sum4(with_bound(&y, row.tail_last)));
+                    stats[2] += 1;
+                    if mask == 0 {
+                        j += GROUP;
+                        continue;
+                    }
+                    stats[3] += 1;
+                }
+                for (r, yr) in y.iter_mut().enumerate() {
+                    *yr = _mm256_add_epi8(*yr, chunk(r, 3));
+                }
+                let totals = sum4(y);
+                mask &= passes(totals);
+                let mut counts = [0u32; 4];
+                _mm_storeu_si128(counts.as_mut_ptr() as *mut __m128i, totals);
+                while mask != 0 {
+                    let r = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let ib = j + r;
+                    if let Some(needed) = table.admissible(row.pa, b.popcounts[ib])
+                        && counts[r] >= needed
                     {
-                        let ib = b_start + j;
-                        let c = and_count_avx2(ap, b_bytes.as_ptr().add(ib * STRIDE + 8), 16);
-                        if c >= needed {
-                            out.push(Hit { a: ia as u32, b: ib as u32, and_count: c });
-                        }
+                        out.push(Hit { a: ia as u32, b: ib as u32, and_count: counts[r] });
                     }
                 }
             }
+            j += GROUP;
         }
+        stats
     }
 
-    /// AND-popcount with AVX2: per 32 bytes, AND, split into nibbles, look each nibble's
-    /// popcount up with `vpshufb`, add bytewise; `vpsadbw` folds bytes into four u64 lanes
-    /// before a byte counter could overflow (every 16 vectors: 16·8 = 128 < 256).
+    /// AND-popcount with AVX2 over `vectors` aligned 32-byte chunks: nibble lookups, bytewise
+    /// adds, and `vpsadbw` into u64 lanes before a byte counter could overflow (every 16
+    /// vectors: 16·8 = 128 < 256).
     ///
     /// # Safety
-    /// AVX2 must be available; both pointers valid for `8 * words` bytes.
+    /// AVX2 must be available; both pointers 32-byte aligned and valid for `vectors` chunks.
     #[inline(always)]
-    unsafe fn and_count_avx2(a: *const u8, b: *const u8, words: usize) -> u32 {
-        // SAFETY: the caller guarantees AVX2 and `8 * words` readable bytes; every load below
+    unsafe fn and_count_avx2(a: *const u64, b: *const u64, vectors: usize) -> u32 {
+        // SAFETY: the caller guarantees AVX2 and `vectors` aligned chunks; every load below
         // stays below that bound.
         unsafe {
-            let lut = _mm256_setr_epi8(
-                0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-            );
-            let low_nibbles = _mm256_set1_epi8(0x0f);
-            let vectors = words / 4;
+            let (a, b) = (a as *const __m256i, b as *const __m256i);
+            let lut = nibble_lut();
+            let low = _mm256_set1_epi8(0x0f);
             let mut total = _mm256_setzero_si256();
             let mut v = 0;
             while v < vectors {
                 let batch_end = (v + 16).min(vectors);
                 let mut bytes = _mm256_setzero_si256();
                 while v < batch_end {
-                    let x = _mm256_and_si256(
-                        _mm256_loadu_si256(a.add(32 * v) as *const __m256i),
-                        _mm256_loadu_si256(b.add(32 * v) as *const __m256i),
-                    );
-                    let lo = _mm256_and_si256(x, low_nibbles);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low_nibbles);
-                    bytes = _mm256_add_epi8(bytes, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi)));
+                    let x = _mm256_load_si256(a.add(v));
+                    let (x_lo, x_hi) = (_mm256_and_si256(x, low), _mm256_andnot_si256(low, x));
+                    bytes = _mm256_add_epi8(bytes, and_byte_counts(x_lo, x_hi, _mm256_load_si256(b.add(v)), lut));
                     v += 1;
                 }
                 total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
             }
             let folded = _mm_add_epi64(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
             let sum = _mm_add_epi64(folded, _mm_unpackhi_epi64(folded, folded));
-            let mut count = _mm_cvtsi128_si64(sum) as u32;
-            for k in 4 * vectors..words {
-                let x = (a.add(8 * k) as *const u64).read_unaligned();
-                let y = (b.add(8 * k) as *const u64).read_unaligned();
-                count += (x & y).count_ones();
-            }
-            count
+            _mm_cvtsi128_si64(sum) as u32
         }
     }
 }
@@ -759,6 +1011,34 @@ mod tests {
             for t in thresholds {
                 check_all_paths(&a, &b, t);
             }
+        }
+    }
+
+    /// The 1024-bit AVX2 kernel's staged early exit, on pairs that end at every stage: rows of
+    /// densities from sparse to dense, near-duplicates with 0..300 flipped bits (scores on both
+    /// sides of every threshold), duplicates and empty rows, run lengths not a multiple of the
+    /// 4-row group, and thresholds at exact scores.
+    #[test]
+    fn clk_size_kernel_matches_reference_near_the_threshold() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let density = |i: usize| 20 + (i as u64 * 37) % 220;
+        let mut a: Vec<Vec<u8>> = (0..150).map(|i| rng.record(128, density(i))).collect();
+        let mut b: Vec<Vec<u8>> = (0..173).map(|i| rng.record(128, density(i + 5))).collect();
+        for i in 0..120 {
+            let mut copy = a[i].clone();
+            for _ in 0..(i * 5) % 300 {
+                let bit = (rng.next() % 1024) as usize;
+                copy[bit / 8] ^= 1 << (bit % 8);
+            }
+            b[i + 40] = copy;
+        }
+        b[3] = a[7].clone();
+        a[9] = vec![0; 128];
+        b[11] = vec![0; 128];
+        let mut thresholds = vec![0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0];
+        thresholds.extend([41, 60, 80, 100, 130].map(|i| dice(&a[i - 40], &b[i])));
+        for t in thresholds {
+            check_all_paths(&a, &b, t);
         }
     }
 
