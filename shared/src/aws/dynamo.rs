@@ -132,9 +132,6 @@ fn project_item(p: &Project) -> Item {
         ("gsi1pk".into(), s(PROJECTS_GSI_PK)),
         ("gsi1sk".into(), s(format!("{}#{}", p.time_added, p.project_id))),
     ]);
-    if let Some(e) = &p.error {
-        item.insert("error".into(), s(e));
-    }
     item
 }
 
@@ -149,7 +146,6 @@ fn project_from(item: &Item) -> Result<Project, MetaError> {
         uses_blocking: get_bool(item, "uses_blocking"),
         time_added: get_s(item, "time_added")?,
         result_token_hash: TokenHash(get_s(item, "result_token_hash")?),
-        error: opt_s(item, "error"),
     })
 }
 
@@ -559,33 +555,10 @@ impl MetaStore for DynamoMeta {
         self.delete_keys("purge project", project).await
     }
 
-    async fn set_project_error(&self, project_id: &str, message: &str) -> Result<(), MetaError> {
-        let w = self
-            .update_one(
-                "set project error",
-                project_key(project_id),
-                "SET #error = :m",
-                PROJECT_LIVE,
-                &[("#error", "error")],
-                vec![(":m", s(message)), (":false", AttributeValue::Bool(false))],
-            )
-            .await?;
-        match w {
-            Written::Done => Ok(()),
-            Written::ConditionFailed(_) => Err(MetaError::NotFound(format!("project {project_id}"))),
-        }
-    }
-
     async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
         let items = vec![
-            // A re-upload takes the project out of error; the project must be live.
-            self.update(
-                project_key(project_id),
-                "REMOVE #error",
-                Some(PROJECT_LIVE),
-                &[("#error", "error")],
-                vec![(":false", AttributeValue::Bool(false))],
-            )?,
+            // The project must be live (not being deleted).
+            self.live_project_check(project_id)?,
             self.update(
                 key(project_pk(project_id), party_sk(party)),
                 "SET upload_state = :pending, upload_id = :u, receipt_token_hash = :r \

@@ -138,13 +138,6 @@ impl MetaStore for MemoryMeta {
         Ok(())
     }
 
-    async fn set_project_error(&self, project_id: &str, message: &str) -> Result<(), MetaError> {
-        let mut t = lock(&self.tables);
-        let entry = t.live_project_mut(project_id).ok_or_else(|| MetaError::NotFound(format!("project {project_id}")))?;
-        entry.project.error = Some(message.to_string());
-        Ok(())
-    }
-
     async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
         let mut t = lock(&self.tables);
         let entry = t.live_project_mut(project_id).ok_or_else(|| MetaError::NotFound(format!("project {project_id}")))?;
@@ -161,9 +154,6 @@ impl MetaStore for MemoryMeta {
         p.receipt_token_hash = Some(upload.receipt_token_hash.clone());
         p.error = None;
         p.ingested = None;
-        // A re-upload is how a project leaves its error state (the reference: "until a retry
-        // succeeds"); the new data is checked again when ingested.
-        entry.project.error = None;
         Ok(())
     }
 
@@ -638,7 +628,6 @@ mod tests {
             uses_blocking: false,
             time_added: time_added.into(),
             result_token_hash: TokenHash::of("r"),
-            error: None,
         }
     }
 
@@ -700,9 +689,7 @@ mod tests {
         assert_eq!(m.get_project("p").await.unwrap().unwrap().1[0].upload_state, UploadState::Error);
         assert!(!m.complete_upload("p", 0, "u2", &ingested()).await.unwrap(), "failed upload is no longer pending");
 
-        m.set_project_error("p", "sizes differ").await.unwrap();
         m.begin_upload("p", 0, &upload("u3")).await.unwrap();
-        assert_eq!(m.get_project("p").await.unwrap().unwrap().0.error, None, "a re-upload clears the project error");
         assert!(m.complete_upload("p", 0, "u3", &ingested()).await.unwrap());
         assert!(!m.complete_upload("p", 0, "u3", &ingested()).await.unwrap(), "redelivery");
         assert!(matches!(m.begin_upload("p", 0, &upload("u4")).await, Err(MetaError::Conflict(_))));

@@ -53,8 +53,6 @@ pub struct Project {
     /// ISO 8601 with offset.
     pub time_added: String,
     pub result_token_hash: TokenHash,
-    /// Set when the parties' data cannot be linked (e.g. encoding sizes disagree).
-    pub error: Option<String>,
 }
 
 impl Project {

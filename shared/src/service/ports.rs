@@ -39,9 +39,6 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     fn mark_project_deleted(&self, project_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// Removes every item of the project (project, parties, runs, shard markers).
     fn purge_project(&self, project_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
-    /// Puts the project in error (e.g. parties' encoding sizes disagree): `error: true` in its
-    /// description, and runs cannot be posted until a party re-uploads.
-    fn set_project_error(&self, project_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
 
     // ---- uploads ---------------------------------------------------------------------------
     /// Moves a party's upload from `not_started`/`error` to `pending` under `upload.upload_id`,

@@ -144,7 +144,6 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         uses_blocking: request.uses_blocking,
         time_added: time::now_iso(),
         result_token_hash: tokens::TokenHash::of(&result_token),
-        error: None,
     };
     let parties: Vec<Party> = update_tokens
         .iter()
@@ -159,17 +158,15 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     ))
 }
 
-/// Whether the project cannot be linked as it stands: a party's upload failed, or ingestion
-/// found the parties' data inconsistent. The reference's `error` flag.
-pub(crate) fn project_in_error(project: &Project, parties: &[Party]) -> bool {
-    project.error.is_some() || parties.iter().any(|p| p.upload_state == UploadState::Error)
+/// Whether the project cannot be linked as it stands: a party's upload failed (ingestion also
+/// puts an upload in error when its encoding size disagrees with the others'). The reference's
+/// `error` flag.
+pub(crate) fn project_in_error(parties: &[Party]) -> bool {
+    parties.iter().any(|p| p.upload_state == UploadState::Error)
 }
 
 /// Why the project is in error, for run status messages.
-pub(crate) fn project_error_message(project: &Project, parties: &[Party]) -> Option<String> {
-    if let Some(e) = &project.error {
-        return Some(e.clone());
-    }
+pub(crate) fn project_error_message(parties: &[Party]) -> Option<String> {
     parties
         .iter()
         .find(|p| p.upload_state == UploadState::Error)
@@ -197,7 +194,7 @@ pub async fn describe<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         "number_parties": project.number_parties,
         "name": project.name,
         "notes": project.notes,
-        "error": project_in_error(&project, &parties),
+        "error": project_in_error(&parties),
         "uses_blocking": project.uses_blocking,
     })))
 }

@@ -77,7 +77,7 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (project, parties) = project_for_result_token(&state, &project_id, &token).await?;
+    let (_, parties) = project_for_result_token(&state, &project_id, &token).await?;
     let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
     let request: NewRun = parse_json(&headers, &body)?;
     let threshold = request.threshold.ok_or_else(|| ApiError::BadRequest("'threshold' is a required property".into()))?;
@@ -89,7 +89,7 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     }
     check_text("name", &request.name)?;
     check_text("notes", &request.notes)?;
-    if project_in_error(&project, &parties) {
+    if project_in_error(&parties) {
         return Err(ApiError::Conflict("Can't post run as project has errors".into()));
     }
     let run = Run::created(project_id.clone(), tokens::generate(), threshold, request.name, request.notes, time::now_iso());
@@ -175,7 +175,7 @@ fn progress(absolute: u64, of: u64, description: &str) -> Value {
 /// The RunStatus document: state, stages, current stage with progress, and the per-state extras.
 pub(crate) fn run_status(project: &Project, parties: &[Party], run: &Run) -> Value {
     // The reference reports `error` whenever the project is in error, whatever the run's state.
-    let project_error = project_error_message(project, parties);
+    let project_error = project_error_message(parties);
     let state = if project_error.is_some() { RunState::Error } else { run.state };
 
     let mut current = Map::new();

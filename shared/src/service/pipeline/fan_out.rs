@@ -283,9 +283,6 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         let Some((project, parties)) = self.meta.get_project(project_id).await? else {
             return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
         };
-        if project.error.is_some() {
-            return Ok(());
-        }
         if !self.parties_ready(&project, &parties).await? {
             return Ok(()); // the last upload starts it
         }

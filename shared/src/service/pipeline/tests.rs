@@ -108,7 +108,6 @@ async fn create_project(p: &TestPipeline, result_type: ResultType, n: u32, block
         uses_blocking: blocking,
         time_added: crate::service::time::now_iso(),
         result_token_hash: TokenHash::of("result"),
-        error: None,
     };
     let parties: Vec<Party> = (0..n)
         .map(|i| Party::new(i, TokenHash::of(&format!("update{i}"))))
