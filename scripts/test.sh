@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: unit and property tests, the template lint and the
-# local-stack pinning test, then the end-to-end suite against a local stack that this script
+# Runs every test of the project: unit and property tests, the template lint (cfn-lint, offline
+# SAM translation, `sam validate --lint`), `sam build` of the four functions, the local-stack
+# pinning test, then the end-to-end suite against a local stack that this script
 # starts (localstack/up.sh) and always stops again (localstack/down.sh).
 #
 #   scripts/test.sh                 everything
@@ -15,8 +16,13 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "building the workspace (debug, with tests)"
 cargo build --workspace --all-targets --locked
 
-step "infra: template lint (cfn-lint + offline SAM translation)"
+step "infra: template lint (cfn-lint + offline SAM translation + sam validate --lint)"
 infra/lint.sh
+
+# Debug mode and the host's architecture, into the same target dir (infra/README.md, "CI build
+# check"); each bootstrap then answers one invocation through a stand-in Runtime API.
+step "infra: sam build of the four functions (rust-cargolambda, debug) + bootstrap smoke check"
+infra/sam_build.sh
 
 step "localstack: resources come from the template"
 python3 -m unittest discover -s localstack -p 'test_*.py'
