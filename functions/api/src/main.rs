@@ -99,6 +99,7 @@ mod tests {
                 credentials_ttl_secs: 900,
                 role_arn: String::new(),
             },
+            pull: Default::default(),
             limits: Limits::default(),
             watchdog: WatchdogSettings::default(),
             results_role_arn: None,

@@ -6,6 +6,7 @@
 //! its own (`UPLOAD_S3_*`, `UPLOAD_STS_ENDPOINT`) because locally it is a different server
 //! (SeaweedFS) from the working bucket's (LocalStack). In AWS none of these are set.
 
+pub mod client_store;
 pub mod dynamo;
 pub mod s3;
 pub mod sqs;
@@ -73,8 +74,13 @@ pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
 }
 
 /// The pipeline wired to AWS: DynamoDB metadata, the two S3 buckets and SQS.
-pub type AwsPipeline =
-    crate::service::pipeline::Pipeline<dynamo::DynamoMeta, s3::S3Blobs, s3::S3Blobs, sqs::SqsQueue>;
+pub type AwsPipeline = crate::service::pipeline::Pipeline<
+    dynamo::DynamoMeta,
+    s3::S3Blobs,
+    s3::S3Blobs,
+    sqs::SqsQueue,
+    client_store::S3ClientStores,
+>;
 
 /// Builds the pipeline from the environment (once per cold start).
 pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::ConfigError> {
@@ -85,6 +91,7 @@ pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::
         work: s3::S3Blobs::new(work_s3_client(&config), settings.work_bucket.clone()),
         uploads: s3::S3Blobs::new(upload_s3_client(&config), settings.upload.bucket.clone()),
         queue: sqs::SqsQueue::new(sqs_client(&config)),
+        client_stores: client_store::S3ClientStores::new(settings.pull.clone(), settings.limits.max_upload_bytes),
         settings,
     })
 }

@@ -9,7 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 
-use crate::service::ports::{BlobError, BlobStore, Metadata};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Metadata};
 
 #[derive(Clone, Debug)]
 pub struct S3Blobs {
@@ -57,7 +57,7 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, 
     BlobError::Backend(format!("{key}: {detail}"))
 }
 
-fn metadata_of(map: Option<&std::collections::HashMap<String, String>>) -> Metadata {
+pub(super) fn metadata_of(map: Option<&std::collections::HashMap<String, String>>) -> Metadata {
     let mut m: Metadata = map
         .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
         .unwrap_or_default();
@@ -65,16 +65,7 @@ fn metadata_of(map: Option<&std::collections::HashMap<String, String>>) -> Metad
     m
 }
 
-impl BlobStore for S3Blobs {
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
-        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
-        for (k, v) in metadata {
-            req = req.metadata(k, v);
-        }
-        req.send().await.map_err(|e| map_err(key, e))?;
-        Ok(())
-    }
-
+impl BlobReader for S3Blobs {
     async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
         let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
         let metadata = metadata_of(out.metadata());
@@ -125,6 +116,17 @@ impl BlobStore for S3Blobs {
                 other => Err(other),
             },
         }
+    }
+}
+
+impl BlobStore for S3Blobs {
+    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(k, v);
+        }
+        req.send().await.map_err(|e| map_err(key, e))?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), BlobError> {

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::ports::{BlobError, BlobStore};
+use super::ports::{BlobError, BlobReader, BlobStore};
 
 /// S3's smallest part (except the last one).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
@@ -121,7 +121,7 @@ pub fn chunks(range: Range<u64>, chunk_bytes: u64, align: u64) -> impl Iterator<
 }
 
 /// `range` of `key`, exactly: a shorter answer (the object changed underneath) is an error.
-pub async fn read_exact<B: BlobStore>(store: &B, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+pub async fn read_exact<B: BlobReader>(store: &B, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
     let bytes = store.get_range(key, range.clone()).await?;
     if bytes.len() as u64 != range.end - range.start {
         return Err(BlobError::Backend(format!("{key}: asked for bytes {range:?}, got {}", bytes.len())));

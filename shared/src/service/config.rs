@@ -3,6 +3,8 @@
 
 use std::env;
 
+use super::client_store::{Network, PullPolicy};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("environment variable {0} is required")]
@@ -88,6 +90,8 @@ pub struct Settings {
     pub solve_queue_url: String,
     pub dead_letter_queue_arns: Vec<String>,
     pub upload: UploadSettings,
+    /// Pulling uploads from object stores that clients name (off unless configured).
+    pub pull: PullPolicy,
     pub limits: Limits,
     pub watchdog: WatchdogSettings,
     /// The role whose sessions may read one result object each (`RETURN-OBJECT-STORE-ADDRESS`);
@@ -163,6 +167,12 @@ impl Settings {
                 credentials_ttl_secs: number("UPLOAD_CREDENTIALS_TTL_SECS", 43_200)?,
                 role_arn: optional("UPLOAD_ROLE_ARN").unwrap_or_default(),
             },
+            pull: PullPolicy {
+                enabled: flag("EXTERNAL_PULL_ENABLED", false)?,
+                allow_http: flag("EXTERNAL_PULL_ALLOW_HTTP", false)?,
+                allow_loopback: flag("EXTERNAL_PULL_ALLOW_LOOPBACK", false)?,
+                allowed_networks: networks("EXTERNAL_PULL_ALLOWED_NETWORKS")?,
+            },
             limits,
             watchdog: WatchdogSettings {
                 ingest_queue_url: optional("INGEST_QUEUE_URL").unwrap_or_default(),
@@ -172,4 +182,14 @@ impl Settings {
             results_role_arn: optional("RESULTS_ROLE_ARN"),
         })
     }
+}
+
+/// A comma-separated list of CIDR networks (empty: none).
+fn networks(name: &'static str) -> Result<Vec<Network>, ConfigError> {
+    let Some(value) = optional(name) else { return Ok(Vec::new()) };
+    value
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.parse().map_err(|_| ConfigError::Invalid { name, value: value.clone(), why: "expected CIDR networks, comma-separated" }))
+        .collect()
 }

@@ -6,7 +6,7 @@ use tracing::{error, Instrument};
 
 use super::pipeline::events::s3_event_keys;
 use super::pipeline::{Pipeline, PipelineError, ShardMessage, SolveMessage};
-use super::ports::{BlobStore, MetaStore, WorkQueue};
+use super::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
 
 async fn for_each_record<F, Fut>(event: SqsEvent, mut handle: F) -> SqsBatchResponse
 where
@@ -35,9 +35,9 @@ pub fn is_scheduled_event(payload: &serde_json::Value) -> bool {
 }
 
 /// Runs `step` on one Lambda payload: an SQS batch, or (fan-out only) the watchdog's schedule.
-pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
+pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
     step: Step,
-    pipeline: &Pipeline<M, B, U, Q>,
+    pipeline: &Pipeline<M, B, U, Q, C>,
     payload: serde_json::Value,
 ) -> Result<serde_json::Value, PipelineError> {
     if step == Step::FanOut && is_scheduled_event(&payload) {
@@ -58,9 +58,9 @@ pub enum Step {
 }
 
 /// Runs `step` on one SQS event.
-pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
+pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
     step: Step,
-    pipeline: &Pipeline<M, B, U, Q>,
+    pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     match step {
@@ -75,8 +75,8 @@ fn body(record: &SqsMessage) -> Result<&str, PipelineError> {
 }
 
 /// fan-out: S3 notifications from the ingest queue, and dead letters from every DLQ.
-pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
-    pipeline: &Pipeline<M, B, U, Q>,
+pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
+    pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     for_each_record(event, |record| async move {
@@ -94,8 +94,8 @@ pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
 }
 
 /// compare: shard messages.
-pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
-    pipeline: &Pipeline<M, B, U, Q>,
+pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
+    pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     for_each_record(event, |record| async move {
@@ -107,8 +107,8 @@ pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
 }
 
 /// solve: solve messages.
-pub async fn solve<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue>(
-    pipeline: &Pipeline<M, B, U, Q>,
+pub async fn solve<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
+    pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     for_each_record(event, |record| async move {

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use super::ports::{
-    BlobError, BlobStore, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
+    BlobError, BlobReader, BlobStore, ClientStores, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
     TemporaryCredentials, WorkQueue,
 };
 use super::time;
@@ -416,15 +417,7 @@ impl MemoryBlobs {
     }
 }
 
-impl BlobStore for MemoryBlobs {
-    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
-        if self.inner.failing_puts.load(Ordering::SeqCst) {
-            return Err(BlobError::Backend(format!("injected failure storing {key}")));
-        }
-        lock(&self.inner.objects).insert(key.to_string(), (body, metadata.clone()));
-        Ok(())
-    }
-
+impl BlobReader for MemoryBlobs {
     async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
         lock(&self.inner.objects).get(key).cloned().ok_or_else(|| BlobError::NotFound(key.to_string()))
     }
@@ -443,6 +436,16 @@ impl BlobStore for MemoryBlobs {
 
     async fn head(&self, key: &str) -> Result<Option<(u64, Metadata)>, BlobError> {
         Ok(lock(&self.inner.objects).get(key).map(|(b, m)| (b.len() as u64, m.clone())))
+    }
+}
+
+impl BlobStore for MemoryBlobs {
+    async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
+        if self.inner.failing_puts.load(Ordering::SeqCst) {
+            return Err(BlobError::Backend(format!("injected failure storing {key}")));
+        }
+        lock(&self.inner.objects).insert(key.to_string(), (body, metadata.clone()));
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), BlobError> {
@@ -515,6 +518,36 @@ impl BlobStore for MemoryBlobs {
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), BlobError> {
         lock(&self.inner.multipart).remove(upload_id);
         Ok(())
+    }
+}
+
+// ---- stores that clients name ----------------------------------------------------------------
+
+/// [`ClientStores`] over in-memory buckets, one per (endpoint URL, bucket). Records the
+/// credentials each open was given, for assertions.
+#[derive(Clone, Default)]
+pub struct MemoryClientStores {
+    buckets: Arc<Mutex<BTreeMap<(String, String), MemoryBlobs>>>,
+    opened_with: Arc<Mutex<Vec<ClientCredentials>>>,
+}
+
+impl MemoryClientStores {
+    /// The bucket `bucket` of the store at `url` (e.g. `https://store.example.com`).
+    pub fn bucket(&self, url: &str, bucket: &str) -> MemoryBlobs {
+        lock(&self.buckets).entry((url.to_string(), bucket.to_string())).or_default().clone()
+    }
+
+    /// The credentials of every open so far, in order.
+    pub fn opened_with(&self) -> Vec<ClientCredentials> {
+        lock(&self.opened_with).clone()
+    }
+}
+
+impl ClientStores for MemoryClientStores {
+    type Reader = MemoryBlobs;
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<MemoryBlobs, BlobError> {
+        lock(&self.opened_with).push(store.credentials.clone());
+        Ok(self.bucket(&endpoint.url(), bucket))
     }
 }
 

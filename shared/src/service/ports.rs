@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::client_store::{ClientEndpoint, ClientStore};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, ShardOutcome, StatusCounters,
     UploadStart, Watch, WatchTarget,
@@ -97,17 +98,27 @@ pub enum BlobError {
     NotFound(String),
     #[error("object store error: {0}")]
     Backend(String),
+    /// An object store a client named (see [`ClientStores`]) failed in a way that retrying
+    /// will not fix (the SDK already retried): refused address, access denied, unreachable. The
+    /// message is for that client and never contains its credentials.
+    #[error("{0}")]
+    ClientStore(String),
 }
 
 /// User metadata of an object (S3 `x-amz-meta-*`), lower-case keys.
 pub type Metadata = Vec<(String, String)>;
 
-/// An object store bucket (S3 in AWS).
-pub trait BlobStore: Send + Sync + Clone + 'static {
-    fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> impl Future<Output = Result<(), BlobError>> + Send;
+/// Reading a bucket: all that ingestion does with the objects an upload names, whether they are
+/// in the service's upload bucket or in a store the client named ([`ClientStores`]).
+pub trait BlobReader: Send + Sync + Clone + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<(Bytes, Metadata), BlobError>> + Send;
     fn get_range(&self, key: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
     fn head(&self, key: &str) -> impl Future<Output = Result<Option<(u64, Metadata)>, BlobError>> + Send;
+}
+
+/// An object store bucket of the service's own (S3 in AWS).
+pub trait BlobStore: BlobReader {
+    fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> impl Future<Output = Result<(), BlobError>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), BlobError>> + Send;
     /// Deletes every object under `prefix`; returns how many.
     fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, BlobError>> + Send;
@@ -126,6 +137,15 @@ pub trait BlobStore: Send + Sync + Clone + 'static {
     fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> impl Future<Output = Result<(), BlobError>> + Send;
     /// Discards an unfinished multipart upload and its parts.
     fn abort_multipart(&self, key: &str, upload_id: &str) -> impl Future<Output = Result<(), BlobError>> + Send;
+}
+
+/// Opens buckets of object stores that clients name in ExternalData (`endpoint` +
+/// `credentials`), read only: ingestion never writes to or deletes from a client's store. The
+/// caller has checked the endpoint against the pull policy; the adapter enforces it again for
+/// every address it connects to (see [`super::client_store`]).
+pub trait ClientStores: Send + Sync + Clone + 'static {
+    type Reader: BlobReader;
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<Self::Reader, BlobError>;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use tower::ServiceExt;
 
 use super::uploads::{ExternalUpload, ObjectRef};
 use super::{ApiState, BASE_PATH, ROUTES, router};
+use crate::service::client_store::PullPolicy;
 use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
 use crate::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
@@ -36,6 +37,7 @@ fn settings(upload_enabled: bool) -> Settings {
             credentials_ttl_secs: 900,
             role_arn: "arn:aws:iam::000000000000:role/upload".into(),
         },
+        pull: PullPolicy::default(),
         limits: Limits { max_request_bytes: MAX_REQUEST, max_response_bytes: MAX_RESPONSE, ..Limits::default() },
         watchdog: WatchdogSettings::default(),
         results_role_arn: None,
@@ -486,7 +488,7 @@ async fn external_uploads_must_stay_under_the_party_prefix() {
     let (body, metadata) = api.work.object(&api.upload_keys(&p)[0]).unwrap();
     assert_eq!(metadata, vec![("kind".to_string(), "external".to_string())]);
     let stored: ExternalUpload = serde_json::from_slice(&body).unwrap();
-    let obj = |name: &str| ObjectRef { bucket: UPLOAD_BUCKET.into(), path: format!("{}/0/{name}", p.id) };
+    let obj = |name: &str| ObjectRef { bucket: UPLOAD_BUCKET.into(), path: format!("{}/0/{name}", p.id), store: None };
     assert_eq!(stored, ExternalUpload { encodings: obj("e.json"), blocks: Some(obj("b.json")) });
     // Fan-out reads the same document with its own type.
     let pulled: crate::service::pipeline::fan_out::ExternalUpload = serde_json::from_slice(&body).unwrap();
@@ -498,6 +500,69 @@ async fn external_uploads_must_stay_under_the_party_prefix() {
     assert!(detail.contains("blocks in the object store too"), "{detail}");
     let both_files = json!({"encodings": file(1, "e.bin"), "blocks": file(1, "b.json")});
     assert_eq!(api.post(&path).token(&p.update_tokens[1]).json(both_files).send().await.status, StatusCode::CREATED);
+}
+
+/// With pulls allowed, ExternalData naming the client's own store is stored as a reference with
+/// its credentials (for fan-out); what the policy refuses statically is a 400 that says why and
+/// never repeats a credential.
+#[tokio::test]
+async fn external_data_naming_a_client_store_when_pulls_are_allowed() {
+    let api = Api::with_settings(Settings { pull: PullPolicy { enabled: true, ..PullPolicy::default() }, ..settings(true) });
+    let p = api.project("groups").await;
+    let path = format!("/projects/{}/clks", p.id);
+    let credentials = json!({"AccessKeyId": "AKIDCLIENT", "SecretAccessKey": "client-secret-value", "SessionToken": "client-token"});
+    let data = |endpoint: &str, credentials: Value| {
+        json!({"encodings": {"file": {"bucket": "theirs", "path": "any/where.bin", "endpoint": endpoint, "region": "eu-west-1"}, "credentials": credentials}})
+    };
+    let refused = [
+        ("http://store.example.com", "must use https"),
+        ("store.example.com:9000", ""),
+        ("169.254.169.254", "link-local"),
+        ("10.1.2.3:9000", "private"),
+        ("[::1]:9000", "loopback"),
+        ("[fd00::1]", "unique local"),
+        ("localhost:9000", "loopback"),
+        ("2130706433", "numeric IPv4"),
+        ("https://AKIDCLIENT:client-secret-value@store.example.com", "user info"),
+        ("ftp://store.example.com", "http:// and https://"),
+    ];
+    for (endpoint, why) in refused {
+        let mut body = data(endpoint, credentials.clone());
+        if endpoint == "store.example.com:9000" {
+            body["encodings"]["file"]["secure"] = json!(false);
+        }
+        let detail = api.post(&path).token(&p.update_tokens[0]).json(body).send().await.problem(400);
+        assert!(detail.contains(if why.is_empty() { "must use https" } else { why }), "{endpoint}: {detail}");
+        assert!(!detail.contains("client-secret-value"), "{detail}");
+    }
+    for (bad, why) in [
+        (Value::Null, "needs 'credentials'"),
+        (json!("AKIDCLIENT:client-secret-value"), "expected an object"),
+        (json!({"AccessKeyId": "AKIDCLIENT"}), "SecretAccessKey is missing"),
+        (json!({"AccessKeyId": "AKIDCLIENT", "SecretAccessKey": 12345678}), "must be a string"),
+    ] {
+        let mut body = data("store.example.com", bad.clone());
+        if bad.is_null() {
+            body["encodings"].as_object_mut().unwrap().remove("credentials");
+        }
+        let detail = api.post(&path).token(&p.update_tokens[0]).json(body).send().await.problem(400);
+        assert!(detail.contains(why) && !detail.contains("client-secret-value") && !detail.contains("12345678"), "{detail}");
+    }
+    // Nothing was stored for the refused uploads, and the token is still unused.
+    assert!(api.upload_keys(&p).is_empty());
+
+    let r = api.post(&path).token(&p.update_tokens[0]).json(data("https://Store.Example.com/", credentials)).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let (body, _) = api.work.object(&api.upload_keys(&p)[0]).unwrap();
+    let stored: crate::service::pipeline::fan_out::ExternalUpload = serde_json::from_slice(&body).unwrap();
+    let store = stored.encodings.store.expect("the client's store");
+    assert_eq!((store.endpoint.as_str(), store.region()), ("https://Store.Example.com/", "eu-west-1"));
+    assert_eq!(store.credentials.secret_access_key, "client-secret-value");
+    assert_eq!((stored.encodings.bucket.as_str(), stored.encodings.path.as_str()), ("theirs", "any/where.bin"));
+
+    // The service's own endpoint still means its own bucket and the party's prefix.
+    let own = json!({"encodings": {"file": {"bucket": "theirs", "path": "any/where.bin", "endpoint": "uploads.example.org:9000"}}});
+    assert_eq!(api.post(&path).token(&p.update_tokens[1]).json(own).send().await.problem(403), "Provided object store path is not allowed");
 }
 
 #[tokio::test]

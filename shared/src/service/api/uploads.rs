@@ -22,6 +22,8 @@ use super::access::{Access, Allowed, authorize};
 use super::error::{ApiError, ApiResult};
 use super::extract::{AuthToken, ProjectId, discard_body, media_type, read_body};
 use super::Shared;
+use crate::service::client_store::{self, ClientCredentials, ClientStore, PullRefused};
+use crate::service::config::Settings;
 use crate::service::keys;
 use crate::service::model::{Party, Project, UploadStart, UploadState};
 use crate::service::ports::{BlobStore, CredentialIssuer, Metadata, MetaError, MetaStore};
@@ -43,16 +45,21 @@ pub const KIND_EXTERNAL: &str = "external";
 pub const HASH_COUNT: &str = "hash-count";
 pub const HASH_SIZE: &str = "hash-size";
 
-/// An object in the upload bucket.
+/// An object in the upload bucket, or, with `store`, in a store the client named.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {
     pub bucket: String,
     pub path: String,
+    /// The client's store and credentials, when the object is not in the service's upload
+    /// bucket (pulls allowed by `Settings::pull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<ClientStore>,
 }
 
-/// What `/clks` stores (metadata `kind=external`) for an upload whose encodings are in the
-/// upload bucket; fan-out (`pipeline::fan_out`) pulls the objects it names. Serialized as
-/// `{"encodings": {"bucket","path"}, "blocks"?: {"bucket","path"}}`.
+/// What `/clks` stores (metadata `kind=external`) for an upload whose encodings are in an
+/// object store; fan-out (`pipeline::fan_out`) pulls the objects it names. Serialized as
+/// `{"encodings": {"bucket","path","store"?}, "blocks"?: {"bucket","path","store"?}}`; the work
+/// bucket encrypts it at rest and fan-out deletes it once the upload is ingested or failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalUpload {
     pub encodings: ObjectRef,
@@ -62,16 +69,30 @@ pub struct ExternalUpload {
 
 // ---- reading a JSON upload without decoding it ------------------------------------------------
 
-/// The `file` part of the reference's ExternalData. `credentials` (beside `file`) and `secure`
-/// are accepted and ignored: the service pulls from its own upload store with its own
-/// credentials, as the reference does. An `endpoint` naming another store is refused (see
-/// [`check_endpoint`]).
+/// The `file` part of the reference's ExternalData. Without an `endpoint`, or with the
+/// service's own, the object is in the upload bucket and `credentials` are ignored, as the
+/// reference does. Another `endpoint` is a store of the client's, pulled from with the
+/// client's `credentials` when `Settings::pull` allows it (see [`locate`]). `region` is ours
+/// (the reference has none): the region to sign for, default us-east-1.
 #[derive(Debug, Deserialize)]
 struct ExternalFile {
     bucket: String,
     path: String,
     #[serde(default)]
     endpoint: Option<String>,
+    /// A bool in the reference; anything else is ignored as the reference ignores the field.
+    #[serde(default)]
+    secure: Option<Value>,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+/// ExternalData: `file`, and the client's `credentials` for its own store (kept as JSON until
+/// checked, so that no parse error can quote them).
+#[derive(Debug)]
+struct ExternalData {
+    file: ExternalFile,
+    credentials: Option<Value>,
 }
 
 /// `host[:port]` of an endpoint, lower-case, without scheme or trailing slash.
@@ -80,28 +101,74 @@ fn normalise_endpoint(endpoint: &str) -> String {
     without_scheme.trim_end_matches('/').to_ascii_lowercase()
 }
 
-/// ExternalData may name the service's own upload store (what `authorize-external-upload`
-/// announced) or none. Pulling from a store the data provider runs is not supported: it would
-/// make the service fetch from addresses chosen by a client (a server-side request forgery
-/// risk), so it is refused with a message that says what to do instead.
-fn check_endpoint(file: &ExternalFile, public_endpoint: &str) -> Result<(), ApiError> {
-    match &file.endpoint {
-        Some(endpoint) if !endpoint.trim().is_empty() && normalise_endpoint(endpoint) != normalise_endpoint(public_endpoint) => {
-            Err(ApiError::BadRequest(format!(
-                "Pulling encodings from another object store ('{endpoint}') is not supported; upload them to \
-                 this service's store ('{public_endpoint}') with the credentials from authorize-external-upload, \
-                 and name that object (the endpoint may be left out)."
-            )))
+/// Where an ExternalData object is: in the upload bucket, under the party's own prefix (no
+/// endpoint, or the one `authorize-external-upload` announced), or in the store of the client's
+/// that `endpoint` names, when pulls are allowed and the endpoint passes the pull policy's static
+/// checks (syntax, https, no forbidden IP literal; addresses of names are checked by fan-out at
+/// connect time).
+fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData) -> Result<ObjectRef, ApiError> {
+    let (upload, file) = (&settings.upload, &data.file);
+    let elsewhere = file
+        .endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty() && normalise_endpoint(e) != normalise_endpoint(&upload.public_endpoint));
+    let Some(endpoint) = elsewhere else {
+        if !upload.enabled {
+            return Err(uploads_disabled());
         }
-        _ => Ok(()),
+        return check_object_allowed(&upload.bucket, project_id, party, file);
+    };
+    if !settings.pull.enabled {
+        if !upload.enabled {
+            return Err(uploads_disabled());
+        }
+        // User info in a URL is a password: not repeated back.
+        let shown = if endpoint.contains('@') { "an endpoint with user info" } else { endpoint };
+        return Err(ApiError::BadRequest(format!(
+            "Pulling encodings from another object store ('{shown}') is not supported; upload them to this service's \
+             store ('{}') with the credentials from authorize-external-upload, and name that object (the endpoint may \
+             be left out).",
+            upload.public_endpoint
+        )));
     }
+    let bad = |refused: PullRefused| ApiError::BadRequest(refused.to_string());
+    let secure = file.secure.as_ref().and_then(Value::as_bool);
+    settings.pull.check_endpoint(endpoint, secure).map_err(bad)?;
+    let Some(credentials) = &data.credentials else {
+        return Err(ApiError::BadRequest(
+            "Pulling from another object store needs 'credentials' ({\"AccessKeyId\", \"SecretAccessKey\", \
+             \"SessionToken\"?}) that can read the object."
+                .into(),
+        ));
+    };
+    let credentials = ClientCredentials::from_json(credentials).map_err(bad)?;
+    if let Some(region) = &file.region {
+        client_store::check_region(region).map_err(bad)?;
+    }
+    if file.bucket.is_empty() || file.bucket.len() > 255 || file.bucket.contains('/') {
+        return Err(ApiError::BadRequest("The bucket name must be 1..=255 characters without '/'.".into()));
+    }
+    if file.path.is_empty() || file.path.len() > 1024 {
+        return Err(ApiError::BadRequest("The object path must be 1..=1024 bytes.".into()));
+    }
+    Ok(ObjectRef {
+        bucket: file.bucket.clone(),
+        path: file.path.clone(),
+        store: Some(ClientStore { endpoint: endpoint.trim().to_string(), secure, region: file.region.clone(), credentials }),
+    })
+}
+
+fn uploads_disabled() -> ApiError {
+    ApiError::BadRequest(
+        "Uploads through the object store are disabled on this service; send the encodings in the request body.".into(),
+    )
 }
 
 /// `encodings` or `blocks`: inline (counted, not decoded) or ExternalData.
 #[derive(Debug)]
 enum Source {
     Inline(usize),
-    External(ExternalFile),
+    External(ExternalData),
 }
 
 impl<'de> Deserialize<'de> for Source {
@@ -116,21 +183,19 @@ impl<'de> Deserialize<'de> for Source {
                 count_elements(seq).map(Source::Inline)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
-                let (mut file, mut entries) = (None, 0);
+                let (mut file, mut credentials, mut entries) = (None, None, 0);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "file" => file = Some(map.next_value::<ExternalFile>()?),
-                        // ExternalData's credentials: accepted, ignored (see ExternalFile).
-                        "credentials" => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+                        // ExternalData's credentials: used only to pull from the client's store.
+                        "credentials" => credentials = Some(map.next_value::<Value>()?),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             entries += 1;
                         }
                     }
                 }
-                Ok(file.map_or(Source::Inline(entries), Source::External))
+                Ok(file.map_or(Source::Inline(entries), |file| Source::External(ExternalData { file, credentials })))
             }
         }
         d.deserialize_any(SourceVisitor)
@@ -210,7 +275,7 @@ fn check_object_allowed(state_bucket: &str, project_id: &str, party: u32, file: 
     if file.bucket != state_bucket || !file.path.starts_with(&prefix) || file.path.len() == prefix.len() {
         return Err(ApiError::Forbidden(PATH_NOT_ALLOWED.into()));
     }
-    Ok(ObjectRef { bucket: file.bucket.clone(), path: file.path.clone() })
+    Ok(ObjectRef { bucket: file.bucket.clone(), path: file.path.clone(), store: None })
 }
 
 /// A stored upload: what to put under `keys::upload` and with which metadata.
@@ -232,23 +297,12 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 ) -> Result<Stored, ApiError> {
     let p = probe(&body)?;
     check_consistency(project.uses_blocking, &p)?;
-    let upload = &state.settings.upload;
 
-    if let Some(Source::External(file)) = &p.encodings {
-        if !upload.enabled {
-            return Err(ApiError::BadRequest(
-                "Uploads through the object store are disabled on this service; send the encodings in the request body."
-                    .into(),
-            ));
-        }
-        check_endpoint(file, &upload.public_endpoint)?;
-        if let Some(Source::External(blocks)) = &p.blocks {
-            check_endpoint(blocks, &upload.public_endpoint)?;
-        }
-        let encodings = check_object_allowed(&upload.bucket, &project.project_id, party, file)?;
+    if let Some(Source::External(data)) = &p.encodings {
+        let encodings = locate(&state.settings, &project.project_id, party, data)?;
         let blocks = match &p.blocks {
             None => None,
-            Some(Source::External(file)) => Some(check_object_allowed(&upload.bucket, &project.project_id, party, file)?),
+            Some(Source::External(data)) => Some(locate(&state.settings, &project.project_id, party, data)?),
             // The reference fails these with a 500 (NotImplementedError); say so up front.
             Some(Source::Inline(_)) => {
                 return Err(ApiError::BadRequest(

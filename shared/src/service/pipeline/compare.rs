@@ -25,7 +25,7 @@ use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the global limit of candidate pairs.";
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
     pub async fn compare(&self, message: &ShardMessage) -> Result<(), PipelineError> {
         // Per-shard costs go into the "shard compared" log line: the benchmarks and the scale
         // model (docs/scale-model.md) are built from them.

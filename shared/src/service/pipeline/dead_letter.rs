@@ -4,14 +4,14 @@
 use tracing::warn;
 
 use crate::service::keys::Incoming;
-use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
 use super::events::s3_event_keys;
 use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 pub const RUN_FAILED_MESSAGE: &str = "Run failed with an internal server error.";
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
     /// Handles one message from any dead-letter queue.
     pub async fn on_dead_letter(&self, body: &str) -> Result<(), PipelineError> {
         if let Ok(m) = serde_json::from_str::<ShardMessage>(body) {
@@ -33,6 +33,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
                     self.meta
                         .fail_upload(&project, party, &upload, "The upload could not be processed after repeated attempts (internal error); please upload again.")
                         .await?;
+                    // The stored upload may hold a client's credentials (a pull from its store):
+                    // nothing will read it again.
+                    match self.work.delete(&key).await {
+                        Ok(()) | Err(BlobError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Some(Incoming::Run { project, run }) => {
                     warn!(project, run, "run start failed on every attempt");

@@ -1,8 +1,13 @@
-//! Ingestion of uploads that a party put in the upload bucket (ExternalData), with bounded memory.
+//! Ingestion of uploads that a party put in an object store (ExternalData), with bounded memory.
 //!
 //! The api stores only a reference (`kind=external`, [`ExternalUpload`]); fan-out checks the
 //! object against the limits and its declared sizes, then packs it into `data.bin` +
-//! `index.bin` (`engine::packed`) and deletes it.
+//! `index.bin` (`engine::packed`) and deletes it. The object is in the service's upload bucket,
+//! or, when the client named a store of its own (`endpoint` + `credentials`, allowed by
+//! `Settings::pull`), in that store: the same code reads both through [`BlobReader`], and a
+//! client's object is never deleted (it is theirs). A client's store failing (refused address,
+//! access denied, unreachable after the SDK's retries) rejects the upload with the adapter's
+//! message instead of retrying the event.
 //!
 //! # Memory
 //!
@@ -31,20 +36,51 @@ use crate::engine::packed::{self, BlockEntry, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
 use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
-use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 
-use super::fan_out::{ExternalBlocks, ExternalUpload, Rejected, check_schema_size, meta_value};
+use super::fan_out::{ExternalBlocks, ExternalObject, ExternalUpload, Rejected, check_schema_size, meta_value};
 use super::{Pipeline, PipelineError};
 
 /// Part size of the multipart upload of `data.bin` (grown for objects over 160 GB, so that
 /// 10 000 parts suffice).
 pub const PART_BYTES: usize = 16 * 1024 * 1024;
 
-/// An object named by an upload, as found in the upload bucket.
-struct Found {
+/// Where an upload's object is read from: the service's upload bucket or a client's store.
+#[derive(Clone)]
+enum Origin<U, R> {
+    Own(U),
+    Client(R),
+}
+
+impl<U: BlobReader, R: BlobReader> BlobReader for Origin<U, R> {
+    async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
+        match self {
+            Origin::Own(store) => store.get(key).await,
+            Origin::Client(store) => store.get(key).await,
+        }
+    }
+
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, BlobError> {
+        match self {
+            Origin::Own(store) => store.get_range(key, range).await,
+            Origin::Client(store) => store.get_range(key, range).await,
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<(u64, Metadata)>, BlobError> {
+        match self {
+            Origin::Own(store) => store.head(key).await,
+            Origin::Client(store) => store.head(key).await,
+        }
+    }
+}
+
+/// An object named by an upload, as found in its store.
+struct Found<S> {
+    store: S,
     path: String,
     len: u64,
-    metadata: crate::service::ports::Metadata,
+    metadata: Metadata,
 }
 
 type Outcome = Result<Result<IngestedParty, Rejected>, PipelineError>;
@@ -53,21 +89,31 @@ fn rejected(message: impl Into<String>) -> Outcome {
     Ok(Err(Rejected(message.into())))
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+type Source<U, C> = Origin<U, <C as ClientStores>::Reader>;
+
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
     /// The outer error is a storage failure (retried); the inner one the user's data (final).
     pub(super) async fn ingest_external(&self, project: &Project, party: u32, reference: &[u8], bounds: SizeBounds) -> Outcome {
-        let reference: ExternalUpload = match serde_json::from_slice(reference) {
-            Ok(r) => r,
-            Err(e) => return rejected(format!("Invalid external upload reference: {e}")),
+        match self.ingest_external_objects(project, party, reference, bounds).await {
+            // The client's store failing is about the client's data, not ours: final.
+            Err(PipelineError::Blob(BlobError::ClientStore(message))) => rejected(message),
+            other => other,
+        }
+    }
+
+    async fn ingest_external_objects(&self, project: &Project, party: u32, reference: &[u8], bounds: SizeBounds) -> Outcome {
+        // Not quoting serde's message: it could quote a value of the reference, credentials included.
+        let Ok(reference) = serde_json::from_slice::<ExternalUpload>(reference) else {
+            return rejected("Invalid external upload reference; please upload again.");
         };
-        let encodings = match self.find(&reference.encodings.path, "encodings").await? {
+        let encodings = match self.find(&reference.encodings, "encodings").await? {
             Ok(found) => found,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        let blocks = match reference.blocks {
+        let blocks = match &reference.blocks {
             None => None,
-            Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) => match self.find(&file.path, "blocks file").await? {
+            Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) => match self.find(file, "blocks file").await? {
                 Ok(found) => Some(found),
                 Err(rejection) => return Ok(Err(rejection)),
             },
@@ -92,21 +138,35 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         }
     }
 
-    /// Heads an object of the upload bucket and checks it against the upload cap.
-    async fn find(&self, path: &str, what: &str) -> Result<Result<Found, Rejected>, PipelineError> {
-        let Some((len, metadata)) = self.uploads.head(path).await? else {
-            return Ok(Err(Rejected(format!("The object store has no {what} at '{path}'; upload it before telling the service"))));
+    /// Opens the store an object is in (checking a client's endpoint against the pull policy
+    /// again: it may have changed since the api accepted the upload), heads the object and
+    /// checks it against the upload cap.
+    async fn find(&self, object: &ExternalObject, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
+        let path = &object.path;
+        let (store, place) = match &object.store {
+            None => (Origin::Own(self.uploads.clone()), format!("'{path}'")),
+            Some(client) => {
+                let endpoint = match self.settings.pull.check_endpoint(&client.endpoint, client.secure) {
+                    Ok(endpoint) => endpoint,
+                    Err(refused) => return Ok(Err(Rejected(refused.to_string()))),
+                };
+                let reader = self.client_stores.open(&endpoint, client, &object.bucket)?;
+                (Origin::Client(reader), format!("'{path}' in bucket '{}' at {}", object.bucket, endpoint.authority()))
+            }
+        };
+        let Some((len, metadata)) = store.head(path).await? else {
+            return Ok(Err(Rejected(format!("The object store has no {what} at {place}; upload it before telling the service"))));
         };
         let max = self.settings.limits.max_upload_bytes;
         if len > max {
-            return Ok(Err(Rejected(format!("The {what} at '{path}' is {len} bytes, over the limit of {max} bytes"))));
+            return Ok(Err(Rejected(format!("The {what} at {place} is {len} bytes, over the limit of {max} bytes"))));
         }
-        Ok(Ok(Found { path: path.to_string(), len, metadata }))
+        Ok(Ok(Found { store, path: path.clone(), len, metadata }))
     }
 
     /// `{"clks": [...]}` (and maybe a blocks file), decoded in memory.
-    async fn ingest_json_file(&self, project: &Project, party: u32, encodings: &Found, blocks: Option<&Found>, size: usize, bounds: SizeBounds) -> Outcome {
-        let (body, _) = self.uploads.get(&encodings.path).await?;
+    async fn ingest_json_file<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, blocks: Option<&Found<S>>, size: usize, bounds: SizeBounds) -> Outcome {
+        let (body, _) = encodings.store.get(&encodings.path).await?;
         let mut decoded = match encoding::decode_clks_file(&body, size, bounds) {
             Ok(d) => d,
             Err(e) => return rejected(e.to_string()),
@@ -124,13 +184,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
     }
 
-    async fn read_blocks_file(&self, blocks: &Found, count: usize) -> Result<Result<Vec<Vec<BlockKey>>, DecodeError>, PipelineError> {
-        let (body, _) = self.uploads.get(&blocks.path).await?;
+    async fn read_blocks_file<S: BlobReader>(&self, blocks: &Found<S>, count: usize) -> Result<Result<Vec<Vec<BlockKey>>, DecodeError>, PipelineError> {
+        let (body, _) = blocks.store.get(&blocks.path).await?;
         Ok(encoding::decode_blocks_file(&body, count))
     }
 
     /// Every record in block "1": one pass over the object, entries in record order.
-    async fn stream_unblocked(&self, project: &Project, party: u32, encodings: &Found, count: u64, size: usize) -> Outcome {
+    async fn stream_unblocked<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, count: u64, size: usize) -> Outcome {
         let stride = packed::entry_stride(size);
         let key = keys::party_data(&project.project_id, party);
         let mut writer = MultipartWriter::new(&self.work, key, PART_BYTES, Some(count * stride as u64));
@@ -151,12 +211,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         Ok(Ok(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
     }
 
-    async fn copy_unblocked(&self, encodings: &Found, count: u64, size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+    async fn copy_unblocked<S: BlobReader>(&self, encodings: &Found<S>, count: u64, size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
         let stride = packed::entry_stride(size);
         let mut entries = Vec::new();
         for range in blob_stream::chunks(0..count * size as u64, self.settings.limits.ingest_chunk_bytes, size as u64) {
             let first = range.start / size as u64;
-            let chunk = blob_stream::read_exact(&self.uploads, &encodings.path, range).await?;
+            let chunk = blob_stream::read_exact(&encodings.store, &encodings.path, range).await?;
             let records = chunk.len() / size;
             entries.resize(records * stride, 0);
             for (i, (encoding, entry)) in chunk.chunks_exact(size).zip(entries.chunks_exact_mut(stride)).enumerate() {
@@ -168,7 +228,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
     }
 
     /// Records reordered by a blocks file: the assignment in memory, entries window by window.
-    async fn stream_blocked(&self, project: &Project, party: u32, encodings: &Found, blocks: &Found, count: u64, size: usize) -> Outcome {
+    async fn stream_blocked<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, blocks: &Found<S>, count: u64, size: usize) -> Outcome {
         let per_record = match self.read_blocks_file(blocks, count as usize).await? {
             Ok(b) => b,
             Err(e) => return rejected(e.to_string()),
@@ -200,7 +260,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         }))
     }
 
-    async fn copy_windows(&self, encodings: &Found, placements: &[(BlockKey, u32)], size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+    async fn copy_windows<S: BlobReader>(&self, encodings: &Found<S>, placements: &[(BlockKey, u32)], size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
         let stride = packed::entry_stride(size);
         let limits = &self.settings.limits;
         let window_entries = (limits.ingest_window_bytes as usize / stride).max(1);
@@ -215,7 +275,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
                 // A chunk starting at the first record still wanted skips the gaps between them.
                 let first = u64::from(wanted[next].0);
                 let end = (first + chunk_records).min(encodings.len / size as u64);
-                let chunk = blob_stream::read_exact(&self.uploads, &encodings.path, first * size as u64..end * size as u64).await?;
+                let chunk = blob_stream::read_exact(&encodings.store, &encodings.path, first * size as u64..end * size as u64).await?;
                 while next < wanted.len() && u64::from(wanted[next].0) < end {
                     let (record, pos) = wanted[next];
                     let at = (u64::from(record) - first) as usize * size;
@@ -232,7 +292,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
 
 /// The declared count and size against the deployment's bounds and the object's length (bytes
 /// past count × size are ignored, as the reference does).
-fn check_binary_declaration(encodings: &Found, count: u64, size: usize, bounds: SizeBounds) -> Result<(), DecodeError> {
+fn check_binary_declaration<S>(encodings: &Found<S>, count: u64, size: usize, bounds: SizeBounds) -> Result<(), DecodeError> {
     bounds.check(size)?;
     if count == 0 {
         return Err(DecodeError::ZeroCount);

@@ -19,7 +19,7 @@ use crate::service::blob_stream::MultipartWriter;
 use crate::engine::shard;
 use crate::service::keys::{self, Incoming};
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
-use crate::service::ports::{BlobError, BlobStore, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 use crate::service::time;
 
 use super::external::PART_BYTES;
@@ -64,11 +64,8 @@ pub struct ExternalUpload {
     pub blocks: Option<ExternalBlocks>,
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct ExternalObject {
-    pub bucket: String,
-    pub path: String,
-}
+/// One object of it, in the upload bucket or (with `store`) in a store the client named.
+pub use crate::service::api::uploads::ObjectRef as ExternalObject;
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(untagged)]
@@ -83,7 +80,7 @@ pub(super) struct PlannedShards {
     pub messages: Vec<(u32, String)>,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
     /// Handles one object created under `incoming/`.
     pub async fn on_incoming(&self, key: &str) -> Result<(), PipelineError> {
         match Incoming::parse(key) {
@@ -200,15 +197,20 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q
         Ok(ingested)
     }
 
-    /// Deletes the incoming object and, for external uploads, the pulled objects.
+    /// Deletes the incoming object (which holds the client's credentials when the upload was
+    /// pulled from its store) and, for external uploads, the objects pulled from the upload
+    /// bucket; objects in a client's store are theirs and stay.
     async fn cleanup_upload(&self, key: &str, body: &[u8], metadata: &Metadata) -> Result<(), PipelineError> {
         if meta_value(metadata, "kind") == Some(KIND_EXTERNAL)
-            && let Ok(reference) = serde_json::from_slice::<ExternalUpload>(body) {
-                self.uploads.delete(&reference.encodings.path).await?;
-                if let Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) = reference.blocks {
-                    self.uploads.delete(&file.path).await?;
+            && let Ok(reference) = serde_json::from_slice::<ExternalUpload>(body)
+        {
+            let blocks = reference.blocks.map(|(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file))| file);
+            for object in std::iter::once(reference.encodings).chain(blocks) {
+                if object.store.is_none() {
+                    self.uploads.delete(&object.path).await?;
                 }
             }
+        }
         self.delete_quietly(key).await
     }
 

@@ -69,13 +69,15 @@ pub enum PipelineError {
 
 /// Everything the pipeline functions share: the ports and the settings.
 #[derive(Clone)]
-pub struct Pipeline<M, B, U, Q> {
+pub struct Pipeline<M, B, U, Q, C> {
     pub meta: M,
     /// The working bucket.
     pub work: B,
     /// The upload bucket (where data providers put large encodings).
     pub uploads: U,
     pub queue: Q,
+    /// Object stores that clients name in ExternalData (fan-out pulls from them when allowed).
+    pub client_stores: C,
     pub settings: Settings,
 }
 

@@ -32,7 +32,7 @@ pub fn permutation_seed(run_id: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
     pub async fn solve(&self, message: &SolveMessage) -> Result<(), PipelineError> {
         // Logged with the completion, for the benchmarks (bench/, docs/scale-model.md).
         let started = Instant::now();

@@ -7,9 +7,10 @@ use crate::engine::encoding::{BlockKey, PartyEncodings};
 use crate::engine::{link, output, solver};
 use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
-use crate::service::memory::{MemoryBlobs, MemoryMeta, MemoryQueue};
+use crate::service::client_store::PullPolicy;
+use crate::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
 use crate::service::model::*;
-use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
 use super::fan_out::KIND_JSON;
@@ -20,7 +21,7 @@ const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
 const INCOMING: &str = "incoming";
 
-type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue>;
+type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue, MemoryClientStores>;
 
 fn pipeline(shard_target: u64) -> TestPipeline {
     let limits = Limits { shard_target_comparisons: shard_target, ..Limits::default() };
@@ -29,6 +30,7 @@ fn pipeline(shard_target: u64) -> TestPipeline {
         work: MemoryBlobs::new(),
         uploads: MemoryBlobs::new(),
         queue: MemoryQueue::new(),
+        client_stores: MemoryClientStores::default(),
         settings: Settings {
             table_name: "t".into(),
             work_bucket: "w".into(),
@@ -43,6 +45,7 @@ fn pipeline(shard_target: u64) -> TestPipeline {
                 credentials_ttl_secs: 60,
                 role_arn: String::new(),
             },
+            pull: PullPolicy::default(),
             limits,
             watchdog: WatchdogSettings { ingest_queue_url: INCOMING.into(), stall_after_secs: 60, max_redrives: 2 },
             results_role_arn: None,
@@ -359,6 +362,93 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
     assert!(parties[1].error.as_deref().unwrap().contains("multiple of 8"), "{:?}", parties[1].error);
     assert!(parties[2].error.as_deref().unwrap().contains("blocks"), "{:?}", parties[2].error);
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
+}
+
+// ---- uploads pulled from a store the client names ----------------------------------------------
+
+const CLIENT_STORE: &str = "https://store.example.com";
+
+fn client_reference(path: &str, blocks: Option<&str>) -> serde_json::Value {
+    let store = serde_json::json!({
+        "endpoint": "store.example.com",
+        "credentials": {"AccessKeyId": "AKIDCLIENT", "SecretAccessKey": "client-secret", "SessionToken": "client-token"},
+    });
+    let mut reference = serde_json::json!({"encodings": {"bucket": "theirs", "path": path, "store": store}});
+    if let Some(blocks) = blocks {
+        reference["blocks"] = serde_json::json!({"bucket": "theirs", "path": blocks, "store": store});
+    }
+    reference
+}
+
+/// The reference in `incoming/`, then the S3 event fan-out gets for it (twice).
+async fn reference_upload(p: &TestPipeline, project: &str, party: u32, reference: &serde_json::Value) -> String {
+    let upload_id = format!("pull{party}");
+    let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(project, party, &start).await.unwrap();
+    let key = keys::upload(project, party, &upload_id);
+    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    p.work.put(&key, Bytes::from(serde_json::to_vec(reference).unwrap()), &kind).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+    key
+}
+
+/// Encodings (and a blocks file) in a client's store are ingested by the same streaming code as
+/// uploads to our bucket, with the client's credentials; the client's objects stay, the
+/// reference holding its credentials goes.
+#[tokio::test]
+async fn uploads_pulled_from_a_client_store_pack_like_uploads_to_ours() {
+    let mut p = pipeline(1_000_000);
+    p.settings.pull = PullPolicy { enabled: true, ..PullPolicy::default() };
+    p.settings.limits.ingest_chunk_bytes = 100_000;
+    let (count, size) = (5_000usize, 64usize);
+    let raw = random_bytes(11, count * size);
+    let blocks_file = serde_json::json!({"blocks": (0..count).map(|i| (i.to_string(), serde_json::json!([format!("b{}", i % 3)]))).collect::<serde_json::Map<_, _>>()});
+    let theirs = p.client_stores.bucket(CLIENT_STORE, "theirs");
+    let counts = vec![("hash-count".to_string(), count.to_string()), ("hash-size".to_string(), size.to_string())];
+    theirs.put("mine/clks.bin", Bytes::from(raw.clone()), &counts).await.unwrap();
+    theirs.put("mine/blocks.json", Bytes::from(serde_json::to_vec(&blocks_file).unwrap()), &Vec::new()).await.unwrap();
+
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let key0 = reference_upload(&p, &project, 0, &client_reference("mine/clks.bin", None)).await;
+    let key1 = reference_upload(&p, &project, 1, &client_reference("mine/clks.bin", Some("mine/blocks.json"))).await;
+
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    assert!(parties.iter().all(|party| party.upload_state == UploadState::Done), "{parties:?}");
+    let (data, index) = crate::engine::packed::pack(&PartyEncodings { encoding_size: size, data: raw.clone(), blocks: None });
+    assert!(p.work.object(&keys::party_data(&project, 0)).unwrap().0 == data);
+    assert_eq!(p.work.object(&keys::party_index(&project, 0)).unwrap().0.as_ref(), &index.to_bytes()[..]);
+    assert_eq!(parties[1].ingested.as_ref().unwrap().block_count, 3);
+    assert_eq!(theirs.keys(), vec!["mine/blocks.json".to_string(), "mine/clks.bin".to_string()], "the client's objects are theirs");
+    assert!(p.work.object(&key0).is_none() && p.work.object(&key1).is_none(), "references with credentials are deleted");
+    let opened = p.client_stores.opened_with();
+    assert!(!opened.is_empty() && opened.iter().all(|c| c.access_key_id == "AKIDCLIENT" && c.session_token.as_deref() == Some("client-token")));
+}
+
+#[tokio::test]
+async fn pulls_the_policy_refuses_or_that_find_nothing_fail_the_upload_with_a_message() {
+    let mut p = pipeline(1_000_000);
+    let project = create_project(&p, ResultType::Groups, 3, false).await;
+    // Pulls were turned off after the api accepted the upload.
+    let key = reference_upload(&p, &project, 0, &client_reference("mine/clks.bin", None)).await;
+    assert!(p.work.object(&key).is_none());
+    p.settings.pull = PullPolicy { enabled: true, ..PullPolicy::default() };
+    // An endpoint the policy refuses (an old reference, a changed policy).
+    let mut metadata_service = client_reference("mine/clks.bin", None);
+    metadata_service["encodings"]["store"]["endpoint"] = serde_json::json!("169.254.169.254");
+    reference_upload(&p, &project, 1, &metadata_service).await;
+    // Nothing at that path in the client's bucket.
+    reference_upload(&p, &project, 2, &client_reference("mine/missing.bin", None)).await;
+
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    let errors: Vec<String> = parties.iter().map(|party| party.error.clone().unwrap_or_default()).collect();
+    assert!(parties.iter().all(|party| party.upload_state == UploadState::Error), "{parties:?}");
+    assert!(errors[0].contains("Pulling encodings from another object store ('store.example.com')"), "{}", errors[0]);
+    assert!(errors[1].contains("link-local") && errors[1].contains("169.254.169.254"), "{}", errors[1]);
+    assert!(errors[2].contains("no encodings at 'mine/missing.bin' in bucket 'theirs' at store.example.com"), "{}", errors[2]);
+    for error in &errors {
+        assert!(!error.contains("client-secret") && !error.contains("AKIDCLIENT"), "{error}");
+    }
 }
 
 // ---- the reference's candidate-pair limits ------------------------------------------------------

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::service::keys;
 use crate::service::model::{Party, Project, Run, RunState, UploadState, Watch, WatchTarget};
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, WorkQueue};
 
 use super::fan_out::dispatched_key;
 use super::{Pipeline, PipelineError, SolveMessage};
@@ -56,7 +56,7 @@ enum RunStep {
     Solve,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue> Pipeline<M, B, U, Q> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
     /// One sweep over every live project. `now_secs` is the current Unix time.
     pub async fn watchdog(&self, now_secs: u64) -> Result<Sweep, PipelineError> {
         let mut sweep = Sweep::default();
