@@ -42,6 +42,12 @@ export LOCAL_PARAM_QueueVisibilityTimeoutSeconds="${LOCAL_PARAM_QueueVisibilityT
 # Likewise the watchdog looks every few seconds and sends lost work again after 20 s, not 15 min.
 export LOCAL_PARAM_WatchdogSchedule="${LOCAL_PARAM_WatchdogSchedule:-rate(5 seconds)}"
 export LOCAL_PARAM_WatchdogStallSeconds="${LOCAL_PARAM_WatchdogStallSeconds:-20}"
+# Pulls from a store the client names (ExternalData with endpoint + credentials): locally that
+# store is an emulator on 127.0.0.1 over plain http, so allow exactly http and loopback; every
+# other forbidden address class stays refused (tests/e2e/pulls.rs checks both sides).
+export LOCAL_PARAM_ExternalPullEnabled="${LOCAL_PARAM_ExternalPullEnabled:-true}"
+export LOCAL_PARAM_ExternalPullAllowHttp="${LOCAL_PARAM_ExternalPullAllowHttp:-true}"
+export LOCAL_PARAM_ExternalPullAllowLoopback="${LOCAL_PARAM_ExternalPullAllowLoopback:-true}"
 
 T0=$(date +%s)
 say() { printf 'up: [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }

@@ -848,7 +848,9 @@ async fn external_data_references_are_checked_at_request_time() -> anyhow::Resul
         ("the prefix with a slash only", file(&bucket, format!("{}/1/", project.id)), 403, "Provided object store path is not allowed"),
         ("a look-alike prefix", file(&bucket, format!("{}/10/e.bin", project.id)), 403, "Provided object store path is not allowed"),
         ("another bucket", file("elsewhere", format!("{}/1/e.bin", project.id)), 403, "Provided object store path is not allowed"),
-        ("another object store", json!({"encodings": {"file": {"bucket": bucket, "path": format!("{}/1/e.bin", project.id), "endpoint": "evil.example.org:9000"}}}), 400, "not supported"),
+        // Refused whether pulls from clients' stores are off (not supported) or on (a link-local address).
+        ("another object store", json!({"encodings": {"file": {"bucket": bucket, "path": format!("{}/1/e.bin", project.id), "endpoint": "169.254.169.254:9000"},
+                                                      "credentials": {"AccessKeyId": "k", "SecretAccessKey": "s"}}}), 400, "'169.254.169.254"),
         ("external encodings, inline blocks", json!({"encodings": {"file": {"bucket": bucket, "path": format!("{}/1/e.bin", project.id)}}, "blocks": {"0": ["x"]}}), 403, "Blocking has been disabled"),
         ("file without a path", json!({"encodings": {"file": {"bucket": bucket}}}), 400, "path"),
     ];

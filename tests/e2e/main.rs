@@ -7,5 +7,6 @@ mod linkage;
 mod lifecycle;
 mod faults;
 mod uploads;
+mod pulls;
 mod secrets;
 mod api_contract;

@@ -1,9 +1,10 @@
-//! Secret hygiene: after a full linkage that uses every kind of secret the service hands out
-//! (result token, update tokens, receipt tokens, temporary upload credentials), none of them
-//! appears in any log of the local stack (`localstack/.state/logs/`: the api, the runner with
-//! fan-out/compare/solve, and the emulators) or in any item of the metadata table. Tokens are
-//! stored only as SHA-256 hashes (docs/api-compatibility.md #26); upload credentials are never
-//! stored at all.
+//! Secret hygiene: after a full linkage that uses every kind of secret the service hands out or
+//! receives (result token, update tokens, receipt tokens, temporary upload credentials, and a
+//! data provider's own store credentials for a pull), none of them appears in any log of the
+//! local stack (`localstack/.state/logs/`: the api, the runner with fan-out/compare/solve, and
+//! the emulators) or in any item of the metadata table. Tokens are stored only as SHA-256 hashes
+//! (docs/api-compatibility.md #26); upload credentials are never stored at all; a provider's
+//! credentials live only in the upload reference in the work bucket, deleted once ingested.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::faults::Stack;
 use crate::helpers::*;
+use crate::pulls::ClientStore;
 use crate::uploads::{grant, party_client, put_with_counts};
 
 const RUN_LIMIT: Duration = Duration::from_secs(240);
@@ -49,7 +51,8 @@ async fn tokens_and_upload_credentials_never_reach_logs_or_the_table() -> anyhow
     // permutations: the only result type where receipt tokens are used after the upload.
     let project = api.create_project("permutations", 2, false).await?;
 
-    // Party 0 through the object store with temporary credentials, party 1 inline.
+    // Party 0 through the object store with temporary credentials, party 1 pulled from its own
+    // store with its own credentials.
     let grant0 = grant(&api, &project, 0).await?;
     let path = format!("{}/encodings.json", grant0.path);
     let clks: Vec<Value> = febrl4_clks("a")["clks"].as_array().expect("clks").iter().take(N).cloned().collect();
@@ -57,7 +60,9 @@ async fn tokens_and_upload_credentials_never_reach_logs_or_the_table() -> anyhow
     let external = json!({"encodings": {"file": {"bucket": grant0.bucket, "path": path}}});
     let receipt0 = api.upload_json(&project, 0, &external).await?;
     let clks_b: Vec<Value> = febrl4_clks("b")["clks"].as_array().expect("clks").iter().take(N).cloned().collect();
-    let receipt1 = api.upload_json(&project, 1, &json!({"clks": clks_b})).await?;
+    let store = ClientStore::create(&project).await?;
+    put_with_counts(&store.s3, &store.bucket, "b.json", serde_json::to_vec(&json!({"clks": clks_b}))?, N, 128).await?;
+    let receipt1 = api.upload_json(&project, 1, &json!({"encodings": store.external_data("b.json")})).await?;
 
     let run = api.post_run(&project, 0.8).await?;
     let status = api.wait_for_run(&project, &run, RUN_LIMIT).await?;
@@ -82,6 +87,9 @@ async fn tokens_and_upload_credentials_never_reach_logs_or_the_table() -> anyhow
         let value = credentials[field].as_str().unwrap_or_default().to_string();
         assert!(value.len() >= 16, "{field} missing from the grant: {credentials}");
         secrets.push((format!("upload credential {field}"), value));
+        let value = store.credentials[field].as_str().unwrap_or_default().to_string();
+        assert!(value.len() >= 16, "{field} missing from the client store's credentials");
+        secrets.push((format!("client store credential {field}"), value));
     }
 
     // Logs are flushed line by line; give the runner's last lines a moment to land.
@@ -112,6 +120,7 @@ async fn tokens_and_upload_credentials_never_reach_logs_or_the_table() -> anyhow
         }
     }
     assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
+    store.remove().await?;
     println!("secret hygiene: {} secrets, {files} log files, {items} table items: no leak", secrets.len());
     Ok(())
 }

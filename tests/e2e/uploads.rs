@@ -46,7 +46,7 @@ pub(crate) async fn grant(api: &Api, project: &Project, party: usize) -> anyhow:
     })
 }
 
-fn s3_client(endpoint: &str, credentials: Credentials) -> aws_sdk_s3::Client {
+pub(crate) fn s3_client(endpoint: &str, credentials: Credentials) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -108,7 +108,7 @@ fn external_data(grant: &Grant, path: &str) -> Value {
     })
 }
 
-fn febrl4_binary(side: &str, n: usize) -> Vec<u8> {
+pub(crate) fn febrl4_binary(side: &str, n: usize) -> Vec<u8> {
     let clks = febrl4_clks(side);
     let mut raw = Vec::with_capacity(n * 128);
     for c in clks["clks"].as_array().expect("clks").iter().take(n) {
@@ -118,13 +118,13 @@ fn febrl4_binary(side: &str, n: usize) -> Vec<u8> {
 }
 
 /// The FEBRL4 groups at 0.8 among the first `n` records of each side.
-fn expected_groups(n: u64) -> Vec<Vec<(u64, u64)>> {
+pub(crate) fn expected_groups(n: u64) -> Vec<Vec<(u64, u64)>> {
     let text = std::fs::read_to_string(febrl4_file("greedy_solution_t0.8.json")).expect("sample");
     let expected: Value = serde_json::from_str(&text).expect("json");
     canonical_groups(&expected).into_iter().filter(|g| g.iter().all(|m| m.1 < n)).collect()
 }
 
-async fn post_clks(api: &Api, project: &Project, party: usize, body: &Value) -> anyhow::Result<(u16, Value)> {
+pub(crate) async fn post_clks(api: &Api, project: &Project, party: usize, body: &Value) -> anyhow::Result<(u16, Value)> {
     let r = api
         .http
         .post(api.url(&format!("/projects/{}/clks", project.id)))
