@@ -2,6 +2,8 @@
 //! when the service allows it, else through the REST API.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -9,7 +11,7 @@ use serde_json::{Value, json};
 use super::{server_arg, wants_help};
 use crate::args::{Args, UsageError};
 use crate::client::{ServiceClient, UploadGrant};
-use crate::object_store::{Body, Uploader};
+use crate::object_store::{Authorize, Body, Uploader};
 use crate::progress::ProgressBar;
 
 pub const USAGE: &str = "\
@@ -31,6 +33,8 @@ Options:
   --part-size MIB         multipart part size in MiB (default 64; grown for files over 640 GB)
   --concurrency N         parts in flight at once (default 4; memory = N x part size)
   --endpoint HOST[:PORT]  reach the object store by this address instead of the announced one
+  --renew-before SECS     ask the service for new credentials when the current ones have less
+                          than SECS left (default 300); a long upload continues with them
   --direct                upload through the REST API even when the object store is offered
   --progress              draw the progress bar even when stderr is not a terminal
 
@@ -77,6 +81,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let part_mib: u64 = args.parsed("part-size", "a number of MiB")?.unwrap_or(64);
     let concurrency: usize = args.parsed("concurrency", "a positive number")?.unwrap_or(4);
     let endpoint = args.value("endpoint");
+    let renew_before: Option<u64> = args.parsed("renew-before", "a number of seconds")?;
     let direct = args.flag("direct")?;
     let force_progress = args.flag("progress")?;
     let files = args.finish()?;
@@ -93,7 +98,16 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     let grant = if direct { None } else { client.authorize_external_upload(&project, &token)? };
     let receipt = match grant {
         Some(grant) => {
-            let uploader = Uploader::new(&grant, endpoint.as_deref(), part_mib * 1024 * 1024, concurrency)?;
+            // Renewing asks for credentials again with the same token, on its own connection.
+            let renewer = ServiceClient::new(&server)?;
+            let (project_id, update_token) = (project.clone(), token.clone());
+            let authorize: Authorize = Arc::new(move || {
+                renewer.authorize_external_upload(&project_id, &update_token)?.context("the service no longer offers object-store uploads")
+            });
+            let mut uploader = Uploader::new(&grant, endpoint.as_deref(), part_mib * 1024 * 1024, concurrency, authorize)?;
+            if let Some(secs) = renew_before {
+                uploader = uploader.renew_before(Duration::from_secs(secs));
+            }
             via_object_store(&client, &uploader, &grant, &project, &token, encodings, blocks_json, force_progress)?
         }
         None => {
