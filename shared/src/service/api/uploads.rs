@@ -88,11 +88,16 @@ struct ExternalFile {
 }
 
 /// ExternalData: `file`, and the client's `credentials` for its own store (kept as JSON until
-/// checked, so that no parse error can quote them).
-#[derive(Debug)]
+/// checked, so that no parse error can quote them; `Debug` leaves them out).
 struct ExternalData {
     file: ExternalFile,
     credentials: Option<Value>,
+}
+
+impl fmt::Debug for ExternalData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalData").field("file", &self.file).field("credentials", &self.credentials.as_ref().map(|_| "..")).finish()
+    }
 }
 
 /// `host[:port]` of an endpoint, lower-case, without scheme or trailing slash.
