@@ -166,7 +166,7 @@ async fn wait_until_computing(api: &Api, project: &Project, run: &str) -> anyhow
 /// Kills every running instance of a function (the local runner replaces them, as Lambda does).
 fn kill_function(name: &str) -> bool {
     std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &format!("target/(debug|release)/{name}$")])
+        .args(["-KILL", "-f", &format!("/(debug|release)/{name}$")])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
