@@ -177,7 +177,7 @@ impl Api {
     }
 
     /// Polls the run's status until it is final, checking on the way that stages never go back
-    /// and progress never decreases within a stage. Returns the final status.
+    /// and progress never decreases within a stage (until it fails). Returns the final status.
     pub async fn wait_for_run(&self, project: &Project, run: &str, limit: Duration) -> anyhow::Result<Value> {
         let start = Instant::now();
         let mut last: Option<(u64, f64)> = None;
@@ -186,7 +186,9 @@ impl Api {
             let state = status["state"].as_str().unwrap_or_default().to_string();
             let stage = status["current_stage"]["number"].as_u64().unwrap_or(0);
             let progress = status["current_stage"]["progress"]["absolute"].as_f64().unwrap_or(0.0);
-            if let Some((s, p)) = last {
+            // A run that fails because an upload was rejected (encoding sizes differ) reports
+            // that party as no longer contributed: the one place progress may go back.
+            if let Some((s, p)) = last.filter(|_| state != "error") {
                 if stage < s {
                     bail!("stage went back from {s} to {stage}: {status}");
                 }
