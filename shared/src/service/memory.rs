@@ -383,6 +383,8 @@ struct BlobInner {
     multipart_started: AtomicU64,
     /// Makes every `put` fail, to test what callers do when storing fails.
     failing_puts: AtomicBool,
+    /// Makes every read fail (as a throttled or unreachable store does).
+    failing_reads: AtomicBool,
 }
 
 /// [`BlobStore`] in memory: one bucket.
@@ -415,14 +417,29 @@ impl MemoryBlobs {
     pub fn fail_puts(&self, failing: bool) {
         self.inner.failing_puts.store(failing, Ordering::SeqCst);
     }
+
+    /// While set, `get`, `get_range` and `head` answer a backend error (S3's `SlowDown` after
+    /// the SDK's retries, or a store that is down).
+    pub fn fail_reads(&self, failing: bool) {
+        self.inner.failing_reads.store(failing, Ordering::SeqCst);
+    }
+
+    fn check_read(&self, key: &str) -> Result<(), BlobError> {
+        if self.inner.failing_reads.load(Ordering::SeqCst) {
+            return Err(BlobError::Backend(format!("injected failure reading {key}: SlowDown")));
+        }
+        Ok(())
+    }
 }
 
 impl BlobReader for MemoryBlobs {
     async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
+        self.check_read(key)?;
         lock(&self.inner.objects).get(key).cloned().ok_or_else(|| BlobError::NotFound(key.to_string()))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+        self.check_read(key)?;
         let objects = lock(&self.inner.objects);
         let (body, _) = objects.get(key).ok_or_else(|| BlobError::NotFound(key.to_string()))?;
         let len = body.len() as u64;
@@ -435,6 +452,7 @@ impl BlobReader for MemoryBlobs {
     }
 
     async fn head(&self, key: &str) -> Result<Option<(u64, Metadata)>, BlobError> {
+        self.check_read(key)?;
         Ok(lock(&self.inner.objects).get(key).map(|(b, m)| (b.len() as u64, m.clone())))
     }
 }

@@ -609,3 +609,52 @@ async fn watchdog_restarts_lost_uploads_and_run_starts_but_leaves_waiting_runs_a
     drain(&p, 1).await;
     assert_eq!(p.meta.get_run(&project, "run2").await.unwrap().unwrap().state, RunState::Completed);
 }
+
+/// A throttled or unavailable object store: every step that reads fails with a storage error
+/// (so its message is retried), nothing is reported to the user as bad data, nothing is counted
+/// twice, and once reads work again the run completes with the engine's result.
+#[tokio::test]
+async fn failing_object_reads_are_retried_and_change_nothing() {
+    let p = pipeline(300);
+    let data = parties(11, 2, 30, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    upload(&p, &project, 0, upload_body(&data[0], false)).await;
+
+    // Ingestion: the stored upload cannot be read.
+    let start = UploadStart { upload_id: "up1".into(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(&project, 1, &start).await.unwrap();
+    let key = keys::upload(&project, 1, "up1");
+    p.work.put(&key, Bytes::from(upload_body(&data[1], false)), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    p.work.fail_reads(true);
+    assert!(p.on_incoming(&key).await.is_err(), "a read failure is an error, so SQS redelivers");
+    let party = p.meta.get_project(&project).await.unwrap().unwrap().1.remove(1);
+    assert_eq!(party.upload_state, UploadState::Pending, "not blamed on the data: {party:?}");
+    p.work.fail_reads(false);
+    p.on_incoming(&key).await.unwrap();
+
+    // Compare: the party data cannot be read for one delivery of every shard.
+    post_run(&p, &project, "run1", 0.6).await;
+    let shards = p.queue.take(SHARDS);
+    p.work.fail_reads(true);
+    for body in &shards {
+        assert!(p.compare(&serde_json::from_str(body).unwrap()).await.is_err());
+    }
+    assert_eq!(p.meta.get_run(&project, "run1").await.unwrap().unwrap().shards_done, 0);
+    p.work.fail_reads(false);
+    for body in &shards {
+        p.compare(&serde_json::from_str(body).unwrap()).await.unwrap();
+    }
+    // Solve: the candidate files cannot be read once.
+    let solves = p.queue.take(SOLVES);
+    p.work.fail_reads(true);
+    assert!(p.solve(&serde_json::from_str(&solves[0]).unwrap()).await.is_err());
+    p.work.fail_reads(false);
+    p.solve(&serde_json::from_str(&solves[0]).unwrap()).await.unwrap();
+
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!((run.state, run.shards_done), (RunState::Completed, run.shards_total), "{run:?}");
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.6, 300).unwrap();
+    let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
+    assert_eq!(&got[..], output::groups_json(&solver::greedy_solve(expected.candidates)).as_bytes());
+}
