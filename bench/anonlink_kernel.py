@@ -8,6 +8,7 @@ CPU-second of this process (anonlink's kernel is single-threaded C++; on a share
 the latter is comparable between runs) and the number of kept pairs, which must equal the Rust
 kernel's count on the same data.
 """
+import os
 import sys
 import time
 
@@ -34,9 +35,15 @@ def main():
     prefix = sys.argv[3] if len(sys.argv) > 3 else ""
     a = load(f"{directory}/{prefix}a.bin")
     b = load(f"{directory}/{prefix}b.bin")
-    cpu, start = time.process_time(), time.perf_counter()
-    sims, (ia, ib) = dice_coefficient_accelerated((a, b), threshold, k=None)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    # The fastest of KERNEL_BENCH_REPEATS runs, as the Rust rows (kernel_bench.rs, `timed`).
+    best = None
+    for _ in range(max(1, int(os.environ.get("KERNEL_BENCH_REPEATS", "3")))):
+        cpu, start = time.process_time(), time.perf_counter()
+        sims, (ia, ib) = dice_coefficient_accelerated((a, b), threshold, k=None)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        if best is None or elapsed < best[0]:
+            best = (elapsed, cpu, sims)
+    elapsed, cpu, sims = best
     pairs = len(a) * len(b)
     print(f"anonlink dice_coefficient_accelerated  1 thread  {pairs / elapsed / 1e6:8.1f} M pairs/s per core"
           f"  {pairs / cpu / 1e6:8.1f} M pairs/CPU-s  ({len(sims)} kept, {len(a)} x {len(b)})")

@@ -237,12 +237,22 @@ struct Timing {
     cpu: Option<f64>,
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Timing) {
-    let (cpu0, start) = (cpu_seconds(), Instant::now());
-    let out = f();
-    let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds().zip(cpu0).map(|(end, start)| end - start).filter(|&c| c > 0.0);
-    (out, Timing { wall, cpu })
+/// The fastest of `KERNEL_BENCH_REPEATS` (default 3) runs of `f`: on a shared or virtualised
+/// machine a single run can be slowed 2x by a neighbour, and rows measured one after another
+/// would then be compared under different conditions.
+fn timed<T>(f: impl Fn() -> T) -> (T, Timing) {
+    let repeats: usize = std::env::var("KERNEL_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let mut best: Option<(T, Timing)> = None;
+    for _ in 0..repeats {
+        let (cpu0, start) = (cpu_seconds(), Instant::now());
+        let out = f();
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = cpu_seconds().zip(cpu0).map(|(end, start)| end - start).filter(|&c| c > 0.0);
+        if best.as_ref().is_none_or(|(_, b)| wall < b.wall) {
+            best = Some((out, Timing { wall, cpu }));
+        }
+    }
+    best.expect("at least one run")
 }
 
 /// Runs `f` over `a` rows split in chunks (rayon when `parallel`), returns (kept, timing).
