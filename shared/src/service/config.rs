@@ -32,6 +32,9 @@ pub struct Limits {
     /// Bytes of `data.bin` fan-out assembles at once when a blocks file reorders the records
     /// (the object is read once per window; see `pipeline::external`).
     pub ingest_window_bytes: u64,
+    /// Seconds one streamed ingestion may take: fan-out has 900 s, and an upload that cannot be
+    /// read in one invocation is refused with a message instead of timing out on every retry.
+    pub ingest_time_budget_secs: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             shard_target_comparisons: 300_000_000,
             ingest_chunk_bytes: 8 * 1024 * 1024,
             ingest_window_bytes: 256 * 1024 * 1024,
+            ingest_time_budget_secs: 840,
         }
     }
 }
@@ -141,6 +145,7 @@ impl Settings {
             shard_target_comparisons: number("SHARD_TARGET_COMPARISONS", d.shard_target_comparisons)?,
             ingest_chunk_bytes: number("INGEST_CHUNK_BYTES", d.ingest_chunk_bytes)?.max(1),
             ingest_window_bytes: number("INGEST_WINDOW_BYTES", d.ingest_window_bytes)?.max(1),
+            ingest_time_budget_secs: number("INGEST_TIME_BUDGET_SECS", d.ingest_time_budget_secs)?,
         };
         if limits.shard_target_comparisons == 0 {
             return Err(ConfigError::Invalid {

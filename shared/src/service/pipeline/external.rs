@@ -194,10 +194,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         let stride = packed::entry_stride(size);
         let key = keys::party_data(&project.project_id, party);
         let mut writer = MultipartWriter::new(&self.work, key, PART_BYTES, Some(count * stride as u64));
-        let written = self.copy_unblocked(encodings, count, size, &mut writer).await;
-        if let Err(e) = written {
-            writer.abort().await;
-            return Err(e);
+        let budget = IngestBudget::start(&self.settings.limits, count * size as u64);
+        match self.copy_unblocked(encodings, count, size, &mut writer, &budget).await {
+            Ok(Ok(())) => {}
+            Ok(Err(rejection)) => {
+                writer.abort().await;
+                return Ok(Err(rejection));
+            }
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
         }
         writer.finish().await?;
         let index = BlockIndex {
@@ -211,10 +218,20 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         Ok(Ok(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
     }
 
-    async fn copy_unblocked<S: BlobReader>(&self, encodings: &Found<S>, count: u64, size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+    async fn copy_unblocked<S: BlobReader>(
+        &self,
+        encodings: &Found<S>,
+        count: u64,
+        size: usize,
+        writer: &mut MultipartWriter<'_, B>,
+        budget: &IngestBudget,
+    ) -> Result<Result<(), Rejected>, PipelineError> {
         let stride = packed::entry_stride(size);
         let mut entries = Vec::new();
         for range in blob_stream::chunks(0..count * size as u64, self.settings.limits.ingest_chunk_bytes, size as u64) {
+            if let Err(rejection) = budget.check(range.start) {
+                return Ok(Err(rejection));
+            }
             let first = range.start / size as u64;
             let chunk = blob_stream::read_exact(&encodings.store, &encodings.path, range).await?;
             let records = chunk.len() / size;
@@ -224,7 +241,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
             writer.write(&entries).await?;
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Records reordered by a blocks file: the assignment in memory, entries window by window.
@@ -244,10 +261,19 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         let stride = packed::entry_stride(size);
         let key = keys::party_data(&project.project_id, party);
         let mut writer = MultipartWriter::new(&self.work, key, PART_BYTES, Some(placements.len() as u64 * stride as u64));
-        let written = self.copy_windows(encodings, &placements, size, &mut writer).await;
-        if let Err(e) = written {
-            writer.abort().await;
-            return Err(e);
+        // Each window reads the object again (less where its records cluster): the budget counts
+        // the bytes of every window's pass.
+        let budget = IngestBudget::start(&self.settings.limits, placements.len() as u64 * size as u64);
+        match self.copy_windows(encodings, &placements, size, &mut writer, &budget).await {
+            Ok(Ok(())) => {}
+            Ok(Err(rejection)) => {
+                writer.abort().await;
+                return Ok(Err(rejection));
+            }
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
         }
         writer.finish().await?;
         self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
@@ -260,12 +286,22 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         }))
     }
 
-    async fn copy_windows<S: BlobReader>(&self, encodings: &Found<S>, placements: &[(BlockKey, u32)], size: usize, writer: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+    async fn copy_windows<S: BlobReader>(
+        &self,
+        encodings: &Found<S>,
+        placements: &[(BlockKey, u32)],
+        size: usize,
+        writer: &mut MultipartWriter<'_, B>,
+        budget: &IngestBudget,
+    ) -> Result<Result<(), Rejected>, PipelineError> {
         let stride = packed::entry_stride(size);
         let limits = &self.settings.limits;
         let window_entries = (limits.ingest_window_bytes as usize / stride).max(1);
         let chunk_records = (limits.ingest_chunk_bytes as usize / size).max(1) as u64;
-        for window in placements.chunks(window_entries) {
+        for (n, window) in placements.chunks(window_entries).enumerate() {
+            if let Err(rejection) = budget.check((n * window_entries * size) as u64) {
+                return Ok(Err(rejection));
+            }
             let mut entries = vec![0u8; window.len() * stride];
             // (record, position in the window), by record: the object is read front to back.
             let mut wanted: Vec<(u32, u32)> = window.iter().enumerate().map(|(pos, (_, record))| (*record, pos as u32)).collect();
@@ -286,7 +322,40 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
             writer.write(&entries).await?;
         }
-        Ok(())
+        Ok(Ok(()))
+    }
+}
+
+/// The time one fan-out invocation has for a streamed ingestion. Past it, the upload is refused
+/// with the throughput seen, instead of the invocation timing out on every redelivery and the
+/// upload ending hours later in the dead-letter queue's generic message.
+struct IngestBudget {
+    started: std::time::Instant,
+    budget_secs: u64,
+    total_bytes: u64,
+}
+
+impl IngestBudget {
+    fn start(limits: &crate::service::config::Limits, total_bytes: u64) -> Self {
+        IngestBudget { started: std::time::Instant::now(), budget_secs: limits.ingest_time_budget_secs, total_bytes }
+    }
+
+    /// `done_bytes`: how far the pass has come.
+    fn check(&self, done_bytes: u64) -> Result<(), Rejected> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if elapsed < self.budget_secs as f64 {
+            return Ok(());
+        }
+        let rate = done_bytes as f64 / elapsed.max(1e-3);
+        Err(Rejected(format!(
+            "The upload is too large to ingest in one pass: {done_bytes} of {} bytes were read in the {} seconds one \
+             pass may take (about {:.0} MB/s, so this deployment ingests up to about {:.0} GB per upload). \
+             Use binary encodings without a blocks file (the fastest form), or ask the operator to raise the limit.",
+            self.total_bytes,
+            self.budget_secs,
+            rate / 1e6,
+            rate * self.budget_secs as f64 / 1e9,
+        )))
     }
 }
 

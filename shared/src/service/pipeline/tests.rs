@@ -364,6 +364,28 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
 }
 
+/// An upload that cannot be read within one fan-out invocation's budget is refused with the
+/// throughput seen (not left to time out on every redelivery), and nothing is left behind.
+#[tokio::test]
+async fn uploads_too_large_for_one_ingestion_pass_fail_with_a_clear_message() {
+    let mut p = pipeline(1_000_000);
+    p.settings.limits.ingest_chunk_bytes = 1_000;
+    p.settings.limits.ingest_time_budget_secs = 0;
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let (count, size) = (2_000usize, 16usize);
+    external_upload(&p, &project, 0, ("big.bin", random_bytes(3, count * size), count as u64, size), None).await;
+    let blocks = serde_json::json!({"blocks": (0..count).map(|i| (i.to_string(), serde_json::json!(["b"]))).collect::<serde_json::Map<_, _>>()});
+    external_upload(&p, &project, 1, ("big.bin", random_bytes(4, count * size), count as u64, size), Some(serde_json::to_vec(&blocks).unwrap())).await;
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    for party in &parties {
+        assert_eq!(party.upload_state, UploadState::Error, "{party:?}");
+        let message = party.error.as_deref().unwrap_or_default();
+        assert!(message.contains("too large to ingest in one pass") && message.contains("32000 bytes"), "{message}");
+        assert!(p.work.object(&keys::party_data(&project, party.index)).is_none());
+    }
+    assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+}
+
 // ---- uploads pulled from a store the client names ----------------------------------------------
 
 const CLIENT_STORE: &str = "https://store.example.com";
