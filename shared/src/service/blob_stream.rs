@@ -40,6 +40,20 @@ impl<'a, B: BlobStore> MultipartWriter<'a, B> {
         MultipartWriter { store, key: key.into(), part_bytes, buffer: Vec::new(), upload_id: None, parts: Vec::new(), written: 0 }
     }
 
+    /// Continues a multipart upload that an earlier invocation started and noted with
+    /// [`MultipartWriter::progress`]: `written` bytes are in `parts`, nothing is buffered.
+    pub fn resume(store: &'a B, key: impl Into<String>, part_bytes: usize, upload_id: String, parts: Vec<(u32, String)>, written: u64) -> Self {
+        MultipartWriter { store, key: key.into(), part_bytes, buffer: Vec::new(), upload_id: Some(upload_id), parts, written }
+    }
+
+    /// The multipart upload's id and parts, when every byte written so far is in a part (so
+    /// another invocation can continue from here); `None` while bytes are buffered or no part
+    /// was uploaded yet.
+    pub fn progress(&self) -> Option<(String, Vec<(u32, String)>)> {
+        let upload_id = self.upload_id.clone()?;
+        self.buffer.is_empty().then(|| (upload_id, self.parts.clone()))
+    }
+
     /// Bytes accepted so far.
     pub fn written(&self) -> u64 {
         self.written

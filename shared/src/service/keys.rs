@@ -28,6 +28,11 @@ pub fn delete_request(project: &str) -> String {
 pub fn party_data(project: &str, party: u32) -> String {
     format!("data/{project}/{party}/data.bin")
 }
+/// Where a streamed ingestion that ran out of time notes how far it got (see
+/// `pipeline::external`); deleted when the ingestion ends.
+pub fn ingest_checkpoint(project: &str, party: u32, upload: &str) -> String {
+    format!("data/{project}/{party}/ingest-{upload}.json")
+}
 pub fn party_index(project: &str, party: u32) -> String {
     format!("data/{project}/{party}/index.bin")
 }

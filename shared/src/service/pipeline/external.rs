@@ -94,15 +94,15 @@ type Source<U, C> = Origin<U, <C as ClientStores>::Reader>;
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
     /// The outer error is a storage failure (retried); the inner one the user's data (final).
-    pub(super) async fn ingest_external(&self, project: &Project, party: u32, reference: &[u8], bounds: SizeBounds) -> Outcome {
-        match self.ingest_external_objects(project, party, reference, bounds).await {
+    pub(super) async fn ingest_external(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {
+        match self.ingest_external_objects(project, party, upload_id, reference, bounds).await {
             // The client's store failing is about the client's data, not ours: final.
             Err(PipelineError::Blob(BlobError::ClientStore(message))) => rejected(message),
             other => other,
         }
     }
 
-    async fn ingest_external_objects(&self, project: &Project, party: u32, reference: &[u8], bounds: SizeBounds) -> Outcome {
+    async fn ingest_external_objects(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {
         // Not quoting serde's message: it could quote a value of the reference, credentials included.
         let Ok(reference) = serde_json::from_slice::<ExternalUpload>(reference) else {
             return rejected("Invalid external upload reference; please upload again.");
@@ -133,7 +133,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             return Ok(Err(rejection));
         }
         match blocks {
-            None => self.stream_unblocked(project, party, &encodings, count, size).await,
+            None => self.stream_unblocked(project, party, upload_id, &encodings, count, size).await,
             Some(blocks) => self.stream_blocked(project, party, &encodings, &blocks, count, size).await,
         }
     }
@@ -189,24 +189,49 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         Ok(encoding::decode_blocks_file(&body, count))
     }
 
-    /// Every record in block "1": one pass over the object, entries in record order.
-    async fn stream_unblocked<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, count: u64, size: usize) -> Outcome {
+    /// Every record in block "1": one pass over the object, entries in record order, in as many
+    /// fan-out invocations as it takes. Each part of `data.bin` holds the same whole records
+    /// whichever invocation writes it, so when the time budget runs out at a part boundary the
+    /// multipart upload is noted in a checkpoint and continued by the next invocation (and a
+    /// redelivered or concurrent twin writes identical parts).
+    async fn stream_unblocked<S: BlobReader>(&self, project: &Project, party: u32, upload_id: &str, encodings: &Found<S>, count: u64, size: usize) -> Outcome {
         let stride = packed::entry_stride(size);
+        let total = count * stride as u64;
         let key = keys::party_data(&project.project_id, party);
-        let mut writer = MultipartWriter::new(&self.work, key, PART_BYTES, Some(count * stride as u64));
-        let budget = IngestBudget::start(&self.settings.limits, count * size as u64);
-        match self.copy_unblocked(encodings, count, size, &mut writer, &budget).await {
-            Ok(Ok(())) => {}
-            Ok(Err(rejection)) => {
-                writer.abort().await;
-                return Ok(Err(rejection));
+        let checkpoint_key = keys::ingest_checkpoint(&project.project_id, party, upload_id);
+        let records_per_part = records_per_part(stride, total);
+        let part_bytes = records_per_part as usize * stride;
+        let (mut writer, first_record) = match self.load_checkpoint(&checkpoint_key).await? {
+            Some(c) => {
+                info!(project_id = %project.project_id, party, next_record = c.next_record, "continuing a streamed ingestion");
+                (MultipartWriter::resume(&self.work, key, part_bytes, c.upload_id, c.parts, c.next_record * stride as u64), c.next_record)
             }
+            None => (MultipartWriter::new(&self.work, key, part_bytes, Some(total)), 0),
+        };
+        let budget = IngestBudget::start(&self.settings.limits, count * size as u64);
+        match self.copy_unblocked(encodings, first_record..count, size, records_per_part, &mut writer, &budget).await {
+            Ok(None) => {}
+            Ok(Some(next_record)) => {
+                let Some((upload_id, parts)) = writer.progress() else {
+                    return Err(PipelineError::Corrupt("paused ingestion has bytes outside its parts".into()));
+                };
+                let checkpoint = Checkpoint { upload_id, parts, next_record };
+                let body = serde_json::to_vec(&checkpoint).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+                self.work.put(&checkpoint_key, Bytes::from(body), &Vec::new()).await?;
+                info!(project_id = %project.project_id, party, next_record, records = count, "streamed ingestion paused at its time budget");
+                return Err(PipelineError::IngestPaused);
+            }
+            // A storage failure keeps the multipart upload when a checkpoint refers to it: the
+            // redelivered event continues from there.
             Err(e) => {
-                writer.abort().await;
+                if first_record == 0 {
+                    writer.abort().await;
+                }
                 return Err(e);
             }
         }
         writer.finish().await?;
+        self.delete_checkpoint(&checkpoint_key).await?;
         let index = BlockIndex {
             encoding_size: size as u32,
             record_count: count,
@@ -218,30 +243,53 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         Ok(Ok(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
     }
 
+    /// Copies `records` part by part; returns the record to continue from when the time budget
+    /// ran out at a part boundary, `None` when every record is written.
     async fn copy_unblocked<S: BlobReader>(
         &self,
         encodings: &Found<S>,
-        count: u64,
+        records: std::ops::Range<u64>,
         size: usize,
+        records_per_part: u64,
         writer: &mut MultipartWriter<'_, B>,
         budget: &IngestBudget,
-    ) -> Result<Result<(), Rejected>, PipelineError> {
+    ) -> Result<Option<u64>, PipelineError> {
         let stride = packed::entry_stride(size);
         let mut entries = Vec::new();
-        for range in blob_stream::chunks(0..count * size as u64, self.settings.limits.ingest_chunk_bytes, size as u64) {
-            if let Err(rejection) = budget.check(range.start) {
-                return Ok(Err(rejection));
+        let mut next = records.start;
+        while next < records.end {
+            let part_end = (next + records_per_part).min(records.end);
+            for range in blob_stream::chunks(next * size as u64..part_end * size as u64, self.settings.limits.ingest_chunk_bytes, size as u64) {
+                let first = range.start / size as u64;
+                let chunk = blob_stream::read_exact(&encodings.store, &encodings.path, range).await?;
+                let n = chunk.len() / size;
+                entries.resize(n * stride, 0);
+                for (i, (encoding, entry)) in chunk.chunks_exact(size).zip(entries.chunks_exact_mut(stride)).enumerate() {
+                    packed::write_entry(entry, (first + i as u64) as u32, encoding);
+                }
+                writer.write(&entries).await?;
             }
-            let first = range.start / size as u64;
-            let chunk = blob_stream::read_exact(&encodings.store, &encodings.path, range).await?;
-            let records = chunk.len() / size;
-            entries.resize(records * stride, 0);
-            for (i, (encoding, entry)) in chunk.chunks_exact(size).zip(entries.chunks_exact_mut(stride)).enumerate() {
-                packed::write_entry(entry, (first + i as u64) as u32, encoding);
+            next = part_end;
+            if next < records.end && budget.expired() && writer.progress().is_some() {
+                return Ok(Some(next));
             }
-            writer.write(&entries).await?;
         }
-        Ok(Ok(()))
+        Ok(None)
+    }
+
+    async fn load_checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, PipelineError> {
+        match self.work.get(key).await {
+            Ok((body, _)) => serde_json::from_slice(&body).map(Some).map_err(|e| PipelineError::Corrupt(format!("{key}: {e}"))),
+            Err(BlobError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_checkpoint(&self, key: &str) -> Result<(), PipelineError> {
+        match self.work.delete(key).await {
+            Ok(()) | Err(BlobError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records reordered by a blocks file: the assignment in memory, entries window by window.
@@ -326,9 +374,27 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     }
 }
 
-/// The time one fan-out invocation has for a streamed ingestion. Past it, the upload is refused
-/// with the throughput seen, instead of the invocation timing out on every redelivery and the
-/// upload ending hours later in the dead-letter queue's generic message.
+/// How far a paused streamed ingestion got: its multipart upload of `data.bin` and the first
+/// record not yet in a part.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    upload_id: String,
+    parts: Vec<(u32, String)>,
+    next_record: u64,
+}
+
+/// Records per part of `data.bin`: at least [`PART_BYTES`] (and enough that 10 000 parts hold
+/// `total` bytes, with room for the shorter last part), a whole number of entries.
+fn records_per_part(stride: usize, total: u64) -> u64 {
+    let needed = total.div_ceil(u64::from(blob_stream::MAX_PARTS - 1));
+    (PART_BYTES as u64).max(needed).div_ceil(stride as u64)
+}
+
+/// The time one fan-out invocation has for a streamed ingestion. Past it, an ingestion without
+/// blocks pauses and continues in a new invocation; one with a blocks file (which holds the
+/// assignment in memory and reads the object once per window) is refused with the throughput
+/// seen, instead of the invocation timing out on every redelivery and the upload ending hours
+/// later in the dead-letter queue's generic message.
 struct IngestBudget {
     started: std::time::Instant,
     budget_secs: u64,
@@ -338,6 +404,10 @@ struct IngestBudget {
 impl IngestBudget {
     fn start(limits: &crate::service::config::Limits, total_bytes: u64) -> Self {
         IngestBudget { started: std::time::Instant::now(), budget_secs: limits.ingest_time_budget_secs, total_bytes }
+    }
+
+    fn expired(&self) -> bool {
+        self.started.elapsed().as_secs() >= self.budget_secs
     }
 
     /// `done_bytes`: how far the pass has come.

@@ -123,7 +123,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
             Err(e) => return Err(e.into()),
         };
-        let ingested = match self.ingest_upload(&project, party_index, &body, &metadata).await? {
+        let outcome = match self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await {
+            Err(PipelineError::IngestPaused) => {
+                // Writing the request again makes S3 announce it again: the next invocation
+                // continues from the checkpoint.
+                self.work.put(&key, body.clone(), &metadata).await?;
+                info!(project_id, party_index, upload_id, "ingestion continues in a new invocation");
+                return Ok(());
+            }
+            other => other?,
+        };
+        let ingested = match outcome {
             Ok(ingested) => ingested,
             Err(Rejected(message)) => {
                 info!(project_id, party_index, %message, "upload rejected");
@@ -145,6 +155,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         &self,
         project: &Project,
         party: u32,
+        upload_id: &str,
         body: &[u8],
         metadata: &Metadata,
     ) -> Result<Result<IngestedParty, Rejected>, PipelineError> {
@@ -162,7 +173,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                     _ => Err(Rejected("Binary upload requires 'Hash-Count' and 'Hash-Size' headers".into())),
                 }
             }
-            Some(KIND_EXTERNAL) => return self.ingest_external(project, party, body, bounds).await,
+            Some(KIND_EXTERNAL) => return self.ingest_external(project, party, upload_id, body, bounds).await,
             other => Err(Rejected(format!("Upload stored in an unknown form ({other:?}); please upload again."))),
         };
         let decoded = match decoded {

@@ -364,26 +364,68 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
 }
 
-/// An upload that cannot be read within one fan-out invocation's budget is refused with the
-/// throughput seen (not left to time out on every redelivery), and nothing is left behind.
+/// An upload with a blocks file that cannot be read within one fan-out invocation's budget is
+/// refused with the throughput seen (not left to time out on every redelivery), and nothing is
+/// left behind.
 #[tokio::test]
-async fn uploads_too_large_for_one_ingestion_pass_fail_with_a_clear_message() {
+async fn blocked_uploads_too_large_for_one_ingestion_pass_fail_with_a_clear_message() {
     let mut p = pipeline(1_000_000);
     p.settings.limits.ingest_chunk_bytes = 1_000;
     p.settings.limits.ingest_time_budget_secs = 0;
     let project = create_project(&p, ResultType::Groups, 2, false).await;
     let (count, size) = (2_000usize, 16usize);
-    external_upload(&p, &project, 0, ("big.bin", random_bytes(3, count * size), count as u64, size), None).await;
     let blocks = serde_json::json!({"blocks": (0..count).map(|i| (i.to_string(), serde_json::json!(["b"]))).collect::<serde_json::Map<_, _>>()});
-    external_upload(&p, &project, 1, ("big.bin", random_bytes(4, count * size), count as u64, size), Some(serde_json::to_vec(&blocks).unwrap())).await;
+    external_upload(&p, &project, 0, ("big.bin", random_bytes(4, count * size), count as u64, size), Some(serde_json::to_vec(&blocks).unwrap())).await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    for party in &parties {
-        assert_eq!(party.upload_state, UploadState::Error, "{party:?}");
-        let message = party.error.as_deref().unwrap_or_default();
-        assert!(message.contains("too large to ingest in one pass") && message.contains("32000 bytes"), "{message}");
-        assert!(p.work.object(&keys::party_data(&project, party.index)).is_none());
-    }
+    assert_eq!(parties[0].upload_state, UploadState::Error, "{:?}", parties[0]);
+    let message = parties[0].error.as_deref().unwrap_or_default();
+    assert!(message.contains("too large to ingest in one pass") && message.contains("32000 bytes"), "{message}");
+    assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
     assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+}
+
+/// An upload without blocks that outlasts one invocation's budget pauses at a part boundary,
+/// notes its multipart upload in a checkpoint and announces itself again; each new invocation
+/// continues where the last stopped, and `data.bin` is exactly what one pass writes.
+#[tokio::test]
+async fn streamed_ingestion_pauses_at_its_budget_and_continues_exactly() {
+    let mut p = pipeline(1_000_000);
+    p.settings.limits.ingest_time_budget_secs = 0; // pause at every part boundary
+    let (count, size) = (300_000usize, 128usize); // 40.8 MB of entries: three parts
+    let raw = random_bytes(5, count * size);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let path = format!("{project}/0/clks.bin");
+    let counts = vec![("hash-count".to_string(), count.to_string()), ("hash-size".to_string(), size.to_string())];
+    p.uploads.put(&path, Bytes::from(raw.clone()), &counts).await.unwrap();
+    let start = UploadStart { upload_id: "big".into(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(&project, 0, &start).await.unwrap();
+    let key = keys::upload(&project, 0, "big");
+    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let reference = serde_json::json!({"encodings": {"bucket": "u", "path": path}});
+    p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
+
+    let mut invocations = 0;
+    loop {
+        p.on_incoming(&key).await.unwrap();
+        invocations += 1;
+        let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+        if parties[0].upload_state != UploadState::Pending {
+            assert_eq!(parties[0].upload_state, UploadState::Done, "{:?}", parties[0]);
+            break;
+        }
+        assert!(p.work.object(&key).is_some(), "a paused ingestion keeps (and re-announces) its request");
+        assert!(p.work.object(&keys::ingest_checkpoint(&project, 0, "big")).is_some());
+        assert!(invocations < 10, "ingestion makes progress");
+    }
+    assert_eq!(invocations, 3, "one invocation per part");
+    let (data, index) = crate::engine::packed::pack(&PartyEncodings { encoding_size: size, data: raw, blocks: None });
+    assert!(p.work.object(&keys::party_data(&project, 0)).unwrap().0 == data, "data.bin as one pass writes it");
+    assert_eq!(p.work.object(&keys::party_index(&project, 0)).unwrap().0.as_ref(), &index.to_bytes()[..]);
+    assert!(p.work.object(&keys::ingest_checkpoint(&project, 0, "big")).is_none(), "checkpoint removed");
+    assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+    // A late duplicate of a paused invocation's event changes nothing.
+    p.on_incoming(&key).await.unwrap();
+    assert_eq!(p.work.object(&keys::party_data(&project, 0)).unwrap().0, data);
 }
 
 // ---- uploads pulled from a store the client names ----------------------------------------------
