@@ -284,7 +284,8 @@ mod restarts {
         // The watchdog acts once the upload has shown no progress for the stall time (20 s locally).
         let mut status = api.run_status(&project, &run).await?;
         for _ in 0..180 {
-            if status["state"] != "created" {
+            // `queued` is the moment between fan-out claiming the run and sending its shards.
+            if status["state"] != "created" && status["state"] != "queued" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
