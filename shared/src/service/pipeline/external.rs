@@ -14,8 +14,11 @@
 //! - **Binary encodings, no blocks file** (every record in block "1", the large-upload case):
 //!   streamed. The object is read in ranged GETs of `Limits::ingest_chunk_bytes` (8 MiB, whole
 //!   records), each record becomes one entry, and `data.bin` is written as a multipart upload
-//!   of [`PART_BYTES`] parts. Peak ≈ one read chunk + the entries made from it + one part in
-//!   flight: about 40 MiB whatever the upload's size (the 1 TiB cap included).
+//!   of parts of a fixed number of whole records (at least [`PART_BYTES`]). Peak ≈ one read
+//!   chunk + the entries made from it + one part in flight: about 40 MiB whatever the upload's
+//!   size (the 1 TiB cap included; parts grow past 160 GB). Past `Limits::ingest_time_budget_secs`
+//!   the ingestion pauses at a part boundary and a new invocation continues it
+//!   ([`Checkpoint`]).
 //! - **Binary encodings with a blocks file**: the block assignment is held in memory, the
 //!   encodings are streamed. The blocks file (JSON) is decoded whole (its body, plus about
 //!   40 bytes per record and 16 per (record, block) while decoding), then reduced to the sorted
