@@ -119,13 +119,19 @@ async fn create_project(p: &TestPipeline, result_type: ResultType, n: u32, block
     project_id
 }
 
+/// What the api does for a JSON upload: the party's upload pending, the body stored. Returns
+/// the stored request's key (whose S3 event starts ingestion).
+async fn store_upload(p: &TestPipeline, project: &str, party: u32, upload_id: &str, body: Vec<u8>) -> String {
+    let start = UploadStart { upload_id: upload_id.into(), receipt_token_hash: TokenHash::of("r") };
+    p.meta.begin_upload(project, party, &start).await.unwrap();
+    let key = keys::upload(project, party, upload_id);
+    p.work.put(&key, Bytes::from(body), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    key
+}
+
 /// What the api does for an upload, then the S3 event fan-out gets for it.
 async fn upload(p: &TestPipeline, project: &str, party: u32, body: Vec<u8>) {
-    let upload_id = format!("up{party}");
-    let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
-    p.meta.begin_upload(project, party, &start).await.unwrap();
-    let key = keys::upload(project, party, &upload_id);
-    p.work.put(&key, Bytes::from(body), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    let key = store_upload(p, project, party, &format!("up{party}"), body).await;
     p.on_incoming(&key).await.unwrap();
 }
 
@@ -261,10 +267,7 @@ async fn mismatched_encoding_sizes_fail_the_runs_and_the_odd_party_can_upload_ag
     assert!(parties_now[1].error.clone().unwrap_or_default().contains("expected 8 bytes"));
     // ...so it can upload again, and a new run completes.
     let b = parties(2, 1, 5, false).remove(0);
-    let start = UploadStart { upload_id: "retry".into(), receipt_token_hash: TokenHash::of("r2") };
-    p.meta.begin_upload(&project, 1, &start).await.unwrap();
-    let key = keys::upload(&project, 1, "retry");
-    p.work.put(&key, Bytes::from(upload_body(&b, false)), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    let key = store_upload(&p, &project, 1, "retry", upload_body(&b, false)).await;
     p.on_incoming(&key).await.unwrap();
     post_run(&p, &project, "r2", 0.5).await;
     drain(&p, 1).await;
@@ -651,10 +654,7 @@ async fn watchdog_restarts_lost_uploads_and_run_starts_but_leaves_waiting_runs_a
     assert_eq!(p.watchdog(100 + 10 * stall).await.unwrap().redriven, 0);
 
     // Party 1's upload is stored but its event never arrives.
-    let start = UploadStart { upload_id: "up1".into(), receipt_token_hash: TokenHash::of("r") };
-    p.meta.begin_upload(&project, 1, &start).await.unwrap();
-    let key = keys::upload(&project, 1, "up1");
-    p.work.put(&key, Bytes::from(upload_body(&data[1], false)), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    let key = store_upload(&p, &project, 1, "up1", upload_body(&data[1], false)).await;
     p.watchdog(1_000).await.unwrap();
     p.work.fail_puts(true);
     assert!(p.watchdog(1_000 + stall).await.is_err(), "a failing store is an error, retried at the next tick");
@@ -685,10 +685,7 @@ async fn failing_object_reads_are_retried_and_change_nothing() {
     upload(&p, &project, 0, upload_body(&data[0], false)).await;
 
     // Ingestion: the stored upload cannot be read.
-    let start = UploadStart { upload_id: "up1".into(), receipt_token_hash: TokenHash::of("r") };
-    p.meta.begin_upload(&project, 1, &start).await.unwrap();
-    let key = keys::upload(&project, 1, "up1");
-    p.work.put(&key, Bytes::from(upload_body(&data[1], false)), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    let key = store_upload(&p, &project, 1, "up1", upload_body(&data[1], false)).await;
     p.work.fail_reads(true);
     assert!(p.on_incoming(&key).await.is_err(), "a read failure is an error, so SQS redelivers");
     let party = p.meta.get_project(&project).await.unwrap().unwrap().1.remove(1);
