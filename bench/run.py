@@ -15,6 +15,7 @@ experiment.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -45,14 +46,24 @@ EXPERIMENTS = [
     {"name": "100k-1m-t0.95", "a": 100_000, "b": 1_000_000, "threshold": 0.95},
 ]
 QUICK = ["10k-t0.95", "10k-t0.95-blocked"]
+# Only with --only: the many-shards measurement of docs/scale-model.md. Run it on a stack started
+# with LOCAL_PARAM_ShardTargetComparisons=20000 LOCAL_PARAM_MaxShardsPerRun=1000000 (20,022
+# shards, the shard count of a national run); see bench/README.md.
+SHARDS_EXPERIMENTS = [{"name": "20k-t0.95-shards", "a": 20_000, "b": 20_000, "threshold": 0.95, "blocking": False}]
 
 
-def all_experiments():
+def all_experiments(with_extra=False):
     out = []
     for e in EXPERIMENTS:
         out.append({**e, "blocking": False})
         out.append({**e, "name": e["name"] + "-blocked", "blocking": True})
-    return out
+    return out + (SHARDS_EXPERIMENTS if with_extra else [])
+
+
+def groups_digest(groups):
+    """Order-free fingerprint of a groups result (engine and service results must agree)."""
+    canon = sorted(sorted(tuple(r) for r in g) for g in groups)
+    return hashlib.sha256(json.dumps(canon).encode()).hexdigest()
 
 
 def say(msg):
@@ -130,6 +141,7 @@ def engine_only(pprl, exp, d, truth, timeout):
     groups = json.loads(out.read_text())["groups"]
     out.unlink()
     return {"command": " ".join(cmd), "wall_s": round(wall, 3), "peak_rss_mib": round(rss, 1),
+            "groups_sha256": groups_digest(groups),
             "accuracy": accuracy(groups, truth), "load_before": before, "load_after": load()}
 
 
@@ -343,6 +355,7 @@ def end_to_end(pprl, api, exp, d, truth, timeout):
         "peak_memory_mib": peaks,
         "function_binary": binary,
         "accuracy": accuracy(result["groups"], truth),
+        "groups_sha256": groups_digest(result["groups"]),
         "load_before": before,
         "load_after": load(),
     }
@@ -381,6 +394,7 @@ def main():
     if args.quick:
         chosen = [e for e in chosen if e["name"] in QUICK]
     if args.only:
+        chosen = all_experiments(with_extra=True)
         names = args.only.split(",")
         unknown = set(names) - {e["name"] for e in chosen}
         if unknown:
@@ -423,6 +437,7 @@ def main():
             entry["error"] = str(e)
             say(f"{exp['name']}: FAILED: {e}")
         if "engine" in entry and "e2e" in entry:
+            entry["groups_identical"] = entry["engine"].get("groups_sha256") == entry["e2e"].get("groups_sha256")
             entry["e2e_over_engine"] = round(entry["e2e"]["total_s"] / entry["engine"]["wall_s"], 3)
             entry["e2e_run_over_engine"] = round(entry["e2e"]["run_s"] / entry["engine"]["wall_s"], 3)
         doc["experiments"][exp["name"]] = entry

@@ -3,6 +3,7 @@
 
 mod demo;
 mod link;
+mod plan;
 mod runs;
 mod synth;
 mod upload;
@@ -15,6 +16,7 @@ type Run = fn(&[String]) -> anyhow::Result<()>;
 const COMMANDS: &[(&str, &str, Run)] = &[
     ("link", "link parties' encodings offline, exactly as the service would", link::run),
     ("demo", "link the FEBRL4 sample through a running service and report accuracy", demo::run),
+    ("plan", "estimate a run's shards, time and AWS cost before posting it", plan::run),
     ("synth", "generate two parties' CLKs with known matches (and blocks) for benchmarks", synth::run),
     ("create-project", "create a linkage project on the service; prints its tokens", runs::create_project),
     ("upload", "upload a party's encodings (object store in parts, else the API)", upload::run),

@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
 
 use crate::service::memory::compute_micros;
 use crate::service::model::{
-    IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
+    IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use crate::service::ports::{MetaError, MetaStore};
@@ -59,6 +59,12 @@ fn party_sk(index: u32) -> String {
 fn run_sk(run_id: &str) -> String {
     format!("RUN#{run_id}")
 }
+/// Shard counter `k` of a run (`model::SHARD_COUNTERS`): under the run's own sort key, so the
+/// run and its counters are one query.
+fn counter_sk(run_id: &str, k: u32) -> String {
+    format!("RUN#{run_id}{COUNTER_INFIX}{k:03}")
+}
+const COUNTER_INFIX: &str = "#COUNT#";
 fn shard_prefix(run_id: &str) -> String {
     format!("SHARD#{run_id}#")
 }
@@ -245,6 +251,27 @@ fn run_from(item: &Item) -> Result<Run, MetaError> {
         candidate_count: counter(item, "candidate_count")?,
         error: opt_s(item, "error"),
     })
+}
+
+/// Runs from the items of a `RUN#` query: run items, plus their counters added in.
+fn runs_from(items: &[Item]) -> Result<Vec<Run>, MetaError> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut counters: Vec<(String, &Item)> = Vec::new();
+    for item in items {
+        let sk = opt_s(item, "sk").unwrap_or_default();
+        match sk.strip_prefix("RUN#").and_then(|rest| rest.split_once(COUNTER_INFIX)) {
+            Some((run_id, _)) => counters.push((run_id.to_string(), item)),
+            None => runs.push(run_from(item)?),
+        }
+    }
+    for (run_id, item) in counters {
+        if let Some(run) = runs.iter_mut().find(|r| r.run_id == run_id) {
+            run.shards_done += counter(item, "shards_done")? as u32;
+            run.comparisons_done += counter(item, "comparisons_done")?;
+            run.candidate_count += counter(item, "candidate_count")?;
+        }
+    }
+    Ok(runs)
 }
 
 // ---- errors -----------------------------------------------------------------------------------
@@ -670,7 +697,7 @@ impl MetaStore for DynamoMeta {
             return Ok(Vec::new());
         }
         let items = self.query_partition("list runs", &project_pk(project_id), SortKeys::BeginsWith("RUN#")).await?;
-        let mut runs = items.iter().map(run_from).collect::<Result<Vec<_>, _>>()?;
+        let mut runs = runs_from(&items)?;
         runs.sort_by(|a, b| (&a.time_added, &a.run_id).cmp(&(&b.time_added, &b.run_id)));
         Ok(runs)
     }
@@ -679,7 +706,10 @@ impl MetaStore for DynamoMeta {
         if !self.project_live(project_id).await? {
             return Ok(None);
         }
-        self.get_item("get run", key(project_pk(project_id), run_sk(run_id))).await?.as_ref().map(run_from).transpose()
+        // The run item and its counters (`RUN#{rid}` and `RUN#{rid}#COUNT#…`); other runs whose
+        // id starts with this one's are filtered out by `runs_from`'s exact match.
+        let items = self.query_partition("get run", &project_pk(project_id), SortKeys::BeginsWith(&run_sk(run_id))).await?;
+        Ok(runs_from(&items)?.into_iter().find(|r| r.run_id == run_id))
     }
 
     async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
@@ -696,6 +726,10 @@ impl MetaStore for DynamoMeta {
             .await
             .map_err(|e| backend("delete run", e))?;
         let existed = out.attributes.is_some_and(|a| !a.is_empty());
+        // Counters first: a shard counted after this finds none and counts nothing.
+        let counters = format!("{}{COUNTER_INFIX}", run_sk(run_id));
+        let counters = self.query_partition("delete run", &project_pk(project_id), SortKeys::BeginsWith(&counters)).await?;
+        self.delete_keys("delete run", keys_of(&counters)).await?;
         let prefix = shard_prefix(run_id);
         let markers = self.query_partition("delete run", &project_pk(project_id), SortKeys::BeginsWith(&prefix)).await?;
         self.delete_keys("delete run", keys_of(&markers)).await?;
@@ -734,19 +768,29 @@ impl MetaStore for DynamoMeta {
                 ],
             )?,
         ];
+        // The shard counters, with the transition (a redelivered start finds the run running and
+        // changes nothing). 2 + SHARD_COUNTERS items: inside DynamoDB's 100 per transaction.
+        let mut items = items;
+        for k in 0..SHARD_COUNTERS {
+            let mut counter = key(project_pk(project_id), counter_sk(run_id, k));
+            counter.extend([("shards_done".into(), n(0)), ("comparisons_done".into(), n(0)), ("candidate_count".into(), n(0))]);
+            items.push(self.put(counter, None)?);
+        }
         Ok(matches!(self.transact("start run", items).await?, Written::Done))
     }
 
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
+        // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes it exactly
+        // once, the counter's existence says the run started and was not deleted.
         let marker = key(project_pk(project_id), shard_sk(run_id, shard));
         let items = vec![
             self.put(marker, Some("attribute_not_exists(pk)"))?,
             self.update(
-                key(project_pk(project_id), run_sk(run_id)),
+                key(project_pk(project_id), counter_sk(run_id, shard % SHARD_COUNTERS)),
                 "ADD shards_done :one, comparisons_done :c, candidate_count :k",
-                Some("#state = :running"),
-                &[("#state", "state")],
-                vec![(":one", n(1)), (":c", n(comparisons)), (":k", n(candidates)), (":running", s(RunState::Running.as_str()))],
+                Some("attribute_exists(pk)"),
+                &[],
+                vec![(":one", n(1)), (":c", n(comparisons)), (":k", n(candidates))],
             )?,
         ];
         let counted = matches!(self.transact("record shard", items).await?, Written::Done);

@@ -19,4 +19,5 @@ pub mod link;
 pub mod output;
 pub mod packed;
 pub mod shard;
+pub mod sizing;
 pub mod solver;

@@ -4,6 +4,7 @@
 use std::env;
 
 use super::client_store::{Network, PullPolicy};
+use crate::engine::sizing::{ComputeProfile, SizingPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,6 +28,11 @@ pub struct Limits {
     pub solver_max_candidate_pairs: u64,
     pub similarity_scores_max_candidate_pairs: u64,
     pub shard_target_comparisons: u64,
+    /// `MaxShardsPerRun` (0: derived from compare's concurrency; see `engine::sizing`).
+    pub max_shards_per_run: u64,
+    /// What compare runs on (`CompareMemorySize`, `FunctionTimeoutSeconds`,
+    /// `CompareReservedConcurrency`): shard sizing and the run estimate follow it.
+    pub compare: ComputeProfile,
     /// Bytes of an upload-bucket object fan-out reads per ranged GET while ingesting it.
     pub ingest_chunk_bytes: u64,
     /// Bytes of `data.bin` fan-out assembles at once when a blocks file reorders the records
@@ -35,6 +41,13 @@ pub struct Limits {
     /// Seconds one streamed ingestion may take: fan-out has 900 s, and an upload that cannot be
     /// read in one invocation is refused with a message instead of timing out on every retry.
     pub ingest_time_budget_secs: u64,
+}
+
+impl Limits {
+    /// How runs are sized into shards (fan-out plans with it; the api estimates with it).
+    pub fn sizing(&self) -> SizingPolicy {
+        SizingPolicy { target_comparisons: self.shard_target_comparisons, max_shards: self.max_shards_per_run, compare: self.compare }
+    }
 }
 
 impl Default for Limits {
@@ -48,6 +61,8 @@ impl Default for Limits {
             solver_max_candidate_pairs: 100_000_000,
             similarity_scores_max_candidate_pairs: 500_000_000,
             shard_target_comparisons: 300_000_000,
+            max_shards_per_run: 0,
+            compare: ComputeProfile::default(),
             ingest_chunk_bytes: 8 * 1024 * 1024,
             ingest_window_bytes: 256 * 1024 * 1024,
             ingest_time_budget_secs: 840,
@@ -143,6 +158,12 @@ impl Settings {
                 d.similarity_scores_max_candidate_pairs,
             )?,
             shard_target_comparisons: number("SHARD_TARGET_COMPARISONS", d.shard_target_comparisons)?,
+            max_shards_per_run: number("MAX_SHARDS_PER_RUN", d.max_shards_per_run)?,
+            compare: ComputeProfile {
+                memory_mb: number("COMPARE_MEMORY_MB", d.compare.memory_mb)?,
+                timeout_secs: number("COMPARE_TIMEOUT_SECS", d.compare.timeout_secs)?,
+                concurrency: number("COMPARE_CONCURRENCY", d.compare.concurrency)?,
+            },
             ingest_chunk_bytes: number("INGEST_CHUNK_BYTES", d.ingest_chunk_bytes)?.max(1),
             ingest_window_bytes: number("INGEST_WINDOW_BYTES", d.ingest_window_bytes)?.max(1),
             ingest_time_budget_secs: number("INGEST_TIME_BUDGET_SECS", d.ingest_time_budget_secs)?,

@@ -42,6 +42,10 @@ pub fn run_work_prefix(project: &str, run: &str) -> String {
 pub fn shard(project: &str, run: &str, shard: u32) -> String {
     format!("work/{project}/{run}/shards/{shard}.json")
 }
+/// Page `page` of a run's shard messages, stored for dispatch (`pipeline::dispatch`).
+pub fn plan_page(project: &str, run: &str, page: u32) -> String {
+    format!("work/{project}/{run}/plan/{page}.json")
+}
 pub fn shard_candidates(project: &str, run: &str, shard: u32) -> String {
     format!("work/{project}/{run}/candidates/{shard}.bin")
 }

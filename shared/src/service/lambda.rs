@@ -5,7 +5,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use tracing::{error, Instrument};
 
 use super::pipeline::events::s3_event_keys;
-use super::pipeline::{Pipeline, PipelineError, ShardMessage, SolveMessage};
+use super::pipeline::{Pipeline, PipelineError, ShardQueueMessage, SolveMessage};
 use super::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
 
 async fn for_each_record<F, Fut>(event: SqsEvent, mut handle: F) -> SqsBatchResponse
@@ -93,15 +93,18 @@ pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: 
     .await
 }
 
-/// compare: shard messages.
+/// compare: shard messages, and the range messages of a run's dispatch (`pipeline::dispatch`).
 pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     for_each_record(event, |record| async move {
-        let message: ShardMessage = serde_json::from_str(body(&record)?)
-            .map_err(|e| PipelineError::Event(format!("not a shard message: {e}")))?;
-        pipeline.compare(&message).await
+        let message: ShardQueueMessage = serde_json::from_str(body(&record)?)
+            .map_err(|e| PipelineError::Event(format!("not a shard or dispatch message: {e}")))?;
+        match message {
+            ShardQueueMessage::Shard(message) => pipeline.compare(&message).await,
+            ShardQueueMessage::Dispatch(message) => pipeline.dispatch(&message).await,
+        }
     })
     .await
 }

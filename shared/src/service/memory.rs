@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
 use super::model::{
-    IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, ShardOutcome, StatusCounters,
+    IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use super::ports::{
@@ -35,8 +35,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 struct RunEntry {
     run: Run,
-    /// Shard markers (DynamoDB: `RUN#{rid}#SHARD#{n}` items).
+    /// Shard markers (DynamoDB: `SHARD#{rid}#{n}` items).
     counted_shards: BTreeSet<u32>,
+    /// The run's shard counters, created when it starts (DynamoDB: `RUN#{rid}#COUNT#{k}` items);
+    /// shard `n` counts on counter `n mod SHARD_COUNTERS`.
+    counters: BTreeMap<u32, ShardCount>,
+}
+
+/// What one shard counter holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct ShardCount {
+    shards: u32,
+    comparisons: u64,
+    candidates: u64,
+}
+
+impl RunEntry {
+    /// The run as readers see it: the run item plus its counters (as the DynamoDB adapter folds
+    /// them).
+    fn folded(&self) -> Run {
+        let mut run = self.run.clone();
+        for c in self.counters.values() {
+            run.shards_done += c.shards;
+            run.comparisons_done += c.comparisons;
+            run.candidate_count += c.candidates;
+        }
+        run
+    }
 }
 
 #[derive(Debug)]
@@ -225,21 +250,21 @@ impl MetaStore for MemoryMeta {
         if entry.runs.contains_key(&run.run_id) {
             return Err(MetaError::Conflict(format!("run {} already exists", run.run_id)));
         }
-        entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new() });
+        entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new(), counters: BTreeMap::new() });
         Ok(())
     }
 
     async fn list_runs(&self, project_id: &str) -> Result<Vec<Run>, MetaError> {
         let t = lock(&self.tables);
         let Some(entry) = t.projects.get(project_id).filter(|p| !p.deleted) else { return Ok(Vec::new()) };
-        let mut runs: Vec<Run> = entry.runs.values().map(|r| r.run.clone()).collect();
+        let mut runs: Vec<Run> = entry.runs.values().map(RunEntry::folded).collect();
         runs.sort_by(|a, b| (&a.time_added, &a.run_id).cmp(&(&b.time_added, &b.run_id)));
         Ok(runs)
     }
 
     async fn get_run(&self, project_id: &str, run_id: &str) -> Result<Option<Run>, MetaError> {
         let mut t = lock(&self.tables);
-        Ok(t.live_run_mut(project_id, run_id).map(|r| r.run.clone()))
+        Ok(t.live_run_mut(project_id, run_id).map(|r| r.folded()))
     }
 
     async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
@@ -270,6 +295,7 @@ impl MetaStore for MemoryMeta {
                 r.run.shards_total = plan.shards_total;
                 r.run.total_comparisons = plan.total_comparisons;
                 r.run.time_started = Some(plan.time_started.clone());
+                r.counters = (0..SHARD_COUNTERS).map(|k| (k, ShardCount::default())).collect();
                 Ok(true)
             }
             _ => Ok(false),
@@ -279,15 +305,19 @@ impl MetaStore for MemoryMeta {
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
         let mut t = lock(&self.tables);
         let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(ShardOutcome { counted: false, run: None }) };
-        // DynamoDB: one transaction of [put marker if absent, update run if running].
-        let counted = r.run.state == RunState::Running && !r.counted_shards.contains(&shard);
+        // DynamoDB: one transaction of [put marker if absent, add to counter `shard mod K` if it
+        // exists]; the run item is not written (no hot item), so a failed run still counts.
+        let counter = shard % SHARD_COUNTERS;
+        let counted = r.counters.contains_key(&counter) && !r.counted_shards.contains(&shard);
         if counted {
             r.counted_shards.insert(shard);
-            r.run.shards_done += 1;
-            r.run.comparisons_done += comparisons;
-            r.run.candidate_count += candidates;
+            if let Some(c) = r.counters.get_mut(&counter) {
+                c.shards += 1;
+                c.comparisons += comparisons;
+                c.candidates += candidates;
+            }
         }
-        Ok(ShardOutcome { counted, run: Some(r.run.clone()) })
+        Ok(ShardOutcome { counted, run: Some(r.folded()) })
     }
 
     async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {

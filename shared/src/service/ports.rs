@@ -67,10 +67,13 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     fn delete_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// `created` → `queued` (stage 2). False if another invocation already claimed it.
     fn claim_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
-    /// `queued` → `running` with the plan's totals and `time_started`. False if not queued.
+    /// `queued` → `running` with the plan's totals and `time_started`, creating the run's shard
+    /// counters. False if not queued.
     fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> impl Future<Output = Result<bool, MetaError>> + Send;
-    /// Counts shard `shard` of a running run exactly once (marker + counters in one
-    /// transaction) and returns the run as it stands afterwards.
+    /// Counts shard `shard` of a started run exactly once (its marker + one of the run's
+    /// [`SHARD_COUNTERS`](super::model::SHARD_COUNTERS) counter items in one transaction; the
+    /// run item is not written) and returns the run as it stands afterwards, counters summed.
+    /// A run deleted meanwhile counts nothing (its counters are gone).
     fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> impl Future<Output = Result<ShardOutcome, MetaError>> + Send;
     /// `running` stage 2 → stage 3 ("compute output"); no-op if already there.
     fn enter_output_stage(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;

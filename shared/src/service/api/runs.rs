@@ -216,6 +216,27 @@ pub(crate) fn run_status(project: &Project, parties: &[Party], run: &Run) -> Val
     Value::Object(status)
 }
 
+/// What the run will take (`engine::sizing`, the estimate `pprl plan` prints), once every
+/// party's data is in (unblocked) or the run is planned (blocked); `None` before or after.
+fn run_plan_estimate(settings: &crate::service::config::Settings, project: &Project, parties: &[Party], run: &Run) -> Option<Value> {
+    if run.state.is_final() {
+        return None;
+    }
+    let ingested: Vec<_> = parties.iter().map(|p| p.ingested.as_ref()).collect::<Option<Vec<_>>>()?;
+    let records: Vec<u64> = ingested.iter().map(|i| i.record_count).collect();
+    let encoding_size = ingested.first().map(|i| i.encoding_size).unwrap_or(128);
+    let planned = (run.shards_total > 0).then_some((u64::from(run.shards_total), run.total_comparisons));
+    let estimate = crate::engine::sizing::run_estimate(
+        &settings.limits.sizing(),
+        &records,
+        encoding_size,
+        project.uses_blocking,
+        planned,
+        run.threshold,
+    )?;
+    serde_json::to_value(estimate).ok()
+}
+
 /// GET `/projects/{project_id}/runs/{run_id}/status` (result token, or a receipt for
 /// permutations projects).
 pub async fn status<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
@@ -226,5 +247,9 @@ pub async fn status<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     let (project, parties) = state.project(&ids.project_id).await?;
     let run = state.meta.get_run(&ids.project_id, &ids.run_id).await?.ok_or(ApiError::InvalidAccess)?;
     authorize(&project, &parties, &token, Allowed::ResultOrPermutationsReceipt)?;
-    Ok(Json(run_status(&project, &parties, &run)))
+    let mut status = run_status(&project, &parties, &run);
+    if let (Some(estimate), Some(map)) = (run_plan_estimate(&state.settings, &project, &parties, &run), status.as_object_mut()) {
+        map.insert("plan".into(), estimate);
+    }
+    Ok(Json(status))
 }

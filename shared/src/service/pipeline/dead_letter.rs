@@ -6,6 +6,7 @@ use tracing::warn;
 use crate::service::keys::Incoming;
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
+use super::dispatch::DispatchMessage;
 use super::events::s3_event_keys;
 use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
 
@@ -17,6 +18,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         if let Ok(m) = serde_json::from_str::<ShardMessage>(body) {
             warn!(project_id = m.project_id, run_id = m.run_id, shard = m.shard_index, "shard failed on every attempt");
             let message = format!("{RUN_FAILED_MESSAGE} Shard {} could not be computed after repeated attempts.", m.shard_index);
+            self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
+            return Ok(());
+        }
+        // Before solve's: a range message has the fields of a solve message too.
+        if let Ok(m) = serde_json::from_str::<DispatchMessage>(body) {
+            warn!(project_id = m.project_id, run_id = m.run_id, pages = ?m.pages, "dispatch failed on every attempt");
+            let message = format!("{RUN_FAILED_MESSAGE} Its shards could not be dispatched after repeated attempts.");
             self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
             return Ok(());
         }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::engine::encoding::{self, PartyEncodings, SizeBounds};
 use crate::engine::packed::{self, BlockIndex};
 use crate::service::blob_stream::MultipartWriter;
-use crate::engine::shard;
+use crate::engine::sizing;
 use crate::service::keys::{self, Incoming};
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
@@ -333,7 +333,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             let body = serde_json::to_string(&solve).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
             self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
         } else {
-            self.queue.send(&self.settings.shard_queue_url, bodies).await?;
+            self.dispatch_run(project_id, run_id, bodies).await?;
         }
         self.work.put(&dispatched_key(project_id, run_id), Bytes::from_static(b"{}"), &Vec::new()).await?;
         self.clean_up_if_deleted(project_id, run_id).await?;
@@ -350,10 +350,20 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 .map_err(|e| PipelineError::Corrupt(format!("block index of party {}: {e}", p.index)))?;
             indexes.push(index);
         }
-        let target = self.settings.limits.shard_target_comparisons;
-        let plan = tokio::task::spawn_blocking(move || shard::plan(&indexes, target))
-            .await
-            .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        let policy = self.settings.limits.sizing();
+        let (plan, estimate) = tokio::task::spawn_blocking(move || {
+            let (plan, target) = sizing::plan_run(&indexes, &policy);
+            let encoding_size = indexes.first().map(|i| i.encoding_size as usize).unwrap_or(128);
+            let smaller = indexes.iter().map(|i| i.record_count).min().unwrap_or(0);
+            // The threshold only moves the candidate estimate; the log line shows the plan.
+            let estimate = sizing::estimate(&sizing::PlanFacts::of(&plan, target, encoding_size), &policy, 0.8, smaller);
+            (plan, estimate)
+        })
+        .await
+        .map_err(|e| PipelineError::Worker(e.to_string()))?;
+        info!(project_id, run_id, shards = estimate.shards, shard_target = estimate.shard_target_comparisons,
+              shard_cap = estimate.shard_cap, max_shard_seconds = estimate.max_shard_seconds,
+              dispatch_messages = estimate.dispatch_messages, "run sized");
         let mut messages = Vec::with_capacity(plan.shards.len());
         for s in plan.shards {
             let index = s.index;

@@ -16,6 +16,7 @@
 
 pub mod compare;
 pub mod dead_letter;
+pub mod dispatch;
 pub mod events;
 pub mod external;
 pub mod fan_out;
@@ -38,6 +39,14 @@ pub struct ShardMessage {
     pub shard_index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+}
+
+/// What arrives on the shard queue: a shard, or a range of a run's shard pages to dispatch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ShardQueueMessage {
+    Shard(ShardMessage),
+    Dispatch(dispatch::DispatchMessage),
 }
 
 /// A message on the solve queue: every shard of the run is counted.

@@ -15,7 +15,8 @@ use crate::service::tokens::TokenHash;
 
 use super::fan_out::KIND_JSON;
 use super::watchdog::Sweep;
-use super::{Pipeline, ShardMessage, SolveMessage};
+use super::dispatch::DispatchMessage;
+use super::{Pipeline, ShardMessage, ShardQueueMessage, SolveMessage};
 
 const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
@@ -153,10 +154,18 @@ async fn drain(p: &TestPipeline, copies: usize) {
             return;
         }
         for body in shards {
-            let m: ShardMessage = serde_json::from_str(&body).unwrap();
-            let twins = (0..copies).map(|_| p.compare(&m));
-            for r in futures::future::join_all(twins).await {
-                r.unwrap();
+            match serde_json::from_str(&body).unwrap() {
+                ShardQueueMessage::Shard(m) => {
+                    let twins = (0..copies).map(|_| p.compare(&m));
+                    for r in futures::future::join_all(twins).await {
+                        r.unwrap();
+                    }
+                }
+                ShardQueueMessage::Dispatch(m) => {
+                    for _ in 0..copies {
+                        p.dispatch(&m).await.unwrap();
+                    }
+                }
             }
         }
         for body in solves {
@@ -718,4 +727,114 @@ async fn failing_object_reads_are_retried_and_change_nothing() {
     let expected = link::link(&encodings, 0.6, 300).unwrap();
     let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
     assert_eq!(&got[..], output::groups_json(&solver::greedy_solve(expected.candidates)).as_bytes());
+}
+
+/// Shard messages and range messages among `bodies`.
+fn split_messages(bodies: Vec<String>) -> (Vec<ShardMessage>, Vec<DispatchMessage>) {
+    let (mut shards, mut ranges) = (Vec::new(), Vec::new());
+    for body in bodies {
+        match serde_json::from_str(&body).unwrap() {
+            ShardQueueMessage::Shard(m) => shards.push(m),
+            ShardQueueMessage::Dispatch(m) => ranges.push(m),
+        }
+    }
+    (shards, ranges)
+}
+
+/// A run of 11,025 shards (12 pages): fan-out sends range messages only, the ranges split
+/// recursively, every shard is sent exactly once, a redelivered range re-sends only its own
+/// shards, and the run completes with the engine's groups.
+#[tokio::test]
+async fn dispatch_sends_every_shard_once_through_recursive_ranges() {
+    let p = pipeline(1);
+    let data = parties(21, 2, 105, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "big", 0.6).await;
+    let run = p.meta.get_run(&project, "big").await.unwrap().unwrap();
+    assert_eq!(run.shards_total, 105 * 105);
+    let (direct, mut ranges) = split_messages(p.queue.take(SHARDS));
+    assert!(direct.is_empty(), "fan-out sends no shard of a run of many pages itself");
+    assert!(!ranges.is_empty() && ranges.len() <= 10, "{} range messages from fan-out", ranges.len());
+    let mut sent = vec![0u32; run.shards_total as usize];
+    let mut leaves = Vec::new();
+    let mut depth = 0;
+    while !ranges.is_empty() {
+        depth += 1;
+        let mut next = Vec::new();
+        for range in ranges {
+            p.dispatch(&range).await.unwrap();
+            let (shards, sub) = split_messages(p.queue.take(SHARDS));
+            assert!(shards.is_empty() || sub.is_empty(), "a range sends shards or sub-ranges, not both");
+            assert!(shards.len() <= 1000 && sub.len() <= 10);
+            if !shards.is_empty() {
+                leaves.push((range.clone(), shards.iter().map(|m| m.shard_index).collect::<Vec<_>>()));
+            }
+            for m in shards {
+                sent[m.shard_index as usize] += 1;
+            }
+            next.extend(sub);
+        }
+        ranges = next;
+    }
+    assert_eq!(depth, 2);
+    assert!(sent.iter().all(|n| *n == 1), "every shard sent exactly once");
+    // Redelivery of one leaf range: exactly its shards again, nothing else.
+    let (leaf, its_shards) = leaves[3].clone();
+    p.dispatch(&leaf).await.unwrap();
+    let (again, sub) = split_messages(p.queue.take(SHARDS));
+    assert!(sub.is_empty());
+    assert_eq!(again.iter().map(|m| m.shard_index).collect::<Vec<_>>(), its_shards);
+    // Compute everything, the re-sent shards included (they count once).
+    for m in again {
+        p.compare(&m).await.unwrap();
+    }
+    // The shard messages taken above were not computed: the leaves send them again.
+    for (range, _) in &leaves {
+        p.dispatch(range).await.unwrap();
+    }
+    drain(&p, 1).await;
+    let run = p.meta.get_run(&project, "big").await.unwrap().unwrap();
+    assert_eq!((run.state, run.shards_done), (RunState::Completed, run.shards_total), "{run:?}");
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.6, 1).unwrap();
+    let (got, _) = p.work.get(&keys::result_groups(&project, "big")).await.unwrap();
+    assert_eq!(&got[..], output::groups_json(&solver::greedy_solve(expected.candidates)).as_bytes());
+    assert!(p.work.keys().iter().all(|k| !k.starts_with("work/")), "plan pages are cleaned up");
+}
+
+/// Counting spreads over the run's counters and stays exactly once under twins delivered at
+/// the same time; a deleted run counts nothing.
+#[tokio::test]
+async fn shard_counting_is_exactly_once_without_a_hot_item() {
+    let m = MemoryMeta::new();
+    let project = Project {
+        project_id: "p".into(),
+        result_type: ResultType::Groups,
+        number_parties: 2,
+        name: String::new(),
+        notes: String::new(),
+        schema: serde_json::json!({}),
+        uses_blocking: false,
+        time_added: crate::service::time::now_iso(),
+        result_token_hash: TokenHash::of("r"),
+    };
+    m.create_project(&project, &[Party::new(0, TokenHash::of("a")), Party::new(1, TokenHash::of("b"))]).await.unwrap();
+    m.create_run(&Run::created("p".into(), "r".into(), 0.8, String::new(), String::new(), crate::service::time::now_iso())).await.unwrap();
+    assert!(m.claim_run("p", "r").await.unwrap());
+    let total = 3 * SHARD_COUNTERS + 5;
+    let plan = RunPlan { shards_total: total, total_comparisons: 10 * total as u64, time_started: crate::service::time::now_iso() };
+    assert!(m.start_run("p", "r", &plan).await.unwrap());
+    let attempts = (0..total).flat_map(|s| [s, s, s]).map(|s| m.record_shard("p", "r", s, 10, 1));
+    let outcomes = futures::future::join_all(attempts).await;
+    let counted = outcomes.iter().filter(|o| o.as_ref().unwrap().counted).count();
+    assert_eq!(counted, total as usize, "each shard counted once of three deliveries");
+    let run = m.get_run("p", "r").await.unwrap().unwrap();
+    assert_eq!((run.shards_done, run.comparisons_done, run.candidate_count), (total, 10 * total as u64, total as u64));
+    assert_eq!(m.list_runs("p").await.unwrap()[0].shards_done, total);
+    assert_eq!(m.counted_shards("p", "r").await.unwrap(), (0..total).collect::<Vec<_>>());
+    assert!(m.delete_run("p", "r").await.unwrap());
+    assert!(!m.record_shard("p", "r", 0, 1, 1).await.unwrap().counted);
 }
