@@ -487,6 +487,20 @@ mod tests {
         assert_eq!(plan.shards.len(), 20_022);
     }
 
+    /// 1 TiB of 128-byte encodings is 8.6e9 records, past u32: entry ranges and byte offsets
+    /// of the plan stay exact in u64.
+    #[test]
+    fn a_one_tebibyte_party_plans_with_u64_offsets() {
+        let big = (1u64 << 40) / 128;
+        let policy = SizingPolicy { max_shards: 2_000_000, ..SizingPolicy::default() };
+        let (plan, _) = plan_run(&[unblocked_index(big, 128), unblocked_index(1_000_000, 128)], &policy);
+        assert_eq!(plan.total_comparisons, big * 1_000_000);
+        let last = plan.shards.iter().flat_map(|s| &s.tasks).map(|t| t.a.end).max().unwrap();
+        assert_eq!(last, big);
+        assert!(shard::byte_range(&(big - 1..big), 128).end == big * 136);
+        assert_eq!(plan.shards.iter().map(|s| s.comparisons).sum::<u64>(), big * 1_000_000);
+    }
+
     #[test]
     fn dispatch_shape_counts_ranges() {
         assert_eq!(dispatch_shape(0), (0, 0));
