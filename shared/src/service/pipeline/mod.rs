@@ -19,6 +19,7 @@ pub mod dead_letter;
 pub mod events;
 pub mod external;
 pub mod fan_out;
+pub mod merge;
 pub mod solve;
 pub mod watchdog;
 
@@ -40,7 +41,9 @@ pub struct ShardMessage {
     pub shard: Option<Shard>,
 }
 
-/// A message on the solve queue: every shard of the run is counted.
+/// A message on the solve queue: every shard of the run is counted. (The solve queue also
+/// carries the merge tree's steps, [`merge::MergeMessage`]; `Pipeline::on_solve_queue` tells
+/// them apart.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SolveMessage {
     pub project_id: String,
