@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use shared::engine::encoding::{PartyEncodings, SizeBounds, decode_json_upload};
 use shared::engine::link::link;
-use shared::engine::output::{format_score, groups_json};
+use shared::engine::output::{format_score, groups_json, pair_groups, write_groups};
 use shared::engine::shard::DEFAULT_TARGET_COMPARISONS;
-use shared::engine::solver::greedy_solve;
+use shared::engine::solver::{Components, TwoPartyGreedy, greedy_solve, greedy_solve_by_component};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/febrl4")
@@ -44,6 +44,26 @@ fn groups_equal_anonlink_greedy_solution() {
         assert_eq!(linked.total_comparisons, 5000 * 5000);
         let groups = greedy_solve(linked.candidates);
         assert_eq!(groups_json(&groups), expected_groups_json(threshold), "threshold {threshold}");
+    }
+}
+
+/// The solvers solve uses at scale give anonlink's bytes too: the streamed bitset greedy
+/// (two parties) and the per-component greedy.
+#[test]
+fn streaming_solvers_equal_anonlink_greedy_solution() {
+    let parties = parties();
+    for threshold in ["0.7", "0.8", "0.9"] {
+        let linked = link(&parties, threshold.parse().unwrap(), DEFAULT_TARGET_COMPARISONS).unwrap();
+        let mut bitsets = TwoPartyGreedy::new();
+        for c in &linked.candidates {
+            bitsets.visit(c).unwrap();
+        }
+        let mut json = Vec::new();
+        write_groups(&mut json, pair_groups(&bitsets.into_pairs())).unwrap();
+        assert_eq!(String::from_utf8(json).unwrap(), expected_groups_json(threshold), "bitsets, threshold {threshold}");
+        let components = Components::of(&linked.candidates);
+        let groups = greedy_solve_by_component(&linked.candidates, &components);
+        assert_eq!(groups_json(&groups), expected_groups_json(threshold), "components, threshold {threshold}");
     }
 }
 

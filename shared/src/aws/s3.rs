@@ -108,6 +108,40 @@ impl BlobReader for S3Blobs {
         Ok(body)
     }
 
+    async fn get_chunk(&self, key: &str, start: u64, max_len: u64) -> Result<(Bytes, u64), BlobError> {
+        let last = start.saturating_add(max_len.max(1)) - 1;
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes={start}-{last}")).send().await {
+            Ok(out) => out,
+            // 416: the range starts at or past the end, which for start 0 is an empty object.
+            Err(SdkError::ServiceError(se)) if start == 0 && se.err().code() == Some("InvalidRange") => {
+                return Ok((Bytes::new(), 0));
+            }
+            Err(e) => return Err(map_err(key, e)),
+        };
+        // "bytes a-b/len"; without it the store ignored the range and sent the whole object.
+        let total = out.content_range().and_then(|r| r.rsplit_once('/')).and_then(|(_, len)| len.parse::<u64>().ok());
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?
+            .into_bytes();
+        match total {
+            Some(total) => {
+                let expected = total.saturating_sub(start).min(max_len);
+                if body.len() as u64 != expected {
+                    return Err(BlobError::Backend(format!("{key}: asked for {expected} bytes at {start}, got {}", body.len())));
+                }
+                Ok((body, total))
+            }
+            None => {
+                let total = body.len() as u64;
+                let from = start.min(total) as usize;
+                Ok((body.slice(from..start.saturating_add(max_len).min(total) as usize), total))
+            }
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<Option<(u64, Metadata)>, BlobError> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => Ok(Some((out.content_length().unwrap_or(0).max(0) as u64, metadata_of(out.metadata())))),

@@ -17,7 +17,10 @@
 //! The solve stage then merges all shard files with [`merge`], a k-way heap merge under the
 //! anonlink order (−score, d0, d1, r0, r1) that drops exact duplicates (a pair of records that
 //! share several blocks is found by several shards). Its memory is one pending candidate per
-//! input, never proportional to the number of candidates.
+//! input, never proportional to the number of candidates. Merging is associative: merging
+//! groups of files and then merging the results gives the same stream as one merge of all
+//! files, which is what solve's merge tree over several invocations relies on
+//! (`service::pipeline::merge`).
 //!
 //! Writing uses anonlink's own layout (8/4/4). Reading also accepts the other layouts anonlink's
 //! reader accepts (4-byte floats; 1, 2, 4 or 8-byte indices), so files from other anonlink
@@ -239,7 +242,14 @@ pub struct CandidateReader<R: Read> {
 impl<R: Read> CandidateReader<R> {
     /// Reads and checks the header.
     pub fn new(r: R) -> Result<Self, FormatError> {
-        let mut inner = BufReader::with_capacity(64 * 1024, r);
+        Self::with_buffer(r, 64 * 1024)
+    }
+
+    /// [`CandidateReader::new`] with a read buffer of `capacity` bytes. A merge of thousands of
+    /// inputs that already hold their bytes in memory (chunks of objects) passes 0: a buffer
+    /// per input would cost more than the chunks themselves.
+    pub fn with_buffer(r: R, capacity: usize) -> Result<Self, FormatError> {
+        let mut inner = BufReader::with_capacity(capacity, r);
         let mut header = [0u8; 4];
         let got = read_full(&mut inner, &mut header)?;
         if got < header.len() {

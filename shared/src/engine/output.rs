@@ -53,44 +53,80 @@ pub fn format_score(x: f64) -> String {
     format!("{sign}{body}")
 }
 
-fn push_group(out: &mut String, group: &Group) {
-    out.push('[');
+fn write_group<W: Write>(w: &mut W, group: &[(u32, u32)]) -> io::Result<()> {
+    w.write_all(b"[")?;
     for (i, (d, r)) in group.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "[{d},{r}]");
+        let sep = if i > 0 { "," } else { "" };
+        write!(w, "{sep}[{d},{r}]")?;
     }
-    out.push(']');
+    w.write_all(b"]")
+}
+
+/// Streams `{"groups":[[[d,r],...],...]}` (groups in the order given). Buffer `w`.
+pub fn write_groups<W: Write, G: AsRef<[(u32, u32)]>>(mut w: W, groups: impl IntoIterator<Item = G>) -> io::Result<()> {
+    w.write_all(b"{\"groups\":[")?;
+    for (i, g) in groups.into_iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write_group(&mut w, g.as_ref())?;
+    }
+    w.write_all(b"]}")?;
+    w.flush()
+}
+
+/// The groups of two-party matches `(record of party 0, record of party 1)`, ascending, as
+/// [`write_groups`] takes them: the same bytes as the groups [`super::solver::greedy_solve`]
+/// returns for the same matches.
+pub fn pair_groups(pairs: &[(u32, u32)]) -> impl Iterator<Item = [(u32, u32); 2]> + '_ {
+    pairs.iter().map(|&(a, b)| [(0, a), (1, b)])
 }
 
 /// `{"groups":[[[d,r],...],...]}`.
 pub fn groups_json(groups: &[Group]) -> String {
-    let mut out = String::with_capacity(16 + groups.len() * 24);
-    out.push_str("{\"groups\":[");
-    for (i, g) in groups.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_group(&mut out, g);
-    }
-    out.push_str("]}");
-    out
+    let mut out = Vec::with_capacity(16 + groups.len() * 24);
+    let _ = write_groups(&mut out, groups);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Streams `{"similarity_scores":[[[d0,r0],[d1,r1],score],...]}` in the order given.
 /// Buffer `w` (e.g. `BufWriter`) when it is a file or socket: entries are written one by one.
 pub fn write_similarity_scores<W: Write>(
-    mut w: W,
+    w: W,
     cands: impl Iterator<Item = Candidate>,
 ) -> io::Result<()> {
-    w.write_all(b"{\"similarity_scores\":[")?;
-    for (i, c) in cands.enumerate() {
-        let sep = if i > 0 { "," } else { "" };
-        write!(w, "{sep}[[{},{}],[{},{}],{}]", c.d0, c.r0, c.d1, c.r1, format_score(c.score))?;
+    let mut out = SimilarityScoresWriter::new(w)?;
+    for c in cands {
+        out.write(&c)?;
     }
-    w.write_all(b"]}")?;
-    w.flush()
+    out.finish().map(drop)
+}
+
+/// [`write_similarity_scores`] one candidate at a time, for callers that feed several outputs
+/// from one stream.
+pub struct SimilarityScoresWriter<W: Write> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> SimilarityScoresWriter<W> {
+    pub fn new(mut inner: W) -> io::Result<Self> {
+        inner.write_all(b"{\"similarity_scores\":[")?;
+        Ok(Self { inner, written: 0 })
+    }
+
+    pub fn write(&mut self, c: &Candidate) -> io::Result<()> {
+        let sep = if self.written > 0 { "," } else { "" };
+        self.written += 1;
+        write!(self.inner, "{sep}[[{},{}],[{},{}],{}]", c.d0, c.r0, c.d1, c.r1, format_score(c.score))
+    }
+
+    /// Closes the document and returns the underlying writer, flushed.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.inner.write_all(b"]}")?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
 }
 
 /// Result of a two-party `permutations` run.
@@ -167,6 +203,17 @@ impl Xoshiro256 {
 /// Record indices at or beyond the declared sizes are ignored too, so the result stays a
 /// bijection whatever the input.
 pub fn permutations(groups: &[Group], sizes: [u64; 2], seed: u64) -> Permutations {
+    let pairs = groups.iter().filter_map(|group| {
+        let a = group.iter().find(|(d, _)| *d == 0).map(|&(_, r)| r);
+        let b = group.iter().find(|(d, _)| *d == 1).map(|&(_, r)| r);
+        Some((a?, b?))
+    });
+    permutations_of_pairs(pairs, sizes, seed)
+}
+
+/// [`permutations`] of two-party matches `(record of party 0, record of party 1)` in the order
+/// of the groups (ascending), without building the groups.
+pub fn permutations_of_pairs(pairs: impl IntoIterator<Item = (u32, u32)>, sizes: [u64; 2], seed: u64) -> Permutations {
     let mut rng = Xoshiro256::seeded(seed);
     let rows = sizes[0].min(sizes[1]);
     let mut slots: Vec<u32> = (0..rows as u32).collect();
@@ -176,10 +223,8 @@ pub fn permutations(groups: &[Group], sizes: [u64; 2], seed: u64) -> Permutation
     let mut perm: [Vec<u32>; 2] = [vec![UNSET; sizes[0] as usize], vec![UNSET; sizes[1] as usize]];
     let mut mask = vec![0u8; rows as usize];
     let mut used = 0usize;
-    for group in groups {
-        let a = group.iter().find(|(d, _)| *d == 0).map(|&(_, r)| r as usize);
-        let b = group.iter().find(|(d, _)| *d == 1).map(|&(_, r)| r as usize);
-        let (Some(a), Some(b)) = (a, b) else { continue };
+    for (a, b) in pairs {
+        let (a, b) = (a as usize, b as usize);
         let fits = a < perm[0].len() && b < perm[1].len();
         if !fits || perm[0][a] != UNSET || perm[1][b] != UNSET || used >= slots.len() {
             continue;
@@ -205,35 +250,46 @@ pub fn permutations(groups: &[Group], sizes: [u64; 2], seed: u64) -> Permutation
     Permutations { permutations: vec![p0, p1], mask, rows }
 }
 
-fn push_list<T: std::fmt::Display>(out: &mut String, items: &[T]) {
-    out.push('[');
+fn write_list<W: Write, T: std::fmt::Display>(w: &mut W, items: &[T]) -> io::Result<()> {
+    w.write_all(b"[")?;
     for (i, x) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{x}");
+        let sep = if i > 0 { "," } else { "" };
+        write!(w, "{sep}{x}")?;
     }
-    out.push(']');
+    w.write_all(b"]")
 }
 
-/// What a party's receipt token gets: `{"permutation":[...],"rows":n}`. An out-of-range party
-/// gets an empty permutation.
-pub fn permutation_json(p: &Permutations, party: usize) -> String {
+/// Streams what a party's receipt token gets: `{"permutation":[...],"rows":n}`. An
+/// out-of-range party gets an empty permutation. Buffer `w`.
+pub fn write_permutation<W: Write>(mut w: W, p: &Permutations, party: usize) -> io::Result<()> {
     let perm = p.permutations.get(party).map(Vec::as_slice).unwrap_or(&[]);
-    let mut out = String::with_capacity(32 + perm.len() * 7);
-    out.push_str("{\"permutation\":");
-    push_list(&mut out, perm);
-    let _ = write!(out, ",\"rows\":{}}}", p.rows);
-    out
+    w.write_all(b"{\"permutation\":")?;
+    write_list(&mut w, perm)?;
+    write!(w, ",\"rows\":{}}}", p.rows)?;
+    w.flush()
 }
 
-/// What the result token gets: `{"mask":[0|1,...]}`.
+/// Streams what the result token gets: `{"mask":[0|1,...]}`. Buffer `w`.
+pub fn write_mask<W: Write>(mut w: W, p: &Permutations) -> io::Result<()> {
+    w.write_all(b"{\"mask\":")?;
+    write_list(&mut w, &p.mask)?;
+    w.write_all(b"}")?;
+    w.flush()
+}
+
+/// [`write_permutation`] into a string.
+pub fn permutation_json(p: &Permutations, party: usize) -> String {
+    let len = p.permutations.get(party).map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(32 + len * 7);
+    let _ = write_permutation(&mut out, p, party);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`write_mask`] into a string.
 pub fn mask_json(p: &Permutations) -> String {
-    let mut out = String::with_capacity(16 + p.mask.len() * 2);
-    out.push_str("{\"mask\":");
-    push_list(&mut out, &p.mask);
-    out.push('}');
-    out
+    let mut out = Vec::with_capacity(16 + p.mask.len() * 2);
+    let _ = write_mask(&mut out, p);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The pre-1.13 `mapping` result: `{"mapping":{"<row in party 0>":"<row in party 1>",...}}`,

@@ -41,6 +41,16 @@ pub struct Limits {
     /// Seconds one streamed ingestion may take: fan-out has 900 s, and an upload that cannot be
     /// read in one invocation is refused with a message instead of timing out on every retry.
     pub ingest_time_budget_secs: u64,
+    /// How many candidate files one solve invocation merges; a run with more shards is merged
+    /// by a tree of invocations (`pipeline::merge`). Lowered further by what memory allows.
+    pub solve_merge_fan_in: u32,
+    /// Memory of the function in MB (Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, which the local
+    /// runner sets too). Solve sizes its read buffers and its memory-bound candidate limits from
+    /// it; `None` (outside a function) means no memory-derived limit.
+    pub function_memory_mb: Option<u64>,
+    /// Bytes solve reads per ranged GET of a candidate file; `None`: derived from memory and the
+    /// number of inputs. Set by tests to cut files into many small chunks.
+    pub solve_read_chunk_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -66,6 +76,9 @@ impl Default for Limits {
             ingest_chunk_bytes: 8 * 1024 * 1024,
             ingest_window_bytes: 256 * 1024 * 1024,
             ingest_time_budget_secs: 840,
+            solve_merge_fan_in: 16_384,
+            function_memory_mb: None,
+            solve_read_chunk_bytes: None,
         }
     }
 }
@@ -167,6 +180,11 @@ impl Settings {
             ingest_chunk_bytes: number("INGEST_CHUNK_BYTES", d.ingest_chunk_bytes)?.max(1),
             ingest_window_bytes: number("INGEST_WINDOW_BYTES", d.ingest_window_bytes)?.max(1),
             ingest_time_budget_secs: number("INGEST_TIME_BUDGET_SECS", d.ingest_time_budget_secs)?,
+            solve_merge_fan_in: number("SOLVE_MERGE_FAN_IN", d.solve_merge_fan_in)?.max(2),
+            function_memory_mb: optional("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .map(|v| v.parse().map_err(|_| ConfigError::Invalid { name: "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", value: v, why: "not a number" }))
+                .transpose()?,
+            solve_read_chunk_bytes: None,
         };
         if limits.shard_target_comparisons == 0 {
             return Err(ConfigError::Invalid {

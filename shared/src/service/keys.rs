@@ -9,6 +9,7 @@
 //! data/{project}/{party}/index.bin              block index of data.bin
 //! work/{project}/{run}/shards/{n}.json          shard descriptions
 //! work/{project}/{run}/candidates/{n}.bin       candidate pairs of shard n
+//! work/{project}/{run}/merged/{level}/{n}.bin   solve's merge tree: group n of level `level`
 //! results/{project}/{run}/...                   published results
 //! ```
 
@@ -48,6 +49,13 @@ pub fn plan_page(project: &str, run: &str, page: u32) -> String {
 }
 pub fn shard_candidates(project: &str, run: &str, shard: u32) -> String {
     format!("work/{project}/{run}/candidates/{shard}.bin")
+}
+/// Where solve's merge tree keeps the merged candidates of one level (see `pipeline::merge`).
+pub fn merged_candidates_prefix(project: &str, run: &str, level: u32) -> String {
+    format!("work/{project}/{run}/merged/{level}/")
+}
+pub fn merged_candidates(project: &str, run: &str, level: u32, group: u32) -> String {
+    format!("work/{project}/{run}/merged/{level}/{group}.bin")
 }
 pub fn run_results_prefix(project: &str, run: &str) -> String {
     format!("results/{project}/{run}/")

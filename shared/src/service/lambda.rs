@@ -5,7 +5,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use tracing::{error, Instrument};
 
 use super::pipeline::events::s3_event_keys;
-use super::pipeline::{Pipeline, PipelineError, ShardQueueMessage, SolveMessage};
+use super::pipeline::{Pipeline, PipelineError, ShardQueueMessage};
 use super::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
 
 async fn for_each_record<F, Fut>(event: SqsEvent, mut handle: F) -> SqsBatchResponse
@@ -109,15 +109,10 @@ pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
     .await
 }
 
-/// solve: solve messages.
+/// solve: solve messages and merge steps.
 pub async fn solve<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    for_each_record(event, |record| async move {
-        let message: SolveMessage = serde_json::from_str(body(&record)?)
-            .map_err(|e| PipelineError::Event(format!("not a solve message: {e}")))?;
-        pipeline.solve(&message).await
-    })
-    .await
+    for_each_record(event, |record| async move { pipeline.on_solve_queue(body(&record)?).await }).await
 }

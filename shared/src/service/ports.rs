@@ -117,6 +117,20 @@ pub trait BlobReader: Send + Sync + Clone + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<(Bytes, Metadata), BlobError>> + Send;
     fn get_range(&self, key: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
     fn head(&self, key: &str) -> impl Future<Output = Result<Option<(u64, Metadata)>, BlobError>> + Send;
+    /// Up to `max_len` bytes of `key` from byte `start` (a ranged GET that, unlike
+    /// [`BlobReader::get_range`], may end early at the end of the object) and the object's
+    /// length, so a reader can stream an object of unknown size without a HEAD first. `start`
+    /// must be below the length (or 0 for an empty object). The default reads the whole object:
+    /// adapters whose objects can be large override it.
+    fn get_chunk(&self, key: &str, start: u64, max_len: u64) -> impl Future<Output = Result<(Bytes, u64), BlobError>> + Send {
+        async move {
+            let (body, _) = self.get(key).await?;
+            let len = body.len() as u64;
+            let from = start.min(len) as usize;
+            let to = start.saturating_add(max_len).min(len) as usize;
+            Ok((body.slice(from..to), len))
+        }
+    }
 }
 
 /// An object store bucket of the service's own (S3 in AWS).

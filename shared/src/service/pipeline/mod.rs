@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod events;
 pub mod external;
 pub mod fan_out;
+pub mod merge;
 pub mod solve;
 pub mod watchdog;
 
@@ -49,7 +50,9 @@ pub enum ShardQueueMessage {
     Dispatch(dispatch::DispatchMessage),
 }
 
-/// A message on the solve queue: every shard of the run is counted.
+/// A message on the solve queue: every shard of the run is counted. (The solve queue also
+/// carries the merge tree's steps, [`merge::MergeMessage`]; `Pipeline::on_solve_queue` tells
+/// them apart.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SolveMessage {
     pub project_id: String,

@@ -1,35 +1,76 @@
 //! solve: merges a run's shard candidates, solves, publishes the result, completes the run.
 //!
-//! The merge streams the shard files in candidate order (−score, d0, d1, r0, r1) and drops the
-//! duplicates that blocks produce. Results are written under deterministic keys with
-//! deterministic content (the permutations' randomness is seeded from the run id), so a solve
-//! delivered twice writes the same bytes, and `complete_run` lets only one of them complete it.
+//! The candidate files are fetched concurrently and merged as one stream in candidate order
+//! (−score, d0, d1, r0, r1), duplicates dropped; a run with more files than one invocation should
+//! read is first merged by a tree of invocations ([`super::merge`]). What happens to the stream:
 //!
-//! Memory: the shard files being merged plus the merged candidates (24 bytes each, at most the
-//! configured limit: `SOLVER_MAX_CANDIDATE_PAIRS` for groups/permutations,
-//! `SIMILARITY_SCORES_MAX_CANDIDATE_PAIRS` for similarity scores) and the rendered result.
+//! - `similarity_scores`: written as it arrives, to the binary file and the JSON, both streamed
+//!   multipart uploads. Nothing is held per candidate.
+//! - `groups` / `permutations` of **two parties**: [`solver::TwoPartyGreedy`], greedy one-to-one
+//!   matching with two bitsets, exactly anonlink's greedy (proof in [`solver`]'s docs). Held: a
+//!   bit per record of each party and 8 bytes per match; nothing per candidate.
+//! - `groups` of **three or more parties**: the candidates are held (24 bytes each), split into
+//!   the connected components of their graph, and solved one component at a time
+//!   ([`solver::greedy_solve_by_component`], identical to the greedy over all of them).
+//!
+//! Results are written under deterministic keys with deterministic content (the permutations'
+//! randomness is seeded from the run id), so a solve delivered twice writes the same bytes, and
+//! `complete_run` lets only one of them complete it.
+//!
+//! # Limits: the reference's, plus what memory allows
+//!
+//! The reference's limits stay as configured: `SOLVER_MAX_CANDIDATE_PAIRS` for groups and
+//! permutations, `SIMILARITY_SCORES_MAX_CANDIDATE_PAIRS` for similarity scores (compare also
+//! enforces it as candidates are found). On top, solve derives from its memory
+//! (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, see [`SolveMemory`]) the candidates it can hold, so that a
+//! run which cannot fit ends with the reference's message instead of the function being killed
+//! (and retried, and failed with a generic error):
+//!
+//! - similarity scores and two-party solves hold nothing per candidate: **no memory-derived
+//!   limit** (the configured one is then only a policy; raise it at will);
+//! - N-party solves hold every candidate ([`HELD_BYTES_PER_CANDIDATE`]) and the greedy state of
+//!   the largest component ([`SOLVER_BYTES_PER_CANDIDATE`]): the run fails before any fetch when
+//!   its counted candidates cannot be held, and after the split when its largest component
+//!   cannot be solved. The limit is per run for holding and per component for solving.
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::engine::candidates::{self, Candidate, CandidateReader};
-use crate::engine::{output, solver};
+use crate::engine::candidates::{self, Candidate, CandidateWriter};
+use crate::engine::output::{self, SimilarityScoresWriter};
+use crate::engine::solver::{self, Components, TwoPartyGreedy};
 use crate::service::keys;
-use crate::service::model::{ResultType, RunState};
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::model::{Party, ResultType, RunState};
+use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
 use crate::service::time;
 
+use super::merge::{self, SolveMemory, read_failure, with_uploads, write_failure};
 use super::{Pipeline, PipelineError, SolveMessage};
 
 pub const SOLVER_LIMIT_MESSAGE: &str = "Attempting to solve with more than the global limit of candidate pairs.";
+
+/// Bytes an N-party solve holds per candidate besides the solver: the candidate (24), its place
+/// in the component order (4), and the union-find over its records (measured with
+/// `bench/solve.sh --parties 3`; see `bench/README.md`).
+pub const HELD_BYTES_PER_CANDIDATE: u64 = 96;
+/// Bytes of [`solver::greedy_solve`]'s state per candidate of the component it solves (~170
+/// measured from its hash maps, plus headroom).
+pub const SOLVER_BYTES_PER_CANDIDATE: u64 = 200;
 
 /// Seed of a run's permutations: fixed by its id, so repeated solves agree.
 pub fn permutation_seed(run_id: &str) -> u64 {
     let digest = Sha256::digest(run_id.as_bytes());
     u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// What a solve ended with, when it did not fail.
+enum Solved {
+    /// The result is written; this many distinct candidates were merged.
+    Written { pairs: u64 },
+    /// Over a limit: the run ends with this message.
+    OverLimit(&'static str),
 }
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
@@ -46,76 +87,45 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         let Some((project, parties)) = self.meta.get_project(project_id).await? else {
             return Ok(());
         };
+        let tree = self.merge_tree(run.shards_total);
+        if !self.merge_tree_ready(project_id, run_id, &tree).await? {
+            return Ok(()); // merge steps sent; the last one sends this message again
+        }
+        let two_parties = project.number_parties == 2;
+        if project.result_type != ResultType::SimilarityScores && !two_parties {
+            // Fail before fetching anything when the candidates cannot even be held.
+            let holdable = SolveMemory::new(&self.settings.limits).solver_budget(1).map(|b| b / HELD_BYTES_PER_CANDIDATE);
+            if holdable.is_some_and(|n| run.candidate_count > n) {
+                self.meta.fail_run(project_id, run_id, SOLVER_LIMIT_MESSAGE).await?;
+                return Ok(());
+            }
+        }
         if project.result_type != ResultType::SimilarityScores {
             self.meta.enter_output_stage(project_id, run_id).await?;
         }
-        let mut files = Vec::with_capacity(run.shards_total as usize);
-        for shard in 0..run.shards_total {
-            match self.work.get(&keys::shard_candidates(project_id, run_id, shard)).await {
-                Ok((bytes, _)) => files.push(bytes),
-                Err(BlobError::NotFound(key)) => {
-                    // Completed and cleaned up by a twin meanwhile, or a real loss.
-                    let now = self.meta.get_run(project_id, run_id).await?;
-                    if now.is_some_and(|r| r.state == RunState::Running) {
-                        return Err(PipelineError::Corrupt(format!("candidates of a counted shard are missing: {key}")));
-                    }
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let Some(inputs) = self.open_run_inputs(project_id, run_id, tree.top_inputs(project_id, run_id)).await? else {
+            return Ok(());
+        };
+        let fetched_ms = started.elapsed().as_millis() as u64;
         let limit = match project.result_type {
             ResultType::SimilarityScores => self.settings.limits.similarity_scores_max_candidate_pairs,
             _ => self.settings.limits.solver_max_candidate_pairs,
         };
-        let merged = tokio::task::spawn_blocking(move || merge_all(files, limit))
-            .await
-            .map_err(|e| PipelineError::Worker(e.to_string()))??;
-        let Some(merged) = merged else {
-            let message = match project.result_type {
-                ResultType::SimilarityScores => super::compare::CANDIDATE_LIMIT_MESSAGE,
-                _ => SOLVER_LIMIT_MESSAGE,
-            };
-            self.meta.fail_run(project_id, run_id, message).await?;
-            return Ok(());
+        let solved = match project.result_type {
+            ResultType::SimilarityScores => self.write_similarity_scores(project_id, run_id, inputs, limit).await?,
+            _ if two_parties => self.solve_two_parties(project_id, run_id, project.result_type, &parties, inputs, limit).await?,
+            _ => self.solve_by_component(project_id, run_id, inputs, limit, run.candidate_count).await?,
         };
-        let pairs = merged.len();
-        match project.result_type {
-            ResultType::SimilarityScores => {
-                let binary = candidates::encode(&merged);
-                let json = tokio::task::spawn_blocking(move || {
-                    let mut out = Vec::with_capacity(merged.len() * 40 + 32);
-                    output::write_similarity_scores(&mut out, merged.into_iter()).map(|_| out)
-                })
-                .await
-                .map_err(|e| PipelineError::Worker(e.to_string()))?
-                .map_err(|e| PipelineError::Worker(e.to_string()))?;
-                self.work.put(&keys::result_candidates(project_id, run_id), Bytes::from(binary), &Vec::new()).await?;
-                self.work.put(&keys::result_similarity_scores(project_id, run_id), Bytes::from(json), &Vec::new()).await?;
+        let pairs = match solved {
+            Solved::Written { pairs } => pairs,
+            Solved::OverLimit(message) => {
+                self.meta.fail_run(project_id, run_id, message).await?;
+                return Ok(());
             }
-            ResultType::Groups => {
-                let groups = solver::greedy_solve(merged);
-                let json = output::groups_json(&groups);
-                self.work.put(&keys::result_groups(project_id, run_id), Bytes::from(json), &Vec::new()).await?;
-            }
-            ResultType::Permutations => {
-                let groups = solver::greedy_solve(merged);
-                let mut sizes = [0u64; 2];
-                for p in parties.iter().take(2) {
-                    sizes[p.index as usize % 2] = p.ingested.as_ref().map(|i| i.record_count).unwrap_or(0);
-                }
-                let perms = output::permutations(&groups, sizes, permutation_seed(run_id));
-                for party in 0..2u32 {
-                    let json = output::permutation_json(&perms, party as usize);
-                    self.work.put(&keys::result_permutation(project_id, run_id, party), Bytes::from(json), &Vec::new()).await?;
-                }
-                self.work.put(&keys::result_mask(project_id, run_id), Bytes::from(output::mask_json(&perms)), &Vec::new()).await?;
-                let groups_json = output::groups_json(&groups);
-                self.work.put(&keys::result_groups(project_id, run_id), Bytes::from(groups_json), &Vec::new()).await?;
-            }
-        }
+        };
         if self.meta.complete_run(project_id, run_id, &time::now_iso()).await? {
-            info!(project_id, run_id, pairs, elapsed_ms = started.elapsed().as_millis() as u64, "run completed");
+            info!(project_id, run_id, pairs, files = tree.width(0), levels = tree.top(), fetched_ms,
+                  elapsed_ms = started.elapsed().as_millis() as u64, "run completed");
         }
         // Shard files are no longer needed by anyone once the run is final.
         self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;
@@ -126,22 +136,137 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         }
         Ok(())
     }
+
+    /// The merged stream written as it comes: anonlink's binary file and the JSON result.
+    async fn write_similarity_scores(&self, project_id: &str, run_id: &str, inputs: merge::Inputs, limit: u64) -> Result<Solved, PipelineError> {
+        let (readers, error) = inputs.candidate_readers()?;
+        let outputs = vec![keys::result_candidates(project_id, run_id), keys::result_similarity_scores(project_id, run_id)];
+        with_uploads(&self.work, outputs, move |uploads| {
+            let mut uploads = uploads.into_iter();
+            let (Some(binary), Some(json)) = (uploads.next(), uploads.next()) else {
+                return Err(PipelineError::Worker("missing uploads".into()));
+            };
+            let mut binary = CandidateWriter::new(binary).map_err(write_failure)?;
+            let mut json = SimilarityScoresWriter::new(json).map_err(write_failure)?;
+            for c in candidates::merge(readers) {
+                let c = c.map_err(|e| read_failure(&error, e))?;
+                if binary.count() >= limit {
+                    return Ok(Solved::OverLimit(super::compare::CANDIDATE_LIMIT_MESSAGE));
+                }
+                binary.write(&c).map_err(write_failure)?;
+                json.write(&c).map_err(write_failure)?;
+            }
+            let pairs = binary.count();
+            binary.finish().map_err(write_failure)?.commit().map_err(write_failure)?;
+            json.finish().map_err(write_failure)?.commit().map_err(write_failure)?;
+            Ok(Solved::Written { pairs })
+        })
+        .await
+    }
+
+    /// Two parties: the bitset greedy over the stream, then groups (and permutations).
+    async fn solve_two_parties(
+        &self,
+        project_id: &str,
+        run_id: &str,
+        result_type: ResultType,
+        parties: &[Party],
+        inputs: merge::Inputs,
+        limit: u64,
+    ) -> Result<Solved, PipelineError> {
+        let (readers, error) = inputs.candidate_readers()?;
+        let matched = tokio::task::spawn_blocking(move || -> Result<Option<(u64, Vec<(u32, u32)>)>, PipelineError> {
+            let mut greedy = TwoPartyGreedy::new();
+            let mut pairs = 0u64;
+            for c in candidates::merge(readers) {
+                let c = c.map_err(|e| read_failure(&error, e))?;
+                if pairs >= limit {
+                    return Ok(None);
+                }
+                pairs += 1;
+                greedy.visit(&c).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+            }
+            Ok(Some((pairs, greedy.into_pairs())))
+        })
+        .await
+        .map_err(|e| PipelineError::Worker(e.to_string()))??;
+        let Some((pairs, matches)) = matched else { return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE)) };
+
+        let groups_key = keys::result_groups(project_id, run_id);
+        if result_type != ResultType::Permutations {
+            return with_uploads(&self.work, vec![groups_key], move |uploads| {
+                let [groups]: [merge::Upload; 1] = uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
+                write_groups(groups, output::pair_groups(&matches))?;
+                Ok(Solved::Written { pairs })
+            })
+            .await;
+        }
+        let mut sizes = [0u64; 2];
+        for p in parties.iter().take(2) {
+            sizes[p.index as usize % 2] = p.ingested.as_ref().map(|i| i.record_count).unwrap_or(0);
+        }
+        let seed = permutation_seed(run_id);
+        let outputs = vec![
+            keys::result_permutation(project_id, run_id, 0),
+            keys::result_permutation(project_id, run_id, 1),
+            keys::result_mask(project_id, run_id),
+            groups_key,
+        ];
+        with_uploads(&self.work, outputs, move |uploads| {
+            let [perm0, perm1, mask, groups]: [merge::Upload; 4] =
+                uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
+            let perms = output::permutations_of_pairs(matches.iter().copied(), sizes, seed);
+            for (party, upload) in [perm0, perm1].into_iter().enumerate() {
+                let mut upload = upload;
+                output::write_permutation(&mut upload, &perms, party).map_err(write_failure)?;
+                upload.commit().map_err(write_failure)?;
+            }
+            let mut mask = mask;
+            output::write_mask(&mut mask, &perms).map_err(write_failure)?;
+            mask.commit().map_err(write_failure)?;
+            drop(perms);
+            write_groups(groups, output::pair_groups(&matches))?;
+            Ok(Solved::Written { pairs })
+        })
+        .await
+    }
+
+    /// Three or more parties: hold the candidates, solve one connected component at a time.
+    async fn solve_by_component(&self, project_id: &str, run_id: &str, inputs: merge::Inputs, limit: u64, counted: u64) -> Result<Solved, PipelineError> {
+        let budget = SolveMemory::new(&self.settings.limits).solver_budget(1);
+        let (readers, error) = inputs.candidate_readers()?;
+        let groups_key = keys::result_groups(project_id, run_id);
+        with_uploads(&self.work, vec![groups_key], move |uploads| {
+            let [upload]: [merge::Upload; 1] = uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
+            // The counted candidates bound the merged ones (the merge only drops duplicates).
+            let mut held: Vec<Candidate> = Vec::with_capacity(counted.min(limit) as usize);
+            for c in candidates::merge(readers) {
+                let c = c.map_err(|e| read_failure(&error, e))?;
+                if held.len() as u64 >= limit {
+                    return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
+                }
+                held.push(c);
+            }
+            if held.len() > u32::MAX as usize {
+                return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
+            }
+            let components = Components::of(&held);
+            let needed = held.len() as u64 * HELD_BYTES_PER_CANDIDATE + components.largest() as u64 * SOLVER_BYTES_PER_CANDIDATE;
+            if budget.is_some_and(|b| needed > b) {
+                return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
+            }
+            let groups = solver::greedy_solve_by_component(&held, &components);
+            let pairs = held.len() as u64;
+            drop((held, components));
+            write_groups(upload, &groups)?;
+            Ok(Solved::Written { pairs })
+        })
+        .await
+    }
 }
 
-/// Merges shard files (each sorted) into one sorted, deduplicated list; `None` past `limit`.
-fn merge_all(files: Vec<Bytes>, limit: u64) -> Result<Option<Vec<Candidate>>, PipelineError> {
-    let readers = files
-        .iter()
-        .map(|f| CandidateReader::new(&f[..]))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-    let mut merged = Vec::new();
-    for c in candidates::merge(readers) {
-        let c = c.map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-        if merged.len() as u64 >= limit {
-            return Ok(None);
-        }
-        merged.push(c);
-    }
-    Ok(Some(merged))
+/// Streams `{"groups":…}` into `upload` and commits it.
+fn write_groups<G: AsRef<[(u32, u32)]>>(mut upload: merge::Upload, groups: impl IntoIterator<Item = G>) -> Result<(), PipelineError> {
+    output::write_groups(&mut upload, groups).map_err(write_failure)?;
+    upload.commit().map_err(write_failure)
 }

@@ -16,7 +16,7 @@ use crate::service::tokens::TokenHash;
 use super::fan_out::KIND_JSON;
 use super::watchdog::Sweep;
 use super::dispatch::DispatchMessage;
-use super::{Pipeline, ShardMessage, ShardQueueMessage, SolveMessage};
+use super::{Pipeline, ShardMessage, ShardQueueMessage};
 
 const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
@@ -169,16 +169,28 @@ async fn drain(p: &TestPipeline, copies: usize) {
             }
         }
         for body in solves {
-            let m: SolveMessage = serde_json::from_str(&body).unwrap();
             for _ in 0..copies {
-                p.solve(&m).await.unwrap();
+                p.on_solve_queue(&body).await.unwrap();
             }
         }
     }
 }
 
 async fn case(n: u32, blocking: bool, result_type: ResultType, seed: u64, shard_target: u64, copies: usize) {
-    let p = pipeline(shard_target);
+    case_with(n, blocking, result_type, seed, shard_target, copies, |_| {}).await;
+}
+
+async fn case_with(
+    n: u32,
+    blocking: bool,
+    result_type: ResultType,
+    seed: u64,
+    shard_target: u64,
+    copies: usize,
+    limits: impl FnOnce(&mut Limits),
+) {
+    let mut p = pipeline(shard_target);
+    limits(&mut p.settings.limits);
     let data = parties(seed, n as usize, 40, blocking);
     let project = create_project(&p, result_type, n, blocking).await;
     post_run(&p, &project, "run1", 0.6).await;
@@ -226,6 +238,62 @@ async fn every_message_delivered_twice_at_once_changes_nothing() {
 #[tokio::test]
 async fn five_parties_with_blocks_and_many_shards() {
     case(5, true, ResultType::Groups, 4, 50, 1).await;
+}
+
+/// Fan-in 3 over dozens of shards: a merge tree of several levels, steps delivered twice, files
+/// read in 50-byte chunks (entries straddle them). Same results as the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_tree_and_chunked_reads_change_nothing() {
+    let small = |l: &mut Limits| {
+        l.solve_merge_fan_in = 3;
+        l.solve_read_chunk_bytes = Some(50);
+    };
+    case_with(2, false, ResultType::Groups, 21, 60, 2, small).await;
+    case_with(2, true, ResultType::SimilarityScores, 22, 40, 1, small).await;
+    case_with(3, true, ResultType::Groups, 23, 40, 2, small).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permutations_are_those_of_the_in_memory_groups() {
+    let p = pipeline(100);
+    let data = parties(31, 2, 40, false);
+    let project = create_project(&p, ResultType::Permutations, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "perm", 0.6).await;
+    drain(&p, 1).await;
+    assert_eq!(p.meta.get_run(&project, "perm").await.unwrap().unwrap().state, RunState::Completed);
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let groups = solver::greedy_solve(link::link(&encodings, 0.6, 100).unwrap().candidates);
+    let perms = output::permutations(&groups, [40, 40], super::solve::permutation_seed("perm"));
+    for party in 0..2u32 {
+        let (got, _) = p.work.get(&keys::result_permutation(&project, "perm", party)).await.unwrap();
+        assert_eq!(&got[..], output::permutation_json(&perms, party as usize).as_bytes());
+    }
+    let (got, _) = p.work.get(&keys::result_mask(&project, "perm")).await.unwrap();
+    assert_eq!(&got[..], output::mask_json(&perms).as_bytes());
+    let (got, _) = p.work.get(&keys::result_groups(&project, "perm")).await.unwrap();
+    assert_eq!(&got[..], output::groups_json(&groups).as_bytes());
+}
+
+/// A solve function too small to hold a three-party run's candidates ends it with the
+/// reference's message before fetching anything, instead of being killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_party_runs_that_cannot_fit_in_memory_end_with_the_reference_message() {
+    let mut p = pipeline(100);
+    // 128 MB: nothing is left for holding candidates after the baseline, reads and output buffers.
+    p.settings.limits.function_memory_mb = Some(128);
+    let data = parties(12, 3, 40, false);
+    let project = create_project(&p, ResultType::Groups, 3, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "small", 0.3).await;
+    drain(&p, 1).await;
+    let run = p.meta.get_run(&project, "small").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Error);
+    assert_eq!(run.error.as_deref(), Some(super::solve::SOLVER_LIMIT_MESSAGE));
 }
 
 #[tokio::test]
