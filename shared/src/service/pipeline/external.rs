@@ -20,9 +20,10 @@
 //!   the ingestion pauses at a part boundary and a new invocation continues it
 //!   ([`Checkpoint`]).
 //! - **Binary encodings with a blocks file**: the block assignment is held in memory, the
-//!   encodings are streamed. The blocks file (JSON) is decoded whole (its body, plus about
-//!   40 bytes per record and 16 per (record, block) while decoding), then reduced to the sorted
-//!   entry order, 20 bytes per (record, block) pair. `data.bin` is then written in windows of
+//!   encodings are streamed. The blocks file (blocklib's JSON, or NDJSON named `*.ndjson`,
+//!   `engine::blocks_file`) is read as a stream of ranged GETs and parsed record by record
+//!   into the sorted entry order, 20 bytes per (record, block) pair (plus one bit per record
+//!   to refuse a record listed twice); it is never held whole. `data.bin` is then written in windows of
 //!   at most `Limits::ingest_window_bytes` (256 MiB) of entries: for each window, the ranges of
 //!   the object holding its records are read in chunks and copied into place. Peak ≈ blocks
 //!   file + about 60 bytes per record (one block each) + one window + one part. Time: the
@@ -34,6 +35,7 @@
 use bytes::Bytes;
 use tracing::info;
 
+use crate::engine::blocks_file::{self, BlocksFormat, RecordTally};
 use crate::engine::encoding::{self, BlockKey, DecodeError, SizeBounds};
 use crate::engine::packed::{self, BlockEntry, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
@@ -192,6 +194,50 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         Ok(encoding::decode_blocks_file(&body, count))
     }
 
+    /// The (block, record) pairs of a blocks file, sorted and without duplicates (the entry
+    /// order of `data.bin`), read as a stream: ranged GETs of `ingest_chunk_bytes` feed the
+    /// parser on a blocking thread, so the file is never held whole (either form:
+    /// `engine::blocks_file`). Memory: 20 bytes per pair, one bit per record, two chunks.
+    async fn stream_placements<S: BlobReader>(&self, blocks: &Found<S>, count: u64) -> Result<Result<Vec<(BlockKey, u32)>, DecodeError>, PipelineError> {
+        let format = BlocksFormat::of_path(&blocks.path);
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let parser = tokio::task::spawn_blocking(move || {
+            let mut tally = RecordTally::new(count);
+            let mut placements = Vec::new();
+            let reader = ChannelReader { receiver, current: Bytes::new() };
+            blocks_file::read_blocks(reader, format, |record, ids| {
+                tally.note(record)?;
+                placements.extend(ids.iter().map(|id| (BlockKey::of(id), record as u32)));
+                Ok(())
+            })?;
+            tally.finish()?;
+            // A record listing a block twice is in it once (as `packed::placements`).
+            placements.sort_unstable();
+            placements.dedup();
+            Ok(placements)
+        });
+        let mut fetched = Ok(());
+        for range in blob_stream::chunks(0..blocks.len, self.settings.limits.ingest_chunk_bytes, 1) {
+            match blob_stream::read_exact(&blocks.store, &blocks.path, range).await {
+                // The parser stopped (a malformed file): its error is the answer.
+                Ok(chunk) => {
+                    if sender.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    fetched = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let parsed = parser.await.map_err(|e| PipelineError::Worker(e.to_string()))?;
+        // A failed read ends the parser's input early: the storage error is the answer then.
+        fetched?;
+        Ok(parsed)
+    }
+
     /// Every record in block "1": one pass over the object, entries in record order, in as many
     /// fan-out invocations as it takes. Each part of `data.bin` holds the same whole records
     /// whichever invocation writes it, so when the time budget runs out at a part boundary the
@@ -297,12 +343,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
 
     /// Records reordered by a blocks file: the assignment in memory, entries window by window.
     async fn stream_blocked<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, blocks: &Found<S>, count: u64, size: usize) -> Outcome {
-        let per_record = match self.read_blocks_file(blocks, count as usize).await? {
-            Ok(b) => b,
-            Err(e) => return rejected(e.to_string()),
+        // Nothing is written before the whole blocks file has been read and checked, so a file
+        // malformed halfway leaves nothing half-ingested.
+        let placements = match self.stream_placements(blocks, count).await? {
+            Ok(placements) => placements,
+            Err(e) => return rejected(format!("{e} (in the blocks file '{}')", blocks.path)),
         };
-        let placements = packed::placements(&per_record, count as usize);
-        drop(per_record);
         let index = BlockIndex {
             encoding_size: size as u32,
             record_count: count,
@@ -374,6 +420,26 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             writer.write(&entries).await?;
         }
         Ok(Ok(()))
+    }
+}
+
+/// A blocks file's chunks as one `Read`, for the parser on its blocking thread.
+struct ChannelReader {
+    receiver: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
