@@ -192,7 +192,7 @@ impl BlocksFile {
             Ok(())
         })
         .and_then(|_| tally.finish())
-        .with_context(|| format!("{} does not fit the {count} encodings", path.display()))?;
+        .with_context(|| format!("checking the blocks file {} against the {count} encodings", path.display()))?;
         if let Some(e) = write_error {
             return Err(e).with_context(|| format!("writing {}", blocks.ndjson.display()));
         }
@@ -247,4 +247,39 @@ fn via_api(client: &ServiceClient, project: &str, token: &str, encodings: Encodi
         rows.push(Value::Array(row));
     }
     client.upload_json(project, token, serde_json::to_vec(&json!({"clknblocks": rows}))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_files_are_checked_and_sent_as_ndjson() {
+        let dir = std::env::temp_dir().join(format!("pprl-upload-blocks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("b.blocks.json");
+        std::fs::write(&json, r#"{"blocks": {"1": ["x", 7], "0": ["y"], "2": []}, "meta": {}}"#).unwrap();
+        let blocks = BlocksFile::checked(&json, 3).unwrap();
+        let converted = blocks.ndjson().to_path_buf();
+        assert_eq!(std::fs::read_to_string(&converted).unwrap(), "{\"1\":[\"x\",\"7\"]}\n{\"0\":[\"y\"]}\n{\"2\":[]}\n");
+        assert_eq!(blocks.per_record(3).unwrap(), vec![vec!["y".to_string()], vec!["x".into(), "7".into()], vec![]]);
+        drop(blocks);
+        assert!(!converted.exists(), "the converted copy is removed");
+
+        // NDJSON is sent as it is, once checked.
+        let ndjson = dir.join("b.ndjson");
+        std::fs::write(&ndjson, "{\"0\":[\"y\"]}\n{\"1\":[]}\n").unwrap();
+        assert_eq!(BlocksFile::checked(&ndjson, 2).unwrap().ndjson(), ndjson.as_path());
+
+        // Malformed halfway, or not one entry per encoding: refused before anything is sent.
+        std::fs::write(&json, r#"{"blocks": {"0": ["a"], "1": ["b"] "2": []}}"#).unwrap();
+        let err = format!("{:#}", BlocksFile::checked(&json, 3).err().unwrap());
+        assert!(err.contains("malformed after record 1"), "{err}");
+        std::fs::write(&json, r#"{"blocks": {"0": ["a"], "1": ["b"]}}"#).unwrap();
+        let err = format!("{:#}", BlocksFile::checked(&json, 3).err().unwrap());
+        assert!(err.contains("2 entries but the encodings have 3"), "{err}");
+        let err = format!("{:#}", BlocksFile::checked(&ndjson, 1).err().unwrap());
+        assert!(err.contains("refers to encoding 1"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
