@@ -88,17 +88,29 @@ struct Found<S> {
     metadata: Metadata,
 }
 
-type Outcome = Result<Result<IngestedParty, Rejected>, PipelineError>;
+/// What ingesting an upload came to. None of these is a failure of the service: a storage
+/// failure is the `Err` of [`Outcome`] (the event is retried), these are final answers.
+#[derive(Debug)]
+pub(super) enum Ingestion {
+    /// The party's `data.bin` and `index.bin` are written.
+    Done(IngestedParty),
+    /// The upload cannot be ingested; the message is for the project's users.
+    Rejected(Rejected),
+    /// The time budget ran out at a checkpoint: a new invocation continues from it.
+    Paused,
+}
+
+type Outcome = Result<Ingestion, PipelineError>;
 
 fn rejected(message: impl Into<String>) -> Outcome {
-    Ok(Err(Rejected(message.into())))
+    Ok(Ingestion::Rejected(Rejected(message.into())))
 }
 
 type Source<U, C> = Origin<U, <C as ClientStores>::Reader>;
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
-    /// The outer error is a storage failure (retried); the inner one the user's data (final).
+    /// The error is a storage failure (retried); the [`Ingestion`] what became of the upload.
     pub(super) async fn ingest_external(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {
         match self.ingest_external_objects(project, party, upload_id, reference, bounds).await {
             // The client's store failing is about the client's data, not ours: final.
@@ -114,13 +126,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         let encodings = match self.find(&reference.encodings, "encodings").await? {
             Ok(found) => found,
-            Err(rejection) => return Ok(Err(rejection)),
+            Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
         };
         let blocks = match &reference.blocks {
             None => None,
             Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) => match self.find(file, "blocks file").await? {
                 Ok(found) => Some(found),
-                Err(rejection) => return Ok(Err(rejection)),
+                Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
             },
         };
         let count = meta_value(&encodings.metadata, "hash-count").and_then(|v| v.trim().parse::<u64>().ok());
@@ -135,7 +147,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             return rejected(e.to_string());
         }
         if let Err(rejection) = check_schema_size(project, size) {
-            return Ok(Err(rejection));
+            return Ok(Ingestion::Rejected(rejection));
         }
         match blocks {
             None => self.stream_unblocked(project, party, upload_id, &encodings, count, size).await,
@@ -184,9 +196,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
         }
         if let Err(rejection) = check_schema_size(project, decoded.encoding_size) {
-            return Ok(Err(rejection));
+            return Ok(Ingestion::Rejected(rejection));
         }
-        Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
+        Ok(Ingestion::Done(self.store_packed(&project.project_id, party, &decoded).await?))
     }
 
     async fn read_blocks_file<S: BlobReader>(&self, blocks: &Found<S>, count: usize) -> Result<Result<Vec<Vec<BlockKey>>, DecodeError>, PipelineError> {
@@ -268,7 +280,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 let body = serde_json::to_vec(&checkpoint).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
                 self.work.put(&checkpoint_key, Bytes::from(body), &Vec::new()).await?;
                 info!(project_id = %project.project_id, party, next_record, records = count, "streamed ingestion paused at its time budget");
-                return Err(PipelineError::IngestPaused);
+                return Ok(Ingestion::Paused);
             }
             // A storage failure keeps the multipart upload when a checkpoint refers to it: the
             // redelivered event continues from there.
@@ -289,7 +301,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
         info!(project_id = %project.project_id, party, records = count, "external upload streamed into data.bin");
-        Ok(Ok(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
+        Ok(Ingestion::Done(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
     }
 
     /// Copies `records` part by part; returns the record to continue from when the time budget
@@ -365,7 +377,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             Ok(Ok(())) => {}
             Ok(Err(rejection)) => {
                 writer.abort().await;
-                return Ok(Err(rejection));
+                return Ok(Ingestion::Rejected(rejection));
             }
             Err(e) => {
                 writer.abort().await;
@@ -375,7 +387,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         writer.finish().await?;
         self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
         info!(project_id = %project.project_id, party, records = count, entries = index.entry_count, "external upload with blocks streamed into data.bin");
-        Ok(Ok(IngestedParty {
+        Ok(Ingestion::Done(IngestedParty {
             record_count: count,
             encoding_size: size as u32,
             entry_count: index.entry_count,

@@ -22,7 +22,7 @@ use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, Up
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 use crate::service::time;
 
-use super::external::PART_BYTES;
+use super::external::{Ingestion, PART_BYTES};
 use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 /// How the api stored an upload (object metadata `kind`).
@@ -123,22 +123,19 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
             Err(e) => return Err(e.into()),
         };
-        let outcome = match self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await {
-            Err(PipelineError::IngestPaused) => {
+        let ingested = match self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await? {
+            Ingestion::Done(ingested) => ingested,
+            Ingestion::Rejected(Rejected(message)) => {
+                info!(project_id, party_index, %message, "upload rejected");
+                self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
+                return self.delete_quietly(&key).await;
+            }
+            Ingestion::Paused => {
                 // Writing the request again makes S3 announce it again: the next invocation
                 // continues from the checkpoint.
                 self.work.put(&key, body.clone(), &metadata).await?;
                 info!(project_id, party_index, upload_id, "ingestion continues in a new invocation");
                 return Ok(());
-            }
-            other => other?,
-        };
-        let ingested = match outcome {
-            Ok(ingested) => ingested,
-            Err(Rejected(message)) => {
-                info!(project_id, party_index, %message, "upload rejected");
-                self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
-                return self.delete_quietly(&key).await;
             }
         };
         if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
@@ -148,9 +145,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         self.start_waiting_runs(project_id).await
     }
 
-    /// Packs an upload as stored by the api into the party's `data.bin` + `index.bin`. The outer
-    /// error is a storage failure (retried); the inner one is the user's data being unusable
-    /// (final, reported on the project).
+    /// Packs an upload as stored by the api into the party's `data.bin` + `index.bin`. The error
+    /// is a storage failure (retried); the [`Ingestion`] says what became of the upload.
     async fn ingest_upload(
         &self,
         project: &Project,
@@ -158,7 +154,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         upload_id: &str,
         body: &[u8],
         metadata: &Metadata,
-    ) -> Result<Result<IngestedParty, Rejected>, PipelineError> {
+    ) -> Result<Ingestion, PipelineError> {
         let limits = &self.settings.limits;
         let bounds = SizeBounds { min: limits.min_encoding_size, max: limits.max_encoding_size };
         let decoded = match meta_value(metadata, "kind") {
@@ -182,9 +178,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         let decoded = match decoded.and_then(|d| check_schema_size(project, d.encoding_size).map(|()| d)) {
             Ok(d) => d,
-            Err(rejection) => return Ok(Err(rejection)),
+            Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
         };
-        Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
+        Ok(Ingestion::Done(self.store_packed(&project.project_id, party, &decoded).await?))
     }
 
     /// Packs decoded records and stores `data.bin` (in parts when large) and `index.bin`.
