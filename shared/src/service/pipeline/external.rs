@@ -43,7 +43,9 @@ use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
 use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 
-use super::fan_out::{ExternalBlocks, ExternalObject, ExternalUpload, Rejected, check_schema_size, meta_value};
+use crate::service::stored_upload::{self, ExternalUpload, ObjectRef};
+
+use super::fan_out::{Rejected, check_schema_size};
 use super::{Pipeline, PipelineError};
 
 /// Part size of the multipart upload of `data.bin` (grown for objects over 160 GB, so that
@@ -130,14 +132,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         let blocks = match &reference.blocks {
             None => None,
-            Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) => match self.find(file, "blocks file").await? {
+            Some(file) => match self.find(file, "blocks file").await? {
                 Ok(found) => Some(found),
                 Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
             },
         };
-        let count = meta_value(&encodings.metadata, "hash-count").and_then(|v| v.trim().parse::<u64>().ok());
-        let size = meta_value(&encodings.metadata, "hash-size").and_then(|v| v.trim().parse::<usize>().ok());
-        let (Some(count), Some(size)) = (count, size) else {
+        let Some((count, size)) = stored_upload::declared_counts(&encodings.metadata) else {
             return rejected("The uploaded object must carry 'hash-count' and 'hash-size' metadata (positive integers)");
         };
         if encodings.path.ends_with(".json") {
@@ -158,7 +158,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     /// Opens the store an object is in (checking a client's endpoint against the pull policy
     /// again: it may have changed since the api accepted the upload), heads the object and
     /// checks it against the upload cap.
-    async fn find(&self, object: &ExternalObject, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
+    async fn find(&self, object: &ObjectRef, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
         let path = &object.path;
         let (store, place) = match &object.store {
             None => (Origin::Own(self.uploads.clone()), format!("'{path}'")),

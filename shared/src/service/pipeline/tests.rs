@@ -13,7 +13,7 @@ use crate::service::model::*;
 use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
-use super::fan_out::KIND_JSON;
+use crate::service::stored_upload::UploadForm;
 use super::watchdog::Sweep;
 use super::{Pipeline, ShardMessage, SolveMessage};
 
@@ -125,7 +125,7 @@ async fn store_upload(p: &TestPipeline, project: &str, party: u32, upload_id: &s
     let start = UploadStart { upload_id: upload_id.into(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(project, party, &start).await.unwrap();
     let key = keys::upload(project, party, upload_id);
-    p.work.put(&key, Bytes::from(body), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    p.work.put(&key, Bytes::from(body), &UploadForm::Json.metadata()).await.unwrap();
     key
 }
 
@@ -297,7 +297,7 @@ async fn external_upload_named(p: &TestPipeline, project: &str, party: u32, enco
     let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(project, party, &start).await.unwrap();
     let key = keys::upload(project, party, &upload_id);
-    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let kind = UploadForm::External.metadata();
     p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
     p.on_incoming(&key).await.unwrap();
     // A redelivered event changes nothing.
@@ -445,7 +445,7 @@ async fn streamed_ingestion_pauses_at_its_budget_and_continues_exactly() {
     let start = UploadStart { upload_id: "big".into(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(&project, 0, &start).await.unwrap();
     let key = keys::upload(&project, 0, "big");
-    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let kind = UploadForm::External.metadata();
     let reference = serde_json::json!({"encodings": {"bucket": "u", "path": path}});
     p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
 
@@ -495,7 +495,7 @@ async fn reference_upload(p: &TestPipeline, project: &str, party: u32, reference
     let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(project, party, &start).await.unwrap();
     let key = keys::upload(project, party, &upload_id);
-    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let kind = UploadForm::External.metadata();
     p.work.put(&key, Bytes::from(serde_json::to_vec(reference).unwrap()), &kind).await.unwrap();
     p.on_incoming(&key).await.unwrap();
     p.on_incoming(&key).await.unwrap();
