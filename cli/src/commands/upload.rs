@@ -166,7 +166,7 @@ impl BlocksFile {
     fn checked(path: &Path, count: u64) -> anyhow::Result<Self> {
         use shared::engine::blocks_file::{self, BlocksFormat, RecordTally};
         let format = BlocksFormat::of_path(&path.to_string_lossy());
-        let input = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?);
         let mut tally = RecordTally::new(count);
         let converted = format == BlocksFormat::Json;
         let ndjson = if converted {
@@ -209,7 +209,7 @@ impl BlocksFile {
     /// Every record's ids, in record order (for the REST API's inline form, which is small).
     fn per_record(&self, count: u64) -> anyhow::Result<Vec<Vec<String>>> {
         use shared::engine::blocks_file::{self, BlocksFormat};
-        let input = std::fs::File::open(&self.ndjson).with_context(|| format!("reading {}", self.ndjson.display()))?;
+        let input = std::io::BufReader::new(std::fs::File::open(&self.ndjson).with_context(|| format!("reading {}", self.ndjson.display()))?);
         let mut per_record = vec![Vec::new(); count as usize];
         blocks_file::read_blocks(input, BlocksFormat::Ndjson, |record, ids| {
             per_record[record as usize] = ids.to_vec();

@@ -51,15 +51,17 @@ impl BlocksFormat {
 }
 
 /// Reads every record of a blocks file, calling `each(record, ids)` in file order; returns how
-/// many records it read. An error of `each` stops the reading and is returned as is.
-pub fn read_blocks<R: Read>(
+/// many records it read. An error of `each` stops the reading and is returned as is. The
+/// reader is buffered by the caller (a byte slice is; wrap files and streams in a `BufReader`),
+/// so that an in-memory body costs no buffer.
+pub fn read_blocks<R: BufRead>(
     reader: R,
     format: BlocksFormat,
     mut each: impl FnMut(u64, &[String]) -> Result<(), DecodeError>,
 ) -> Result<u64, DecodeError> {
     match format {
         BlocksFormat::Json => read_json(reader, &mut each),
-        BlocksFormat::Ndjson => read_ndjson(std::io::BufReader::with_capacity(1 << 20, reader), &mut each),
+        BlocksFormat::Ndjson => read_ndjson(reader, &mut each),
     }
 }
 
@@ -141,10 +143,10 @@ impl Progress {
 
 type Each<'a> = &'a mut dyn FnMut(u64, &[String]) -> Result<(), DecodeError>;
 
-fn read_json<R: Read>(reader: R, each: Each<'_>) -> Result<u64, DecodeError> {
+fn read_json<R: BufRead>(reader: R, each: Each<'_>) -> Result<u64, DecodeError> {
     let progress = Progress { last: Cell::new(None), records: Cell::new(0), failure: RefCell::new(None) };
     let found = {
-        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 20, reader));
+        let mut de = serde_json::Deserializer::from_reader(reader);
         de.deserialize_map(FileVisitor { each, progress: &progress }).and_then(|found| de.end().map(|()| found))
     };
     match found {

@@ -216,7 +216,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         let parser = tokio::task::spawn_blocking(move || {
             let mut tally = RecordTally::new(count);
             let mut placements = Vec::new();
-            let reader = ChannelReader { receiver, current: Bytes::new() };
+            let reader = std::io::BufReader::with_capacity(1 << 16, ChannelReader { receiver, current: Bytes::new() });
             blocks_file::read_blocks(reader, format, |record, ids| {
                 tally.note(record)?;
                 placements.extend(ids.iter().map(|id| (BlockKey::of(id), record as u32)));
