@@ -28,7 +28,10 @@ Options:
   --server URL            the service (default $API_URL, else http://127.0.0.1:8851)
   --project ID            the project
   --token TOKEN           the party's update token
-  --blocks FILE           blocklib's blocks JSON for these encodings (projects with blocking)
+  --blocks FILE           the blocks of these encodings (projects with blocking): blocklib's
+                          JSON ({\"blocks\": {\"<record>\": [ids]}}) or, named *.ndjson, one
+                          {\"<record>\": [ids]} per line. Checked as a stream (every record once,
+                          the record named when the file is malformed) and sent as NDJSON
   --encoding-size BYTES   bytes per encoding, for binary files (e.g. 128)
   --part-size MIB         multipart part size in MiB (default 64; grown for files over 640 GB)
   --concurrency N         parts in flight at once (default 4; memory = N x part size)
@@ -90,8 +93,8 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     };
 
     let encodings = load_encodings(Path::new(file), encoding_size)?;
-    let blocks_json = match &blocks {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+    let blocks = match &blocks {
+        Some(path) => Some(BlocksFile::checked(path, encodings.count)?),
         None => None,
     };
     let client = ServiceClient::new(&server)?;
@@ -108,13 +111,13 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
             if let Some(secs) = renew_before {
                 uploader = uploader.renew_before(Duration::from_secs(secs));
             }
-            via_object_store(&client, &uploader, &grant, &project, &token, encodings, blocks_json, force_progress)?
+            via_object_store(&client, &uploader, &grant, &project, &token, encodings, blocks.as_ref(), force_progress)?
         }
         None => {
             if !direct {
                 eprintln!("pprl: the service does not offer object-store uploads; uploading through the API");
             }
-            via_api(&client, &project, &token, encodings, blocks_json)?
+            via_api(&client, &project, &token, encodings, blocks.as_ref())?
         }
     };
     println!("{}", json!({"receipt_token": receipt}));
@@ -129,7 +132,7 @@ fn via_object_store(
     project: &str,
     token: &str,
     encodings: Encodings,
-    blocks: Option<Vec<u8>>,
+    blocks: Option<&BlocksFile>,
     force_progress: bool,
 ) -> anyhow::Result<String> {
     let target = &grant.upload;
@@ -141,15 +144,90 @@ fn via_object_store(
     let file = |path: &str| json!({"file": {"bucket": target.bucket, "path": path}});
     let mut reference = json!({"encodings": file(&encodings_key)});
     if let Some(blocks) = blocks {
-        let blocks_key = format!("{}/blocks.json", target.path);
-        uploader.upload(&blocks_key, Body::Memory(bytes::Bytes::from(blocks)), &[], &mut progress, "blocks")?;
+        // The service reads `*.ndjson` as the line form (shared::engine::blocks_file).
+        let blocks_key = format!("{}/blocks.ndjson", target.path);
+        let len = std::fs::metadata(blocks.ndjson()).with_context(|| format!("reading {}", blocks.ndjson().display()))?.len();
+        uploader.upload(&blocks_key, Body::File { path: blocks.ndjson().to_path_buf(), len }, &[], &mut progress, "blocks")?;
         reference["blocks"] = file(&blocks_key);
     }
     progress.finish();
     client.upload_json(project, token, serde_json::to_vec(&reference)?)
 }
 
-fn via_api(client: &ServiceClient, project: &str, token: &str, encodings: Encodings, blocks: Option<Vec<u8>>) -> anyhow::Result<String> {
+/// A blocks file checked against the encodings (every record listed once) and in the NDJSON
+/// form the service splits: the user's file when it is NDJSON already, else a converted copy
+/// in the temporary directory (removed on drop). Read as a stream either way.
+struct BlocksFile {
+    ndjson: PathBuf,
+    converted: bool,
+}
+
+impl BlocksFile {
+    fn checked(path: &Path, count: u64) -> anyhow::Result<Self> {
+        use shared::engine::blocks_file::{self, BlocksFormat, RecordTally};
+        let format = BlocksFormat::of_path(&path.to_string_lossy());
+        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?);
+        let mut tally = RecordTally::new(count);
+        let converted = format == BlocksFormat::Json;
+        let ndjson = if converted {
+            std::env::temp_dir().join(format!("pprl-blocks-{}-{}.ndjson", std::process::id(), count))
+        } else {
+            path.to_path_buf()
+        };
+        let blocks = BlocksFile { ndjson, converted };
+        let mut out = if converted {
+            let file = std::fs::File::create(&blocks.ndjson).with_context(|| format!("creating {}", blocks.ndjson.display()))?;
+            Some(std::io::BufWriter::with_capacity(1 << 20, file))
+        } else {
+            None
+        };
+        let mut write_error = None;
+        blocks_file::read_blocks(input, format, |record, ids| {
+            tally.note(record)?;
+            if let Some(out) = out.as_mut()
+                && let Err(e) = blocks_file::write_ndjson_record(out, record, ids)
+            {
+                write_error.get_or_insert(e);
+            }
+            Ok(())
+        })
+        .and_then(|_| tally.finish())
+        .with_context(|| format!("checking the blocks file {} against the {count} encodings", path.display()))?;
+        if let Some(e) = write_error {
+            return Err(e).with_context(|| format!("writing {}", blocks.ndjson.display()));
+        }
+        if let Some(mut out) = out {
+            std::io::Write::flush(&mut out).with_context(|| format!("writing {}", blocks.ndjson.display()))?;
+        }
+        Ok(blocks)
+    }
+
+    fn ndjson(&self) -> &Path {
+        &self.ndjson
+    }
+
+    /// Every record's ids, in record order (for the REST API's inline form, which is small).
+    fn per_record(&self, count: u64) -> anyhow::Result<Vec<Vec<String>>> {
+        use shared::engine::blocks_file::{self, BlocksFormat};
+        let input = std::io::BufReader::new(std::fs::File::open(&self.ndjson).with_context(|| format!("reading {}", self.ndjson.display()))?);
+        let mut per_record = vec![Vec::new(); count as usize];
+        blocks_file::read_blocks(input, BlocksFormat::Ndjson, |record, ids| {
+            per_record[record as usize] = ids.to_vec();
+            Ok(())
+        })?;
+        Ok(per_record)
+    }
+}
+
+impl Drop for BlocksFile {
+    fn drop(&mut self) {
+        if self.converted {
+            let _ = std::fs::remove_file(&self.ndjson);
+        }
+    }
+}
+
+fn via_api(client: &ServiceClient, project: &str, token: &str, encodings: Encodings, blocks: Option<&BlocksFile>) -> anyhow::Result<String> {
     let data = match encodings.body {
         Body::Memory(b) => b.to_vec(),
         Body::File { path, .. } => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -160,18 +238,48 @@ fn via_api(client: &ServiceClient, project: &str, token: &str, encodings: Encodi
     // Blocks go as clknblocks ([[base64, block ids...], ...]): record i is array position i, as
     // in the blocks file. (Inline {"encodings", "blocks"} would number records by the blocks
     // map's iteration order, which a JSON object re-serialised here need not keep.)
-    let blocks: Value = serde_json::from_slice(&blocks).context("the blocks file is not JSON")?;
-    let blocks = blocks.get("blocks").and_then(Value::as_object).context("the blocks file has no \"blocks\" object (blocklib output)")?;
-    if blocks.len() as u64 != encodings.count {
-        bail!("the blocks file lists {} records but there are {} encodings", blocks.len(), encodings.count);
-    }
+    let per_record = blocks.per_record(encodings.count)?;
     use base64::Engine;
     let mut rows = Vec::with_capacity(encodings.count as usize);
-    for (i, record) in data.chunks(encodings.size).enumerate() {
-        let ids = blocks.get(&i.to_string()).and_then(Value::as_array).with_context(|| format!("the blocks file has no blocks for record {i}"))?;
+    for (record, ids) in data.chunks(encodings.size).zip(per_record) {
         let mut row = vec![Value::String(base64::engine::general_purpose::STANDARD.encode(record))];
-        row.extend(ids.iter().cloned());
+        row.extend(ids.into_iter().map(Value::String));
         rows.push(Value::Array(row));
     }
     client.upload_json(project, token, serde_json::to_vec(&json!({"clknblocks": rows}))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_files_are_checked_and_sent_as_ndjson() {
+        let dir = std::env::temp_dir().join(format!("pprl-upload-blocks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("b.blocks.json");
+        std::fs::write(&json, r#"{"blocks": {"1": ["x", 7], "0": ["y"], "2": []}, "meta": {}}"#).unwrap();
+        let blocks = BlocksFile::checked(&json, 3).unwrap();
+        let converted = blocks.ndjson().to_path_buf();
+        assert_eq!(std::fs::read_to_string(&converted).unwrap(), "{\"1\":[\"x\",\"7\"]}\n{\"0\":[\"y\"]}\n{\"2\":[]}\n");
+        assert_eq!(blocks.per_record(3).unwrap(), vec![vec!["y".to_string()], vec!["x".into(), "7".into()], vec![]]);
+        drop(blocks);
+        assert!(!converted.exists(), "the converted copy is removed");
+
+        // NDJSON is sent as it is, once checked.
+        let ndjson = dir.join("b.ndjson");
+        std::fs::write(&ndjson, "{\"0\":[\"y\"]}\n{\"1\":[]}\n").unwrap();
+        assert_eq!(BlocksFile::checked(&ndjson, 2).unwrap().ndjson(), ndjson.as_path());
+
+        // Malformed halfway, or not one entry per encoding: refused before anything is sent.
+        std::fs::write(&json, r#"{"blocks": {"0": ["a"], "1": ["b"] "2": []}}"#).unwrap();
+        let err = format!("{:#}", BlocksFile::checked(&json, 3).err().unwrap());
+        assert!(err.contains("malformed after record 1"), "{err}");
+        std::fs::write(&json, r#"{"blocks": {"0": ["a"], "1": ["b"]}}"#).unwrap();
+        let err = format!("{:#}", BlocksFile::checked(&json, 3).err().unwrap());
+        assert!(err.contains("2 entries but the encodings have 3"), "{err}");
+        let err = format!("{:#}", BlocksFile::checked(&ndjson, 1).err().unwrap());
+        assert!(err.contains("refers to encoding 1"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -42,6 +42,7 @@ use std::fmt;
 
 pub use super::blocking::BlockKey;
 use super::blocking::{BLOCK_ID_EXPECTATION, BlockKeySeed};
+use super::blocks_file::{self, parse_record_key};
 
 pub const DEFAULT_MIN_ENCODING_SIZE: usize = 8;
 pub const DEFAULT_MAX_ENCODING_SIZE: usize = 1024;
@@ -137,6 +138,10 @@ pub enum DecodeError {
     BlockCountMismatch { expected: usize, actual: usize },
     #[error("record {record}: {BLOCK_ID_EXPECTATION} was expected")]
     BadBlockId { record: usize },
+    #[error("the blocks file is malformed {}: {reason}", match after { Some(r) => format!("after record {r}"), None => "before its first record".into() })]
+    BlocksMalformed { after: Option<u64>, reason: String },
+    #[error("the blocks file's line {line} is malformed: {reason}")]
+    BlocksLine { line: u64, reason: String },
 }
 
 /// What a JSON upload body is, found without decoding the encodings (`pprl link` uses this to
@@ -258,46 +263,28 @@ pub fn decode_clks_file(body: &[u8], declared_size: usize, bounds: SizeBounds) -
 }
 
 /// Decodes an external blocks file (blocklib output: `{"blocks": {"<idx>": [ids]}, "meta": ..}`)
-/// into per-record block lists. It must list exactly `count` records, each index below `count`
-/// and none twice (the reference fails the upload otherwise). Each record's blocks go to the
-/// record its key names.
+/// held in memory into per-record block lists, with the streaming parser of
+/// [`super::blocks_file`]. It must list exactly `count` records, each index below `count` and
+/// none twice (the reference fails the upload otherwise). Each record's blocks go to the record
+/// its key names. (`count` sizes nothing before the body has shown that many records.)
 pub fn decode_blocks_file(body: &[u8], count: usize) -> Result<Vec<Vec<BlockKey>>, DecodeError> {
-    let failure = RefCell::new(None);
-    let parsed = {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        de.deserialize_map(BlocksFileVisitor { failure: &failure }).and_then(|u| de.end().map(|_| u))
-    };
-    let map = match parsed {
-        Ok(Some(Blocks::Inline(map))) => map,
-        Ok(Some(Blocks::External)) => return Err(DecodeError::Json("a blocks file cannot point to external data".into())),
-        Ok(None) => return Err(DecodeError::Json("a blocks file needs a top-level \"blocks\" object".into())),
-        Err(e) => return Err(failure.into_inner().unwrap_or_else(|| json_error(e))),
-    };
-    if map.len() != count {
-        return Err(DecodeError::BlockCountMismatch { expected: count, actual: map.len() });
-    }
-    let mut per_record: Vec<Option<Vec<BlockKey>>> = vec![None; count];
-    for (key, keys) in map {
-        let index = parse_record_key(&key)?;
-        let slot = usize::try_from(index)
-            .ok()
-            .and_then(|i| per_record.get_mut(i))
-            .ok_or(DecodeError::BlocksUnknownRecord { index, count })?;
-        if slot.replace(keys).is_some() {
-            return Err(DecodeError::DuplicateBlocksKey { index });
+    let mut listed: Vec<(u64, Vec<BlockKey>)> = Vec::new();
+    blocks_file::read_blocks(body, blocks_file::BlocksFormat::Json, |record, ids| {
+        if record >= count as u64 {
+            return Err(DecodeError::BlocksUnknownRecord { index: record, count });
         }
+        listed.push((record, blocks_file::keys_of(ids)));
+        Ok(())
+    })?;
+    if listed.len() != count {
+        return Err(DecodeError::BlockCountMismatch { expected: count, actual: listed.len() });
     }
-    // Exactly `count` distinct in-range keys fill every slot.
-    Ok(per_record.into_iter().map(Option::unwrap_or_default).collect())
-}
-
-fn parse_record_key(key: &str) -> Result<u64, DecodeError> {
-    // Python's int(): optional surrounding whitespace, digits; we accept plain digits only,
-    // which is what blocklib and every client write.
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(DecodeError::BadBlocksKey { key: key.to_string() });
+    listed.sort_unstable_by_key(|(record, _)| *record);
+    if let Some(pair) = listed.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(DecodeError::DuplicateBlocksKey { index: pair[0].0 });
     }
-    key.parse::<u64>().map_err(|_| DecodeError::BadBlocksKey { key: key.to_string() })
+    // Exactly `count` distinct in-range records: every slot, in order.
+    Ok(listed.into_iter().map(|(_, keys)| keys).collect())
 }
 
 fn json_error(e: serde_json::Error) -> DecodeError {
@@ -476,30 +463,6 @@ impl<'de> Visitor<'de> for ClksFileVisitor<'_> {
             }
         }
         Ok(clks)
-    }
-}
-
-struct BlocksFileVisitor<'f> {
-    failure: Failure<'f>,
-}
-
-impl<'de> Visitor<'de> for BlocksFileVisitor<'_> {
-    type Value = Option<Blocks>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object with \"blocks\"")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Blocks>, A::Error> {
-        let mut blocks = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "blocks" && blocks.is_none() {
-                blocks = Some(map.next_value_seed(BlocksSeed { failure: self.failure })?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(blocks)
     }
 }
 

@@ -12,6 +12,7 @@
 //! [`link`] chains all of it in memory: the offline twin of the service (`pprl link`).
 
 pub mod blocking;
+pub mod blocks_file;
 pub mod candidates;
 pub mod dice;
 pub mod encoding;

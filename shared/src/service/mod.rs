@@ -18,6 +18,7 @@ pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod ports;
+pub mod stored_upload;
 pub mod telemetry;
 pub mod time;
 pub mod tokens;

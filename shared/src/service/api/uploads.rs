@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::access::{Access, Allowed, authorize};
@@ -34,38 +34,8 @@ const PATH_NOT_ALLOWED: &str = "Provided object store path is not allowed";
 
 // ---- what the working bucket receives ---------------------------------------------------------
 
-/// Metadata key naming the form of an object under `incoming/uploads/`.
-pub const KIND: &str = "kind";
-/// The JSON body as received (`clks`, `clknblocks` or inline `encodings`).
-pub const KIND_JSON: &str = "json";
-/// Raw `Hash-Count` × `Hash-Size` bytes; metadata also carries `hash-count` and `hash-size`.
-pub const KIND_BINARY: &str = "binary";
-/// An [`ExternalUpload`] document: the encodings (and maybe blocks) are in the upload bucket.
-pub const KIND_EXTERNAL: &str = "external";
-pub const HASH_COUNT: &str = "hash-count";
-pub const HASH_SIZE: &str = "hash-size";
-
-/// An object in the upload bucket, or, with `store`, in a store the client named.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectRef {
-    pub bucket: String,
-    pub path: String,
-    /// The client's store and credentials, when the object is not in the service's upload
-    /// bucket (pulls allowed by `Settings::pull`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<ClientStore>,
-}
-
-/// What `/clks` stores (metadata `kind=external`) for an upload whose encodings are in an
-/// object store; fan-out (`pipeline::fan_out`) pulls the objects it names. Serialized as
-/// `{"encodings": {"bucket","path","store"?}, "blocks"?: {"bucket","path","store"?}}`; the work
-/// bucket encrypts it at rest and fan-out deletes it once the upload is ingested or failed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExternalUpload {
-    pub encodings: ObjectRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blocks: Option<ObjectRef>,
-}
+pub use crate::service::stored_upload::{ExternalUpload, HASH_COUNT, HASH_SIZE, ObjectRef};
+use crate::service::stored_upload::UploadForm;
 
 // ---- reading a JSON upload without decoding it ------------------------------------------------
 
@@ -289,9 +259,6 @@ struct Stored {
     metadata: Metadata,
 }
 
-fn meta(pairs: &[(&str, String)]) -> Metadata {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
 
 /// Validates a JSON upload and decides what to store.
 fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
@@ -319,7 +286,7 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         };
         let reference = ExternalUpload { encodings, blocks };
         let body = serde_json::to_vec(&reference).map_err(|e| ApiError::Internal(format!("serialising upload reference: {e}")))?;
-        return Ok(Stored { body: Bytes::from(body), metadata: meta(&[(KIND, KIND_EXTERNAL.into())]) });
+        return Ok(Stored { body: Bytes::from(body), metadata: UploadForm::External.metadata() });
     }
 
     if let Some(Source::External(_)) = &p.blocks {
@@ -341,7 +308,7 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     if records == 0 {
         return Err(ApiError::BadRequest("Missing CLKs information".into()));
     }
-    Ok(Stored { body, metadata: meta(&[(KIND, KIND_JSON.into())]) })
+    Ok(Stored { body, metadata: UploadForm::Json.metadata() })
 }
 
 /// The party whose update token this is, if its token has not been used yet.
@@ -442,7 +409,7 @@ pub async fn binary_clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     if body.len() as u64 != expected {
         return Err(wrong_size());
     }
-    let metadata = meta(&[(KIND, KIND_BINARY.into()), (HASH_COUNT, count.to_string()), (HASH_SIZE, size.to_string())]);
+    let metadata = UploadForm::Binary { count, size: size as usize }.metadata();
     accept_upload(&state, &project_id, party, Stored { body, metadata }).await
 }
 

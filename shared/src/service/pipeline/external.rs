@@ -20,9 +20,10 @@
 //!   the ingestion pauses at a part boundary and a new invocation continues it
 //!   ([`Checkpoint`]).
 //! - **Binary encodings with a blocks file**: the block assignment is held in memory, the
-//!   encodings are streamed. The blocks file (JSON) is decoded whole (its body, plus about
-//!   40 bytes per record and 16 per (record, block) while decoding), then reduced to the sorted
-//!   entry order, 20 bytes per (record, block) pair. `data.bin` is then written in windows of
+//!   encodings are streamed. The blocks file (blocklib's JSON, or NDJSON named `*.ndjson`,
+//!   `engine::blocks_file`) is read as a stream of ranged GETs and parsed record by record
+//!   into the sorted entry order, 20 bytes per (record, block) pair (plus one bit per record
+//!   to refuse a record listed twice); it is never held whole. `data.bin` is then written in windows of
 //!   at most `Limits::ingest_window_bytes` (256 MiB) of entries: for each window, the ranges of
 //!   the object holding its records are read in chunks and copied into place. Peak ≈ blocks
 //!   file + about 60 bytes per record (one block each) + one window + one part. Time: the
@@ -34,6 +35,7 @@
 use bytes::Bytes;
 use tracing::info;
 
+use crate::engine::blocks_file::{self, BlocksFormat, RecordTally};
 use crate::engine::encoding::{self, BlockKey, DecodeError, SizeBounds};
 use crate::engine::packed::{self, BlockEntry, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
@@ -41,7 +43,9 @@ use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
 use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 
-use super::fan_out::{ExternalBlocks, ExternalObject, ExternalUpload, Rejected, check_schema_size, meta_value};
+use crate::service::stored_upload::{self, ExternalUpload, ObjectRef};
+
+use super::fan_out::{Rejected, check_schema_size};
 use super::{Pipeline, PipelineError};
 
 /// Part size of the multipart upload of `data.bin` (grown for objects over 160 GB, so that
@@ -86,17 +90,29 @@ struct Found<S> {
     metadata: Metadata,
 }
 
-type Outcome = Result<Result<IngestedParty, Rejected>, PipelineError>;
+/// What ingesting an upload came to. None of these is a failure of the service: a storage
+/// failure is the `Err` of [`Outcome`] (the event is retried), these are final answers.
+#[derive(Debug)]
+pub(super) enum Ingestion {
+    /// The party's `data.bin` and `index.bin` are written.
+    Done(IngestedParty),
+    /// The upload cannot be ingested; the message is for the project's users.
+    Rejected(Rejected),
+    /// The time budget ran out at a checkpoint: a new invocation continues from it.
+    Paused,
+}
+
+type Outcome = Result<Ingestion, PipelineError>;
 
 fn rejected(message: impl Into<String>) -> Outcome {
-    Ok(Err(Rejected(message.into())))
+    Ok(Ingestion::Rejected(Rejected(message.into())))
 }
 
 type Source<U, C> = Origin<U, <C as ClientStores>::Reader>;
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
-    /// The outer error is a storage failure (retried); the inner one the user's data (final).
+    /// The error is a storage failure (retried); the [`Ingestion`] what became of the upload.
     pub(super) async fn ingest_external(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {
         match self.ingest_external_objects(project, party, upload_id, reference, bounds).await {
             // The client's store failing is about the client's data, not ours: final.
@@ -112,18 +128,16 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         let encodings = match self.find(&reference.encodings, "encodings").await? {
             Ok(found) => found,
-            Err(rejection) => return Ok(Err(rejection)),
+            Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
         };
         let blocks = match &reference.blocks {
             None => None,
-            Some(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file)) => match self.find(file, "blocks file").await? {
+            Some(file) => match self.find(file, "blocks file").await? {
                 Ok(found) => Some(found),
-                Err(rejection) => return Ok(Err(rejection)),
+                Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
             },
         };
-        let count = meta_value(&encodings.metadata, "hash-count").and_then(|v| v.trim().parse::<u64>().ok());
-        let size = meta_value(&encodings.metadata, "hash-size").and_then(|v| v.trim().parse::<usize>().ok());
-        let (Some(count), Some(size)) = (count, size) else {
+        let Some((count, size)) = stored_upload::declared_counts(&encodings.metadata) else {
             return rejected("The uploaded object must carry 'hash-count' and 'hash-size' metadata (positive integers)");
         };
         if encodings.path.ends_with(".json") {
@@ -133,7 +147,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             return rejected(e.to_string());
         }
         if let Err(rejection) = check_schema_size(project, size) {
-            return Ok(Err(rejection));
+            return Ok(Ingestion::Rejected(rejection));
         }
         match blocks {
             None => self.stream_unblocked(project, party, upload_id, &encodings, count, size).await,
@@ -144,7 +158,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     /// Opens the store an object is in (checking a client's endpoint against the pull policy
     /// again: it may have changed since the api accepted the upload), heads the object and
     /// checks it against the upload cap.
-    async fn find(&self, object: &ExternalObject, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
+    async fn find(&self, object: &ObjectRef, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
         let path = &object.path;
         let (store, place) = match &object.store {
             None => (Origin::Own(self.uploads.clone()), format!("'{path}'")),
@@ -182,14 +196,58 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
         }
         if let Err(rejection) = check_schema_size(project, decoded.encoding_size) {
-            return Ok(Err(rejection));
+            return Ok(Ingestion::Rejected(rejection));
         }
-        Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
+        Ok(Ingestion::Done(self.store_packed(&project.project_id, party, &decoded).await?))
     }
 
     async fn read_blocks_file<S: BlobReader>(&self, blocks: &Found<S>, count: usize) -> Result<Result<Vec<Vec<BlockKey>>, DecodeError>, PipelineError> {
         let (body, _) = blocks.store.get(&blocks.path).await?;
         Ok(encoding::decode_blocks_file(&body, count))
+    }
+
+    /// The (block, record) pairs of a blocks file, sorted and without duplicates (the entry
+    /// order of `data.bin`), read as a stream: ranged GETs of `ingest_chunk_bytes` feed the
+    /// parser on a blocking thread, so the file is never held whole (either form:
+    /// `engine::blocks_file`). Memory: 20 bytes per pair, one bit per record, two chunks.
+    async fn stream_placements<S: BlobReader>(&self, blocks: &Found<S>, count: u64) -> Result<Result<Vec<(BlockKey, u32)>, DecodeError>, PipelineError> {
+        let format = BlocksFormat::of_path(&blocks.path);
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let parser = tokio::task::spawn_blocking(move || {
+            let mut tally = RecordTally::new(count);
+            let mut placements = Vec::new();
+            let reader = std::io::BufReader::with_capacity(1 << 16, ChannelReader { receiver, current: Bytes::new() });
+            blocks_file::read_blocks(reader, format, |record, ids| {
+                tally.note(record)?;
+                placements.extend(ids.iter().map(|id| (BlockKey::of(id), record as u32)));
+                Ok(())
+            })?;
+            tally.finish()?;
+            // A record listing a block twice is in it once (as `packed::placements`).
+            placements.sort_unstable();
+            placements.dedup();
+            Ok(placements)
+        });
+        let mut fetched = Ok(());
+        for range in blob_stream::chunks(0..blocks.len, self.settings.limits.ingest_chunk_bytes, 1) {
+            match blob_stream::read_exact(&blocks.store, &blocks.path, range).await {
+                // The parser stopped (a malformed file): its error is the answer.
+                Ok(chunk) => {
+                    if sender.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    fetched = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let parsed = parser.await.map_err(|e| PipelineError::Worker(e.to_string()))?;
+        // A failed read ends the parser's input early: the storage error is the answer then.
+        fetched?;
+        Ok(parsed)
     }
 
     /// Every record in block "1": one pass over the object, entries in record order, in as many
@@ -222,7 +280,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 let body = serde_json::to_vec(&checkpoint).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
                 self.work.put(&checkpoint_key, Bytes::from(body), &Vec::new()).await?;
                 info!(project_id = %project.project_id, party, next_record, records = count, "streamed ingestion paused at its time budget");
-                return Err(PipelineError::IngestPaused);
+                return Ok(Ingestion::Paused);
             }
             // A storage failure keeps the multipart upload when a checkpoint refers to it: the
             // redelivered event continues from there.
@@ -243,7 +301,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
         info!(project_id = %project.project_id, party, records = count, "external upload streamed into data.bin");
-        Ok(Ok(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
+        Ok(Ingestion::Done(IngestedParty { record_count: count, encoding_size: size as u32, entry_count: count, block_count: 1 }))
     }
 
     /// Copies `records` part by part; returns the record to continue from when the time budget
@@ -297,12 +355,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
 
     /// Records reordered by a blocks file: the assignment in memory, entries window by window.
     async fn stream_blocked<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, blocks: &Found<S>, count: u64, size: usize) -> Outcome {
-        let per_record = match self.read_blocks_file(blocks, count as usize).await? {
-            Ok(b) => b,
-            Err(e) => return rejected(e.to_string()),
+        // Nothing is written before the whole blocks file has been read and checked, so a file
+        // malformed halfway leaves nothing half-ingested.
+        let placements = match self.stream_placements(blocks, count).await? {
+            Ok(placements) => placements,
+            Err(e) => return rejected(format!("{e} (in the blocks file '{}')", blocks.path)),
         };
-        let placements = packed::placements(&per_record, count as usize);
-        drop(per_record);
         let index = BlockIndex {
             encoding_size: size as u32,
             record_count: count,
@@ -319,7 +377,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             Ok(Ok(())) => {}
             Ok(Err(rejection)) => {
                 writer.abort().await;
-                return Ok(Err(rejection));
+                return Ok(Ingestion::Rejected(rejection));
             }
             Err(e) => {
                 writer.abort().await;
@@ -329,7 +387,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         writer.finish().await?;
         self.work.put(&keys::party_index(&project.project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
         info!(project_id = %project.project_id, party, records = count, entries = index.entry_count, "external upload with blocks streamed into data.bin");
-        Ok(Ok(IngestedParty {
+        Ok(Ingestion::Done(IngestedParty {
             record_count: count,
             encoding_size: size as u32,
             entry_count: index.entry_count,
@@ -374,6 +432,26 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             writer.write(&entries).await?;
         }
         Ok(Ok(()))
+    }
+}
+
+/// A blocks file's chunks as one `Read`, for the parser on its blocking thread.
+struct ChannelReader {
+    receiver: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 

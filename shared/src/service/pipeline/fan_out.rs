@@ -20,23 +20,15 @@ use crate::engine::sizing;
 use crate::service::keys::{self, Incoming};
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
+use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
-use super::external::PART_BYTES;
+use super::external::{Ingestion, PART_BYTES};
 use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
-
-/// How the api stored an upload (object metadata `kind`).
-pub const KIND_JSON: &str = "json";
-pub const KIND_BINARY: &str = "binary";
-pub const KIND_EXTERNAL: &str = "external";
 
 /// Marker written once every shard message of a run has been sent.
 pub(super) fn dispatched_key(project: &str, run: &str) -> String {
     format!("{}dispatched", keys::run_work_prefix(project, run))
-}
-
-pub(super) fn meta_value<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
-    metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// An upload that cannot be ingested, with the message the project's users will see.
@@ -54,24 +46,6 @@ pub(super) fn check_schema_size(project: &Project, size: usize) -> Result<(), Re
         ))),
         _ => Ok(()),
     }
-}
-
-/// The reference to large data a party put in the upload bucket (written by the api).
-#[derive(Debug, serde::Deserialize)]
-pub struct ExternalUpload {
-    pub encodings: ExternalObject,
-    #[serde(default)]
-    pub blocks: Option<ExternalBlocks>,
-}
-
-/// One object of it, in the upload bucket or (with `store`) in a store the client named.
-pub use crate::service::api::uploads::ObjectRef as ExternalObject;
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
-pub enum ExternalBlocks {
-    Object { file: ExternalObject },
-    Plain(ExternalObject),
 }
 
 /// A run's shards as planned: their messages in shard order, `(shard index, body)`.
@@ -123,22 +97,19 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
             Err(e) => return Err(e.into()),
         };
-        let outcome = match self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await {
-            Err(PipelineError::IngestPaused) => {
+        let ingested = match self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await? {
+            Ingestion::Done(ingested) => ingested,
+            Ingestion::Rejected(Rejected(message)) => {
+                info!(project_id, party_index, %message, "upload rejected");
+                self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
+                return self.delete_quietly(&key).await;
+            }
+            Ingestion::Paused => {
                 // Writing the request again makes S3 announce it again: the next invocation
                 // continues from the checkpoint.
                 self.work.put(&key, body.clone(), &metadata).await?;
                 info!(project_id, party_index, upload_id, "ingestion continues in a new invocation");
                 return Ok(());
-            }
-            other => other?,
-        };
-        let ingested = match outcome {
-            Ok(ingested) => ingested,
-            Err(Rejected(message)) => {
-                info!(project_id, party_index, %message, "upload rejected");
-                self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
-                return self.delete_quietly(&key).await;
             }
         };
         if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
@@ -148,9 +119,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         self.start_waiting_runs(project_id).await
     }
 
-    /// Packs an upload as stored by the api into the party's `data.bin` + `index.bin`. The outer
-    /// error is a storage failure (retried); the inner one is the user's data being unusable
-    /// (final, reported on the project).
+    /// Packs an upload as stored by the api into the party's `data.bin` + `index.bin`. The error
+    /// is a storage failure (retried); the [`Ingestion`] says what became of the upload.
     async fn ingest_upload(
         &self,
         project: &Project,
@@ -158,23 +128,14 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         upload_id: &str,
         body: &[u8],
         metadata: &Metadata,
-    ) -> Result<Result<IngestedParty, Rejected>, PipelineError> {
+    ) -> Result<Ingestion, PipelineError> {
         let limits = &self.settings.limits;
         let bounds = SizeBounds { min: limits.min_encoding_size, max: limits.max_encoding_size };
-        let decoded = match meta_value(metadata, "kind") {
-            Some(KIND_JSON) => encoding::decode_json_upload(body, bounds).map_err(|e| Rejected(e.to_string())),
-            Some(KIND_BINARY) => {
-                let count = meta_value(metadata, "hash-count").and_then(|v| v.parse::<u64>().ok());
-                let size = meta_value(metadata, "hash-size").and_then(|v| v.parse::<usize>().ok());
-                match (count, size) {
-                    (Some(count), Some(size)) => {
-                        encoding::decode_binary(body, count, size, bounds).map_err(|e| Rejected(e.to_string()))
-                    }
-                    _ => Err(Rejected("Binary upload requires 'Hash-Count' and 'Hash-Size' headers".into())),
-                }
-            }
-            Some(KIND_EXTERNAL) => return self.ingest_external(project, party, upload_id, body, bounds).await,
-            other => Err(Rejected(format!("Upload stored in an unknown form ({other:?}); please upload again."))),
+        let decoded = match UploadForm::of(metadata) {
+            Ok(UploadForm::Json) => encoding::decode_json_upload(body, bounds).map_err(|e| Rejected(e.to_string())),
+            Ok(UploadForm::Binary { count, size }) => encoding::decode_binary(body, count, size, bounds).map_err(|e| Rejected(e.to_string())),
+            Ok(UploadForm::External) => return self.ingest_external(project, party, upload_id, body, bounds).await,
+            Err(message) => Err(Rejected(message)),
         };
         let decoded = match decoded {
             Ok(d) if d.is_empty() => Err(Rejected("Missing CLKs information: the upload holds no encodings".into())),
@@ -182,9 +143,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         let decoded = match decoded.and_then(|d| check_schema_size(project, d.encoding_size).map(|()| d)) {
             Ok(d) => d,
-            Err(rejection) => return Ok(Err(rejection)),
+            Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
         };
-        Ok(Ok(self.store_packed(&project.project_id, party, &decoded).await?))
+        Ok(Ingestion::Done(self.store_packed(&project.project_id, party, &decoded).await?))
     }
 
     /// Packs decoded records and stores `data.bin` (in parts when large) and `index.bin`.
@@ -212,11 +173,10 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     /// pulled from its store) and, for external uploads, the objects pulled from the upload
     /// bucket; objects in a client's store are theirs and stay.
     async fn cleanup_upload(&self, key: &str, body: &[u8], metadata: &Metadata) -> Result<(), PipelineError> {
-        if meta_value(metadata, "kind") == Some(KIND_EXTERNAL)
+        if UploadForm::of(metadata) == Ok(UploadForm::External)
             && let Ok(reference) = serde_json::from_slice::<ExternalUpload>(body)
         {
-            let blocks = reference.blocks.map(|(ExternalBlocks::Object { file } | ExternalBlocks::Plain(file))| file);
-            for object in std::iter::once(reference.encodings).chain(blocks) {
+            for object in reference.objects() {
                 if object.store.is_none() {
                     self.uploads.delete(&object.path).await?;
                 }

@@ -77,10 +77,6 @@ pub enum PipelineError {
     Event(String),
     #[error("worker task failed: {0}")]
     Worker(String),
-    /// A streamed ingestion used its time budget and noted how far it got; fan-out announces
-    /// the upload again so that a new invocation continues it. Not a failure.
-    #[error("ingestion paused at its time budget; a new invocation continues it")]
-    IngestPaused,
 }
 
 /// Everything the pipeline functions share: the ports and the settings.

@@ -13,7 +13,7 @@ use crate::service::model::*;
 use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
-use super::fan_out::KIND_JSON;
+use crate::service::stored_upload::UploadForm;
 use super::watchdog::Sweep;
 use super::dispatch::DispatchMessage;
 use super::{Pipeline, ShardMessage, ShardQueueMessage};
@@ -126,7 +126,7 @@ async fn store_upload(p: &TestPipeline, project: &str, party: u32, upload_id: &s
     let start = UploadStart { upload_id: upload_id.into(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(project, party, &start).await.unwrap();
     let key = keys::upload(project, party, upload_id);
-    p.work.put(&key, Bytes::from(body), &vec![("kind".into(), KIND_JSON.into())]).await.unwrap();
+    p.work.put(&key, Bytes::from(body), &UploadForm::Json.metadata()).await.unwrap();
     key
 }
 
@@ -355,13 +355,18 @@ async fn mismatched_encoding_sizes_fail_the_runs_and_the_odd_party_can_upload_ag
 
 /// A party's external upload: the objects in the upload bucket, the reference in `incoming/`.
 async fn external_upload(p: &TestPipeline, project: &str, party: u32, encodings: (&str, Vec<u8>, u64, usize), blocks: Option<Vec<u8>>) {
+    external_upload_named(p, project, party, encodings, blocks.map(|b| ("blocks.json", b))).await
+}
+
+/// The same, naming the blocks file (`*.ndjson` is the line form).
+async fn external_upload_named(p: &TestPipeline, project: &str, party: u32, encodings: (&str, Vec<u8>, u64, usize), blocks: Option<(&str, Vec<u8>)>) {
     let (name, body, count, size) = encodings;
     let path = format!("{project}/{party}/{name}");
     let counts = vec![("hash-count".to_string(), count.to_string()), ("hash-size".to_string(), size.to_string())];
     p.uploads.put(&path, Bytes::from(body), &counts).await.unwrap();
     let mut reference = serde_json::json!({"encodings": {"bucket": "u", "path": path}});
-    if let Some(blocks) = blocks {
-        let blocks_path = format!("{project}/{party}/blocks.json");
+    if let Some((blocks_name, blocks)) = blocks {
+        let blocks_path = format!("{project}/{party}/{blocks_name}");
         p.uploads.put(&blocks_path, Bytes::from(blocks), &Vec::new()).await.unwrap();
         reference["blocks"] = serde_json::json!({"bucket": "u", "path": blocks_path});
     }
@@ -369,7 +374,7 @@ async fn external_upload(p: &TestPipeline, project: &str, party: u32, encodings:
     let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(project, party, &start).await.unwrap();
     let key = keys::upload(project, party, &upload_id);
-    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let kind = UploadForm::External.metadata();
     p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
     p.on_incoming(&key).await.unwrap();
     // A redelivered event changes nothing.
@@ -398,11 +403,18 @@ async fn streamed_external_uploads_pack_like_in_memory_ingestion() {
         "meta": {},
     });
 
-    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    // The same blocks as NDJSON lines, in another order.
+    let mut ndjson = Vec::new();
+    for (i, b) in blocks.iter().enumerate().rev() {
+        crate::engine::blocks_file::write_ndjson_record(&mut ndjson, i as u64, b).unwrap();
+    }
+
+    let project = create_project(&p, ResultType::Groups, 3, false).await;
     let mut with_tail = raw.clone();
     with_tail.extend_from_slice(&[9; 77]); // ignored past count × size
     external_upload(&p, &project, 0, ("clks.bin", with_tail, count as u64, size), None).await;
     external_upload(&p, &project, 1, ("clks.bin", raw.clone(), count as u64, size), Some(serde_json::to_vec(&blocks_file).unwrap())).await;
+    external_upload_named(&p, &project, 2, ("clks.bin", raw.clone(), count as u64, size), Some(("blocks.ndjson", ndjson))).await;
 
     let plain = PartyEncodings { encoding_size: size, data: raw.clone(), blocks: None };
     let blocked = PartyEncodings {
@@ -410,7 +422,7 @@ async fn streamed_external_uploads_pack_like_in_memory_ingestion() {
         data: raw,
         blocks: Some(blocks.iter().map(|b| b.iter().map(|x| BlockKey::of(x)).collect()).collect()),
     };
-    for (party, expected) in [(0u32, plain), (1, blocked)] {
+    for (party, expected) in [(0u32, plain), (1, blocked.clone()), (2, blocked)] {
         let (data, index) = crate::engine::packed::pack(&expected);
         assert!(p.work.object(&keys::party_data(&project, party)).unwrap().0 == data, "data.bin of party {party}");
         assert_eq!(p.work.object(&keys::party_index(&project, party)).unwrap().0.as_ref(), &index.to_bytes()[..]);
@@ -442,6 +454,36 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
     assert!(parties[1].error.as_deref().unwrap().contains("multiple of 8"), "{:?}", parties[1].error);
     assert!(parties[2].error.as_deref().unwrap().contains("blocks"), "{:?}", parties[2].error);
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
+}
+
+/// A blocks file malformed halfway (read in many chunks, so the records before the fault have
+/// streamed past) fails the upload with a message naming where, and nothing is ingested.
+#[tokio::test]
+async fn a_blocks_file_malformed_halfway_fails_the_upload_naming_the_record() {
+    let mut p = pipeline(1_000_000);
+    p.settings.limits.ingest_chunk_bytes = 1_000;
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let (count, size) = (2_000usize, 16usize);
+    let mut json = String::from("{\"blocks\": {");
+    let mut ndjson = String::new();
+    for i in 0..count {
+        let ids = if i == 1_000 { "[\"a\" \"b\"]".to_string() } else { format!("[\"b{}\"]", i % 7) };
+        json.push_str(&format!("{}\"{i}\": {ids}", if i == 0 { "" } else { "," }));
+        ndjson.push_str(&format!("{{\"{i}\": {ids}}}\n"));
+    }
+    json.push_str("}}");
+    external_upload(&p, &project, 0, ("a.bin", random_bytes(5, count * size), count as u64, size), Some(json.into_bytes())).await;
+    external_upload_named(&p, &project, 1, ("b.bin", random_bytes(6, count * size), count as u64, size), Some(("blocks.ndjson", ndjson.into_bytes())))
+        .await;
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    for (party, expected) in [(0usize, "malformed after record 999"), (1, "line 1001 is malformed")] {
+        assert_eq!(parties[party].upload_state, UploadState::Error, "{:?}", parties[party]);
+        let message = parties[party].error.as_deref().unwrap_or_default();
+        assert!(message.contains(expected) && message.contains("blocks"), "{message}");
+        assert!(p.work.object(&keys::party_data(&project, party as u32)).is_none());
+        assert!(p.work.object(&keys::party_index(&project, party as u32)).is_none());
+    }
+    assert_eq!(p.work.unfinished_multipart_uploads(), 0);
 }
 
 /// An upload with a blocks file that cannot be read within one fan-out invocation's budget is
@@ -480,7 +522,7 @@ async fn streamed_ingestion_pauses_at_its_budget_and_continues_exactly() {
     let start = UploadStart { upload_id: "big".into(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(&project, 0, &start).await.unwrap();
     let key = keys::upload(&project, 0, "big");
-    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let kind = UploadForm::External.metadata();
     let reference = serde_json::json!({"encodings": {"bucket": "u", "path": path}});
     p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
 
@@ -530,7 +572,7 @@ async fn reference_upload(p: &TestPipeline, project: &str, party: u32, reference
     let start = UploadStart { upload_id: upload_id.clone(), receipt_token_hash: TokenHash::of("r") };
     p.meta.begin_upload(project, party, &start).await.unwrap();
     let key = keys::upload(project, party, &upload_id);
-    let kind = vec![("kind".to_string(), super::fan_out::KIND_EXTERNAL.to_string())];
+    let kind = UploadForm::External.metadata();
     p.work.put(&key, Bytes::from(serde_json::to_vec(reference).unwrap()), &kind).await.unwrap();
     p.on_incoming(&key).await.unwrap();
     p.on_incoming(&key).await.unwrap();
