@@ -17,6 +17,7 @@
 pub mod compare;
 pub mod dead_letter;
 pub mod events;
+pub mod expiry;
 pub mod external;
 pub mod fan_out;
 pub mod solve;

@@ -2,8 +2,9 @@
 //!
 //! The merge streams the shard files in candidate order (−score, d0, d1, r0, r1) and drops the
 //! duplicates that blocks produce. Results are written under deterministic keys with
-//! deterministic content (the permutations' randomness is seeded from the run id), so a solve
-//! delivered twice writes the same bytes, and `complete_run` lets only one of them complete it.
+//! deterministic content (the permutations' randomness is a secret drawn once per run and kept
+//! on its metadata item, see [`Pipeline::permutation_seed`]), so a solve delivered twice writes
+//! the same bytes, and `complete_run` lets only one of them complete it.
 //!
 //! Memory: the shard files being merged plus the merged candidates (24 bytes each, at most the
 //! configured limit: `SOLVER_MAX_CANDIDATE_PAIRS` for groups/permutations,
@@ -12,12 +13,12 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::engine::candidates::{self, Candidate, CandidateReader};
+use crate::engine::output::PermutationSeed;
 use crate::engine::{output, solver};
-use crate::service::keys;
+use crate::service::{keys, tokens};
 use crate::service::model::{ResultType, RunState};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 use crate::service::time;
@@ -26,13 +27,20 @@ use super::{Pipeline, PipelineError, SolveMessage};
 
 pub const SOLVER_LIMIT_MESSAGE: &str = "Attempting to solve with more than the global limit of candidate pairs.";
 
-/// Seed of a run's permutations: fixed by its id, so repeated solves agree.
-pub fn permutation_seed(run_id: &str) -> u64 {
-    let digest = Sha256::digest(run_id.as_bytes());
-    u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
-}
-
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+    /// Seed of a run's permutations: 256 bits from the operating system, drawn by the first
+    /// solve and kept on the run's metadata item (no token reads it), so a retried solve
+    /// publishes the same permutations. Nothing a data provider knows (the run id, its tokens,
+    /// its data) determines it. `None` if the run is gone.
+    pub async fn permutation_seed(&self, project_id: &str, run_id: &str) -> Result<Option<PermutationSeed>, PipelineError> {
+        let Some(secret) = self.meta.run_secret(project_id, run_id, &tokens::generate_secret()).await? else {
+            return Ok(None);
+        };
+        let bytes = tokens::secret_bytes(&secret)
+            .ok_or_else(|| PipelineError::Corrupt(format!("run {run_id} has a malformed permutation secret")))?;
+        Ok(Some(PermutationSeed::Secret(bytes)))
+    }
+
     pub async fn solve(&self, message: &SolveMessage) -> Result<(), PipelineError> {
         // Logged with the completion, for the benchmarks (bench/, docs/scale-model.md).
         let started = Instant::now();
@@ -104,14 +112,15 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 for p in parties.iter().take(2) {
                     sizes[p.index as usize % 2] = p.ingested.as_ref().map(|i| i.record_count).unwrap_or(0);
                 }
-                let perms = output::permutations(&groups, sizes, permutation_seed(run_id));
+                let Some(seed) = self.permutation_seed(project_id, run_id).await? else {
+                    return Ok(()); // deleted meanwhile
+                };
+                let perms = output::permutations(&groups, sizes, seed);
                 for party in 0..2u32 {
                     let json = output::permutation_json(&perms, party as usize);
                     self.work.put(&keys::result_permutation(project_id, run_id, party), Bytes::from(json), &Vec::new()).await?;
                 }
                 self.work.put(&keys::result_mask(project_id, run_id), Bytes::from(output::mask_json(&perms)), &Vec::new()).await?;
-                let groups_json = output::groups_json(&groups);
-                self.work.put(&keys::result_groups(project_id, run_id), Bytes::from(groups_json), &Vec::new()).await?;
             }
         }
         if self.meta.complete_run(project_id, run_id, &time::now_iso()).await? {
