@@ -167,15 +167,15 @@ async fn upload_bucket_leftovers(project: &str) -> anyhow::Result<usize> {
 async fn a_project_past_its_lifetime_is_purged_by_the_watchdog() -> anyhow::Result<()> {
     let api = Api::new();
     let project = api.create_project("groups", 2, false).await?;
-    api.upload_json(&project, 0, &small_clks(51, 30, 64)).await?;
-    api.upload_json(&project, 1, &small_clks(51, 30, 64)).await?;
-    let run = api.post_run(&project, 0.8).await?;
-    assert_eq!(api.wait_for_run(&project, &run, RUN_LIMIT).await?["state"], "completed");
     // Something in the upload bucket too: a party's object that no upload names.
     let grant = crate::uploads::grant(&api, &project, 0).await?;
     let party = crate::uploads::party_client(&grant);
     crate::uploads::put_with_counts(&party, &grant.bucket, &format!("{}/stray.bin", grant.path), vec![1; 64], 1, 64).await?;
     assert_eq!(upload_bucket_leftovers(&project.id).await?, 1);
+    api.upload_json(&project, 0, &small_clks(51, 30, 64)).await?;
+    api.upload_json(&project, 1, &small_clks(51, 30, 64)).await?;
+    let run = api.post_run(&project, 0.8).await?;
+    assert_eq!(api.wait_for_run(&project, &run, RUN_LIMIT).await?["state"], "completed");
 
     let stack = crate::faults::Stack::connect().await;
     stack
