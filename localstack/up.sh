@@ -48,6 +48,8 @@ export LOCAL_PARAM_WatchdogStallSeconds="${LOCAL_PARAM_WatchdogStallSeconds:-20}
 export LOCAL_PARAM_ExternalPullEnabled="${LOCAL_PARAM_ExternalPullEnabled:-true}"
 export LOCAL_PARAM_ExternalPullAllowHttp="${LOCAL_PARAM_ExternalPullAllowHttp:-true}"
 export LOCAL_PARAM_ExternalPullAllowLoopback="${LOCAL_PARAM_ExternalPullAllowLoopback:-true}"
+# The client's store in the pull tests is LocalStack's own S3 on 4566.
+export LOCAL_PARAM_ExternalPullAllowedPorts="${LOCAL_PARAM_ExternalPullAllowedPorts:-4566}"
 
 T0=$(date +%s)
 say() { printf 'up: [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }

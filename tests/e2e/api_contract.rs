@@ -115,6 +115,8 @@ async fn status_version_and_project_listing() -> anyhow::Result<()> {
         assert_eq!(r.body["anonlink"], "0.15.3", "{r}");
         assert!(r.body["entityservice"].as_str().is_some_and(|v| !v.is_empty()), "{r}");
         assert!(r.body["rust"].as_str().is_some_and(|v| !v.is_empty()), "{r}");
+        // The reference's test_version reads all three of its keys.
+        assert!(r.body["python"].is_string(), "{r}");
     }
 
     let project = api.create_project("groups", 2, false).await?;
@@ -1193,5 +1195,28 @@ async fn malformed_requests_get_4xx_problems_quickly() -> anyhow::Result<()> {
     let described = api.describe(&project).await?;
     assert_eq!((described["error"].as_bool(), described["parties_contributed"].as_u64()), (Some(false), Some(0)), "{described}");
     assert_eq!(send(Ep::Authorize.request(&api, &project.id, &run, ut)).await?.status, 201);
+    Ok(())
+}
+
+/// The reference's binary upload tests: a body whose length disagrees with Hash-Count ×
+/// Hash-Size is a 400, whatever the headers announce (also more than the request limit).
+#[tokio::test]
+async fn binary_uploads_with_a_wrong_length_are_400() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    for (count, length) in [(1_000_000usize, 128usize), (10, 128 * 9), (10, 128 * 11)] {
+        let r = send(
+            api.http
+                .post(api.url(&format!("/projects/{}/binaryclks", project.id)))
+                .header("Authorization", &project.update_tokens[0])
+                .header("Content-Type", "application/octet-stream")
+                .header("Hash-Count", count.to_string())
+                .header("Hash-Size", "128")
+                .body(vec![0u8; length]),
+        )
+        .await?;
+        assert_eq!(r.status, 400, "count {count}, {length} bytes: {r}");
+        assert!(r.content_type.starts_with("application/problem+json"), "{r}");
+    }
     Ok(())
 }

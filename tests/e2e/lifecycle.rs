@@ -151,3 +151,62 @@ async fn deleting_a_project_while_its_run_computes_leaves_nothing_behind() -> an
     let stack = crate::faults::Stack::connect().await;
     stack.wait_until_gone(&project.id, None, Duration::from_secs(40)).await
 }
+
+/// Objects under the project's prefix in the upload bucket.
+async fn upload_bucket_leftovers(project: &str) -> anyhow::Result<usize> {
+    let admin = crate::uploads::service_client();
+    let bucket = function_env("fan-out")["UPLOAD_BUCKET"].clone();
+    let listed = admin.list_objects_v2().bucket(&bucket).prefix(format!("{project}/")).send().await?;
+    Ok(listed.contents().len())
+}
+
+/// A project whose lifetime is over (its creation time set back, as if it had been created
+/// long ago) is deleted and purged by the watchdog, on the local stack where DynamoDB's TTL
+/// never deletes anything: 0 objects in both buckets, 0 items.
+#[tokio::test]
+async fn a_project_past_its_lifetime_is_purged_by_the_watchdog() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    // Something in the upload bucket too: a party's object that no upload names.
+    let grant = crate::uploads::grant(&api, &project, 0).await?;
+    let party = crate::uploads::party_client(&grant);
+    crate::uploads::put_with_counts(&party, &grant.bucket, &format!("{}/stray.bin", grant.path), vec![1; 64], 1, 64).await?;
+    assert_eq!(upload_bucket_leftovers(&project.id).await?, 1);
+    api.upload_json(&project, 0, &small_clks(51, 30, 64)).await?;
+    api.upload_json(&project, 1, &small_clks(51, 30, 64)).await?;
+    let run = api.post_run(&project, 0.8).await?;
+    assert_eq!(api.wait_for_run(&project, &run, RUN_LIMIT).await?["state"], "completed");
+
+    let stack = crate::faults::Stack::connect().await;
+    stack
+        .dynamodb
+        .update_item()
+        .table_name(&stack.env["TABLE_NAME"])
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("P#{}", project.id)))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("PROJECT".into()))
+        .update_expression("SET time_added = :long_ago")
+        .expression_attribute_values(":long_ago", aws_sdk_dynamodb::types::AttributeValue::S("2001-01-01T00:00:00.000000+00:00".into()))
+        .send()
+        .await?;
+    stack.wait_until_gone(&project.id, None, Duration::from_secs(60)).await?;
+    assert_eq!(upload_bucket_leftovers(&project.id).await?, 0, "the upload bucket is purged too");
+    let r = api.http.get(api.url(&format!("/projects/{}", project.id))).header("Authorization", &project.result_token).send().await?;
+    assert_eq!(r.status(), 403, "an expired project is gone for its users");
+    Ok(())
+}
+
+/// A project deleted while a large upload of it is being ingested: whichever finishes first,
+/// nothing is left in either bucket or the table.
+#[tokio::test]
+async fn an_upload_ingested_after_its_project_was_deleted_leaves_nothing() -> anyhow::Result<()> {
+    let api = Api::new();
+    let project = api.create_project("groups", 2, false).await?;
+    let data = synthetic_parties(53, 1, 20_000, 128, 8);
+    api.upload_binary(&project, 0, data[0].concat(), 20_000, 128).await?;
+    let path = format!("/projects/{}", project.id);
+    api.delete_and_check_gone(&project, &path, &path).await?;
+    let stack = crate::faults::Stack::connect().await;
+    stack.wait_until_gone(&project.id, None, Duration::from_secs(60)).await?;
+    assert_eq!(upload_bucket_leftovers(&project.id).await?, 0);
+    Ok(())
+}

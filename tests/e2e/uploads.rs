@@ -71,7 +71,7 @@ pub(crate) fn party_client(grant: &Grant) -> aws_sdk_s3::Client {
 }
 
 /// The service's own view of the upload store (the admin keys fan-out reads it with).
-fn service_client() -> aws_sdk_s3::Client {
+pub(crate) fn service_client() -> aws_sdk_s3::Client {
     let env = function_env("fan-out");
     let credentials = Credentials::new(
         &env["UPLOAD_S3_ACCESS_KEY_ID"],

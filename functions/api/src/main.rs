@@ -12,7 +12,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     let settings = Settings::from_env()?;
     let config = shared::aws::sdk_config().await;
     let state = ApiState {
-        meta: DynamoMeta::new(shared::aws::dynamodb_client(&config), settings.table_name.clone()),
+        meta: DynamoMeta::new(shared::aws::dynamodb_client(&config), settings.table_name.clone())
+            .with_item_lifetime(settings.limits.project_lifetime_secs),
         work: S3Blobs::new(shared::aws::work_s3_client(&config), settings.work_bucket.clone()),
         credentials: StsIssuer {
             upload: AssumableRole { client: shared::aws::upload_sts_client(&config), role_arn: settings.upload.role_arn.clone() },

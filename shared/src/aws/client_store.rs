@@ -25,14 +25,14 @@ use std::time::Duration;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::{Bytes, BytesMut};
 
-use crate::service::client_store::{ClientCredentials, ClientEndpoint, ClientStore, PullPolicy, PullRefused};
+use crate::service::client_store::{ClientCredentials, ClientEndpoint, ClientStore, PullPolicy};
 use crate::service::ports::{BlobError, BlobReader, ClientStores, Metadata};
 
 use super::s3::metadata_of;
@@ -147,19 +147,18 @@ enum Failure {
     Message(String),
 }
 
-fn find_source<'a, T: StdError + 'static>(mut error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    loop {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        error = error.source()?;
-    }
-}
-
 /// An error code as a store sent it, reduced to what an S3 code can be.
 fn sanitised_code(code: Option<&str>) -> Option<String> {
     let code: String = code?.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').take(64).collect();
     (!code.is_empty()).then_some(code)
+}
+
+/// The one message for every failure to get an S3 answer from a client's store.
+fn unreachable(at: &str) -> String {
+    format!(
+        "The object store at {at} could not be reached, or did not answer as an S3 store (check the endpoint, \
+         its port and 'secure')."
+    )
 }
 
 impl ClientBucket {
@@ -196,36 +195,19 @@ impl ClientBucket {
                         "The object store at {at} sends requests for bucket '{bucket}' elsewhere; give the bucket's own \
                          endpoint and 'region'."
                     )),
-                    (code, status) => Failure::Message(format!(
-                        "The object store at {at} answered HTTP {status}{} for '{key}' in bucket '{bucket}'.",
-                        code.map(|c| format!(" ({c})")).unwrap_or_default()
+                    (Some(code), status) => Failure::Message(format!(
+                        "The object store at {at} answered HTTP {status} ({code}) for '{key}' in bucket '{bucket}'."
                     )),
+                    // Not an S3 answer: whatever listens there is none of the caller's business.
+                    (None, _) => Failure::Message(unreachable(at)),
                 }
             }
-            SdkError::TimeoutError(_) => Failure::Message(format!("The object store at {at} did not answer in time.")),
-            SdkError::DispatchFailure(df) => {
-                let chain: &(dyn StdError + 'static) = error;
-                if let Some(refused) = find_source::<PullRefused>(chain) {
-                    Failure::Message(refused.to_string())
-                } else if let Some(NameNotResolved { host }) = find_source::<NameNotResolved>(chain) {
-                    Failure::Message(format!("The object store's host '{host}' could not be resolved (no such host)."))
-                } else if df.is_timeout() {
-                    Failure::Message(format!("The object store at {at} did not answer in time (connecting took over {}s).", CONNECT_TIMEOUT.as_secs()))
-                } else if let Some(tls) = tls_failure(chain) {
-                    Failure::Message(format!("The TLS connection to the object store at {at} failed: {tls}"))
-                } else if let Some(io) = find_source::<std::io::Error>(chain) {
-                    let why = match io.kind() {
-                        std::io::ErrorKind::ConnectionRefused => "the connection was refused".to_string(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => "the connection was reset".into(),
-                        _ => io.kind().to_string(),
-                    };
-                    Failure::Message(format!("The object store at {at} could not be reached: {why}."))
-                } else {
-                    Failure::Message(format!("The object store at {at} could not be reached."))
-                }
-            }
-            SdkError::ResponseError(_) => {
-                Failure::Message(format!("The object store at {at} sent an answer that is not an S3 response for '{key}'."))
+            // Whether a host exists, resolves to a forbidden address, refuses, resets, times out
+            // or fails TLS all read the same, so a caller cannot probe hosts and ports through
+            // us; the log (not the caller) gets the cause.
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                tracing::info!(store = %at, cause = %self.credentials.redact(&DisplayErrorContext(error).to_string()), "client store unreachable");
+                Failure::Message(unreachable(at))
             }
             SdkError::ConstructionFailure(_) => {
                 Failure::Message(format!("A request for '{key}' in bucket '{bucket}' could not be made (invalid bucket or key?)."))
@@ -272,21 +254,6 @@ impl ClientBucket {
             ))
         })?
     }
-}
-
-/// A TLS failure somewhere in the chain, described (rustls' messages name the problem, e.g.
-/// `invalid peer certificate: UnknownIssuer`; they hold no secrets).
-fn tls_failure(error: &(dyn StdError + 'static)) -> Option<String> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        let lower = text.to_ascii_lowercase();
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            return Some(text.chars().take(200).collect());
-        }
-        current = e.source();
-    }
-    None
 }
 
 impl BlobReader for ClientBucket {
@@ -343,11 +310,12 @@ impl BlobReader for ClientBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::client_store::PullRefused;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn policy(allow_loopback: bool) -> PullPolicy {
-        PullPolicy { enabled: true, allow_http: true, allow_loopback, allowed_networks: Vec::new() }
+        PullPolicy { enabled: true, allow_http: true, allow_loopback, allowed_networks: Vec::new(), allowed_ports: Vec::new() }
     }
 
     fn store() -> ClientStore {
@@ -409,7 +377,7 @@ mod tests {
         let stores = S3ClientStores::new(policy(false), 1 << 20);
         let bucket = stores.open(&endpoint("localhost", port), &store(), "b").unwrap();
         let error = bucket.head("k").await.unwrap_err().to_string();
-        assert!(error.contains("loopback") && error.contains("localhost"), "{error}");
+        assert!(error.contains("could not be reached"), "the same text as any unreachable store: {error}");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "no connection may reach the forbidden address");
     }
 

@@ -21,6 +21,7 @@ use aws_sdk_dynamodb::types::{
 use crate::service::memory::compute_micros;
 use crate::service::model::{
     IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
+    Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use crate::service::ports::{MetaError, MetaStore};
@@ -33,11 +34,36 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoMeta {
     pub client: Client,
     pub table: String,
+    /// Seconds after which items are written to expire (`expires_at`, the table's TTL
+    /// attribute). A backstop only: the watchdog purges a project at the end of its lifetime
+    /// (`pipeline::expiry`); DynamoDB deletes expired items within days, not on time.
+    pub item_lifetime_secs: u64,
 }
+
+/// How long after a project's lifetime its items stay before DynamoDB's TTL may remove them:
+/// the watchdog's purge (objects first, then items) must come first, or objects would outlive
+/// the items that let the purge find them.
+pub const TTL_GRACE_SECS: u64 = 7 * 86_400;
 
 impl DynamoMeta {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoMeta { client, table: table.into() }
+        let lifetime = crate::service::config::Limits::default().project_lifetime_secs;
+        DynamoMeta { client, table: table.into(), item_lifetime_secs: lifetime }
+    }
+
+    /// Items expire `secs` (the project lifetime) plus [`TTL_GRACE_SECS`] after they are written.
+    pub fn with_item_lifetime(mut self, secs: u64) -> Self {
+        self.item_lifetime_secs = secs;
+        self
+    }
+
+    /// `expires_at` of an item written at `written_secs`.
+    fn expires_at(&self, written_secs: u64) -> AttributeValue {
+        n(written_secs.saturating_add(self.item_lifetime_secs).saturating_add(TTL_GRACE_SECS))
+    }
+
+    fn expires_now(&self) -> AttributeValue {
+        self.expires_at(crate::service::time::now_secs())
     }
 }
 
@@ -46,6 +72,8 @@ impl DynamoMeta {
 const PROJECT_SK: &str = "PROJECT";
 const PROJECTS_GSI: &str = "gsi1";
 const PROJECTS_GSI_PK: &str = "PROJECTS";
+/// The index partition of deleted projects not yet purged (their tombstones).
+const TOMBSTONES_GSI_PK: &str = "DELETED";
 const STATS: &str = "STATS";
 /// `live` condition on a project item: it exists and is not being deleted.
 const PROJECT_LIVE: &str = "attribute_exists(pk) AND deleted = :false";
@@ -500,9 +528,14 @@ fn keys_of(items: &[Item]) -> Vec<Item> {
 
 impl MetaStore for DynamoMeta {
     async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
-        let mut items = vec![self.put(project_item(project), Some("attribute_not_exists(pk)"))?];
+        let added = crate::service::time::parse_iso(&project.time_added).map_or_else(crate::service::time::now_secs, |m| (m / 1_000_000).max(0) as u64);
+        let expiring = |mut item: Item| {
+            item.insert("expires_at".into(), self.expires_at(added));
+            item
+        };
+        let mut items = vec![self.put(expiring(project_item(project)), Some("attribute_not_exists(pk)"))?];
         for p in parties {
-            items.push(self.put(party_item(&project.project_id, p), Some("attribute_not_exists(pk)"))?);
+            items.push(self.put(expiring(party_item(&project.project_id, p)), Some("attribute_not_exists(pk)"))?);
         }
         items.push(self.update(stats_key(), "ADD project_count :one", None, &[], vec![(":one", n(1))])?);
         match self.transact("create project", items).await? {
@@ -539,6 +572,52 @@ impl MetaStore for DynamoMeta {
         }
     }
 
+    async fn list_projects_page(&self, after: Option<&str>, limit: usize) -> Result<(Vec<ProjectSummary>, Option<String>), MetaError> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PROJECTS_GSI)
+            .expression_attribute_values(":p", s(PROJECTS_GSI_PK))
+            .limit(limit.clamp(1, 1000) as i32);
+        query = match after {
+            Some(after) => query.key_condition_expression("gsi1pk = :p AND gsi1sk > :after").expression_attribute_values(":after", s(after)),
+            None => query.key_condition_expression("gsi1pk = :p"),
+        };
+        let page = query.send().await.map_err(|e| backend("list projects", e))?;
+        let mut out = Vec::with_capacity(page.items().len());
+        for item in page.items() {
+            if !get_bool(item, "deleted") {
+                out.push(ProjectSummary { project_id: get_s(item, "project_id")?, time_added: get_s(item, "time_added")? });
+            }
+        }
+        // The cursor is the last index key read (not the last live one), so a page of deleted
+        // projects still moves on.
+        let next = match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => Some(opt_s(&k, "gsi1sk").ok_or_else(|| corrupt("gsi1sk", &k))?),
+            _ => None,
+        };
+        Ok((out, next))
+    }
+
+    async fn list_tombstones(&self, limit: usize) -> Result<Vec<Tombstone>, MetaError> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PROJECTS_GSI)
+            .key_condition_expression("gsi1pk = :d")
+            .expression_attribute_values(":d", s(TOMBSTONES_GSI_PK))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| backend("list tombstones", e))?;
+        page.items()
+            .iter()
+            .map(|item| Ok(Tombstone { project_id: get_s(item, "project_id")?, deleted_secs: get_n(item, "deleted_at")? }))
+            .collect()
+    }
+
     async fn get_project(&self, project_id: &str) -> Result<Option<(Project, Vec<Party>)>, MetaError> {
         // Sort keys "PARTY#…" < "PROJECT": one query returns the parties and the project.
         let items = self.query_partition("get project", &project_pk(project_id), SortKeys::Between("PARTY#", PROJECT_SK)).await?;
@@ -559,13 +638,22 @@ impl MetaStore for DynamoMeta {
     }
 
     async fn mark_project_deleted(&self, project_id: &str) -> Result<bool, MetaError> {
+        let now = crate::service::time::now_secs();
         let items = vec![
             self.update(
                 project_key(project_id),
-                "SET deleted = :true REMOVE gsi1pk, gsi1sk",
+                // The project leaves the listing for the tombstones' index partition, where
+                // the watchdog finds it until the purge removes the item.
+                "SET deleted = :true, deleted_at = :now, gsi1pk = :tomb, gsi1sk = :tomb_sk",
                 Some(PROJECT_LIVE),
                 &[],
-                vec![(":true", AttributeValue::Bool(true)), (":false", AttributeValue::Bool(false))],
+                vec![
+                    (":true", AttributeValue::Bool(true)),
+                    (":false", AttributeValue::Bool(false)),
+                    (":now", n(now)),
+                    (":tomb", s(TOMBSTONES_GSI_PK)),
+                    (":tomb_sk", s(format!("{now:012}#{project_id}"))),
+                ],
             )?,
             self.update(stats_key(), "ADD project_count :minus", None, &[], vec![(":minus", n(-1))])?,
         ];
@@ -685,7 +773,9 @@ impl MetaStore for DynamoMeta {
     }
 
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
-        let items = vec![self.live_project_check(&run.project_id)?, self.put(run_item(run), Some("attribute_not_exists(pk)"))?];
+        let mut item = run_item(run);
+        item.insert("expires_at".into(), self.expires_now());
+        let items = vec![self.live_project_check(&run.project_id)?, self.put(item, Some("attribute_not_exists(pk)"))?];
         match self.transact("create run", items).await? {
             Written::Done => Ok(()),
             Written::ConditionFailed(_) => Err(MetaError::Conflict(format!("project {} is gone or run {} exists", run.project_id, run.run_id))),
@@ -782,7 +872,8 @@ impl MetaStore for DynamoMeta {
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
         // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes it exactly
         // once, the counter's existence says the run started and was not deleted.
-        let marker = key(project_pk(project_id), shard_sk(run_id, shard));
+        let mut marker = key(project_pk(project_id), shard_sk(run_id, shard));
+        marker.insert("expires_at".into(), self.expires_now());
         let items = vec![
             self.put(marker, Some("attribute_not_exists(pk)"))?,
             self.update(
@@ -854,6 +945,29 @@ impl MetaStore for DynamoMeta {
             )
             .await?;
         Ok(matches!(w, Written::Done))
+    }
+
+    async fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> Result<Option<String>, MetaError> {
+        // One conditional write: the first solve stores its draw, every later one reads it back.
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(project_pk(project_id), run_sk(run_id))))
+            .update_expression("SET permutation_secret = if_not_exists(permutation_secret, :s)")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":s", s(fresh))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                let stored = out.attributes.as_ref().and_then(|a| opt_s(a, "permutation_secret"));
+                stored.map(Some).ok_or_else(|| MetaError::Backend("run secret: the update returned no secret".into()))
+            }
+            Err(SdkError::ServiceError(se)) if se.err().is_conditional_check_failed_exception() => Ok(None),
+            Err(e) => Err(backend("run secret", e)),
+        }
     }
 
     async fn counted_shards(&self, project_id: &str, run_id: &str) -> Result<Vec<u32>, MetaError> {

@@ -87,7 +87,8 @@ pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::
     let settings = crate::service::config::Settings::from_env()?;
     let config = sdk_config().await;
     Ok(crate::service::pipeline::Pipeline {
-        meta: dynamo::DynamoMeta::new(dynamodb_client(&config), settings.table_name.clone()),
+        meta: dynamo::DynamoMeta::new(dynamodb_client(&config), settings.table_name.clone())
+            .with_item_lifetime(settings.limits.project_lifetime_secs),
         work: s3::S3Blobs::new(work_s3_client(&config), settings.work_bucket.clone()),
         uploads: s3::S3Blobs::new(upload_s3_client(&config), settings.upload.bucket.clone()),
         queue: sqs::SqsQueue::new(sqs_client(&config)),

@@ -185,13 +185,25 @@ impl BlobStore for S3Blobs {
                 .quiet(true)
                 .build()
                 .map_err(|e| BlobError::Backend(format!("{prefix}: {e}")))?;
-            self.client
+            let out = self
+                .client
                 .delete_objects()
                 .bucket(&self.bucket)
                 .delete(delete)
                 .send()
                 .await
                 .map_err(|e| map_err(prefix, e))?;
+            // DeleteObjects answers 200 even when some keys were not deleted; listing again would
+            // find them and loop forever, and ignoring them would leave data behind.
+            if let Some(failed) = out.errors().first() {
+                return Err(BlobError::Backend(format!(
+                    "{prefix}: {} of {} objects not deleted (first: {} {})",
+                    out.errors().len(),
+                    keys.len(),
+                    failed.key().unwrap_or_default(),
+                    failed.code().unwrap_or_default()
+                )));
+            }
             deleted += keys.len() as u64;
         }
     }

@@ -53,7 +53,7 @@ impl WorkQueue for SqsQueue {
         Ok(())
     }
 
-    async fn is_idle(&self, queue_url: &str) -> Result<bool, QueueError> {
+    async fn depth(&self, queue_url: &str) -> Result<u64, QueueError> {
         let counts = [
             QueueAttributeName::ApproximateNumberOfMessages,
             QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
@@ -68,15 +68,14 @@ impl WorkQueue for SqsQueue {
             .await
             .map_err(|e| QueueError(format!("{}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
         let attributes = out.attributes.unwrap_or_default();
+        let mut depth = 0u64;
         for name in &counts {
             let value = attributes.get(name).map(String::as_str).unwrap_or("0");
             let count: u64 = value
                 .parse()
                 .map_err(|_| QueueError(format!("{queue_url}: {} is {value:?}, not a count", name.as_str())))?;
-            if count > 0 {
-                return Ok(false);
-            }
+            depth = depth.saturating_add(count);
         }
-        Ok(true)
+        Ok(depth)
     }
 }

@@ -31,29 +31,35 @@ pub struct StsIssuer {
     pub download: Option<AssumableRole>,
 }
 
+/// The AWS partition (`aws`, `aws-cn`, `aws-us-gov`) a role lives in, from its ARN, so the
+/// session policies name buckets in the same partition.
+pub fn partition_of(role_arn: &str) -> &str {
+    role_arn.split(':').nth(1).filter(|p| !p.is_empty()).unwrap_or("aws")
+}
+
 /// The session policy: PutObject on `bucket/prefix*` and nothing else.
-pub fn upload_policy(bucket: &str, prefix: &str) -> String {
+pub fn upload_policy(partition: &str, bucket: &str, prefix: &str) -> String {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Sid": "UploadToOwnPrefixOnly",
             "Effect": "Allow",
             "Action": ["s3:PutObject"],
-            "Resource": [format!("arn:aws:s3:::{bucket}/{prefix}*")],
+            "Resource": [format!("arn:{partition}:s3:::{bucket}/{prefix}*")],
         }]
     })
     .to_string()
 }
 
 /// The session policy: GetObject on `bucket/key` and nothing else.
-pub fn download_policy(bucket: &str, key: &str) -> String {
+pub fn download_policy(partition: &str, bucket: &str, key: &str) -> String {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Sid": "ReadOneResultOnly",
             "Effect": "Allow",
             "Action": ["s3:GetObject"],
-            "Resource": [format!("arn:aws:s3:::{bucket}/{key}")],
+            "Resource": [format!("arn:{partition}:s3:::{bucket}/{key}")],
         }]
     })
     .to_string()
@@ -99,12 +105,12 @@ impl AssumableRole {
 
 impl CredentialIssuer for StsIssuer {
     async fn issue(&self, bucket: &str, prefix: &str, ttl_secs: u64) -> Result<TemporaryCredentials, CredentialError> {
-        self.upload.assume(session_name("upload", prefix), upload_policy(bucket, prefix), ttl_secs).await
+        self.upload.assume(session_name("upload", prefix), upload_policy(partition_of(&self.upload.role_arn), bucket, prefix), ttl_secs).await
     }
 
     async fn issue_download(&self, bucket: &str, key: &str, ttl_secs: u64) -> Result<Option<TemporaryCredentials>, CredentialError> {
         let Some(role) = &self.download else { return Ok(None) };
-        role.assume(session_name("result", key), download_policy(bucket, key), ttl_secs).await.map(Some)
+        role.assume(session_name("result", key), download_policy(partition_of(&role.role_arn), bucket, key), ttl_secs).await.map(Some)
     }
 }
 
@@ -114,14 +120,16 @@ mod tests {
 
     #[test]
     fn policy_allows_only_put_under_the_prefix() {
-        let p: serde_json::Value = serde_json::from_str(&upload_policy("uploads", "abc/1/")).unwrap();
+        let p: serde_json::Value = serde_json::from_str(&upload_policy("aws", "uploads", "abc/1/")).unwrap();
         assert_eq!(p["Statement"][0]["Action"], serde_json::json!(["s3:PutObject"]));
         assert_eq!(p["Statement"][0]["Resource"][0], "arn:aws:s3:::uploads/abc/1/*");
+        assert_eq!(partition_of("arn:aws-cn:iam::123456789012:role/upload"), "aws-cn");
+        assert_eq!(partition_of("not an arn"), "aws");
     }
 
     #[test]
     fn download_policy_allows_only_get_of_the_one_object() {
-        let p: serde_json::Value = serde_json::from_str(&download_policy("work", "results/p/r/similarity_scores.bin")).unwrap();
+        let p: serde_json::Value = serde_json::from_str(&download_policy("aws", "work", "results/p/r/similarity_scores.bin")).unwrap();
         assert_eq!(p["Statement"].as_array().map(Vec::len), Some(1));
         assert_eq!(p["Statement"][0]["Action"], serde_json::json!(["s3:GetObject"]));
         assert_eq!(p["Statement"][0]["Resource"], serde_json::json!(["arn:aws:s3:::work/results/p/r/similarity_scores.bin"]));

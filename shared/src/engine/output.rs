@@ -150,6 +150,24 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What a permutation is drawn from. The service draws a 256-bit [`PermutationSeed::Secret`]
+/// from the operating system once per run and keeps it where no token reaches (a seed anyone
+/// can compute, such as one derived from the run id, would let a data provider recompute the
+/// shuffle and learn which of its rows matched). `pprl link --seed N` uses a [`u64`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PermutationSeed {
+    /// A small seed, expanded with SplitMix64 (reproducible offline runs).
+    Small(u64),
+    /// 256 random bits: the generator's whole state.
+    Secret([u8; 32]),
+}
+
+impl From<u64> for PermutationSeed {
+    fn from(seed: u64) -> Self {
+        PermutationSeed::Small(seed)
+    }
+}
+
 /// xoshiro256** (Blackman, Vigna 2018): small, fast, well-distributed, and fully determined by
 /// its seed, which is all a permutation needs (the seed itself should come from the OS).
 struct Xoshiro256 {
@@ -157,9 +175,24 @@ struct Xoshiro256 {
 }
 
 impl Xoshiro256 {
-    fn seeded(seed: u64) -> Self {
-        let mut sm = seed;
-        Self { s: [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)] }
+    fn seeded(seed: PermutationSeed) -> Self {
+        match seed {
+            PermutationSeed::Small(seed) => {
+                let mut sm = seed;
+                Self { s: [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)] }
+            }
+            PermutationSeed::Secret(bytes) => {
+                let mut s = [0u64; 4];
+                for (word, chunk) in s.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+                }
+                if s == [0; 4] {
+                    // The one state xoshiro cannot leave; 2^-256 likely, but never stuck.
+                    return Self::seeded(PermutationSeed::Small(0));
+                }
+                Self { s }
+            }
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -202,7 +235,7 @@ impl Xoshiro256 {
 /// two-party greedy solutions). A group without both is skipped; extra records are ignored.
 /// Record indices at or beyond the declared sizes are ignored too, so the result stays a
 /// bijection whatever the input.
-pub fn permutations(groups: &[Group], sizes: [u64; 2], seed: u64) -> Permutations {
+pub fn permutations(groups: &[Group], sizes: [u64; 2], seed: impl Into<PermutationSeed>) -> Permutations {
     let pairs = groups.iter().filter_map(|group| {
         let a = group.iter().find(|(d, _)| *d == 0).map(|&(_, r)| r);
         let b = group.iter().find(|(d, _)| *d == 1).map(|&(_, r)| r);
@@ -213,8 +246,8 @@ pub fn permutations(groups: &[Group], sizes: [u64; 2], seed: u64) -> Permutation
 
 /// [`permutations`] of two-party matches `(record of party 0, record of party 1)` in the order
 /// of the groups (ascending), without building the groups.
-pub fn permutations_of_pairs(pairs: impl IntoIterator<Item = (u32, u32)>, sizes: [u64; 2], seed: u64) -> Permutations {
-    let mut rng = Xoshiro256::seeded(seed);
+pub fn permutations_of_pairs(pairs: impl IntoIterator<Item = (u32, u32)>, sizes: [u64; 2], seed: impl Into<PermutationSeed>) -> Permutations {
+    let mut rng = Xoshiro256::seeded(seed.into());
     let rows = sizes[0].min(sizes[1]);
     let mut slots: Vec<u32> = (0..rows as u32).collect();
     rng.shuffle(&mut slots);

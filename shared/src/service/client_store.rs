@@ -41,7 +41,13 @@ pub struct PullPolicy {
     pub allow_loopback: bool,
     /// Networks allowed although non-public, e.g. a store inside the deployment's own VPC.
     pub allowed_networks: Vec<Network>,
+    /// Ports pulls may connect to besides 443 (none by default), so the service cannot be
+    /// pointed at arbitrary services of a public host.
+    pub allowed_ports: Vec<u16>,
 }
+
+/// The one port pulls always may use.
+pub const HTTPS_PORT: u16 = 443;
 
 /// Why an endpoint or address is refused; the messages are for the person who posted the upload.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +68,8 @@ pub enum PullRefused {
     ForbiddenAddress { host: String, address: IpAddr, class: &'static str },
     #[error("The object store credentials are not valid: {0}")]
     InvalidCredentials(String),
+    #[error("The object store endpoint '{host}' uses port {port}; this service connects to object stores on port 443 only, unless its operator allows more.")]
+    PortNotAllowed { host: String, port: u16 },
 }
 
 impl PullPolicy {
@@ -87,6 +95,13 @@ impl PullPolicy {
                 });
             }
             Host::Name(_) => {}
+        }
+        let port = parsed.port.unwrap_or(match parsed.scheme {
+            Scheme::Https => HTTPS_PORT,
+            Scheme::Http => 80,
+        });
+        if port != HTTPS_PORT && !self.allowed_ports.contains(&port) {
+            return Err(PullRefused::PortNotAllowed { host: parsed.authority(), port });
         }
         Ok(parsed)
     }
@@ -557,8 +572,21 @@ mod tests {
         assert!(message.contains("must use https"), "{message}");
         assert!(policy.check_endpoint("store.example.com", None).is_ok());
         assert!(policy.check_endpoint("https://store.example.com", Some(true)).is_ok());
-        let http = PullPolicy { allow_http: true, ..on() };
+        let http = PullPolicy { allow_http: true, allowed_ports: vec![9000], ..on() };
         assert_eq!(http.check_endpoint("store.example.com:9000", Some(false)).unwrap().url(), "http://store.example.com:9000");
+    }
+
+    #[test]
+    fn only_port_443_unless_more_are_allowed() {
+        let policy = PullPolicy { allow_http: true, ..on() };
+        for endpoint in ["store.example.com:22", "https://store.example.com:6379", "http://store.example.com"] {
+            let refused = policy.check_endpoint(endpoint, None);
+            assert!(matches!(refused, Err(PullRefused::PortNotAllowed { .. })), "{endpoint}: {refused:?}");
+        }
+        assert!(policy.check_endpoint("store.example.com:443", None).is_ok());
+        let more = PullPolicy { allowed_ports: vec![9000], ..policy };
+        assert!(more.check_endpoint("store.example.com:9000", None).is_ok());
+        assert!(more.check_endpoint("store.example.com:9001", None).is_err());
     }
 
     #[test]
@@ -570,7 +598,7 @@ mod tests {
         }
         let message = policy.check_endpoint("169.254.169.254", None).unwrap_err().to_string();
         assert!(message.contains("link-local") && message.contains("169.254.169.254"), "{message}");
-        let local = PullPolicy { allow_loopback: true, ..policy.clone() };
+        let local = PullPolicy { allow_loopback: true, allowed_ports: vec![4566], ..policy.clone() };
         assert!(local.check_endpoint("127.0.0.1:4566", Some(false)).is_ok());
         assert!(local.check_endpoint("localhost:4566", Some(false)).is_ok());
         assert!(local.check_endpoint("10.0.0.1:4566", Some(false)).is_err());

@@ -51,6 +51,18 @@ pub struct Limits {
     /// Bytes solve reads per ranged GET of a candidate file; `None`: derived from memory and the
     /// number of inputs. Set by tests to cut files into many small chunks.
     pub solve_read_chunk_bytes: Option<u64>,
+    /// Seconds a project lives after its creation; then the watchdog deletes it and purges all
+    /// its data (`pipeline::expiry`).
+    pub project_lifetime_secs: u64,
+    /// The most runs a project may have (posted and not deleted).
+    pub max_runs_per_project: u64,
+    /// The most comparisons all runs of a project may add up to.
+    pub max_comparisons_per_project: u64,
+    /// The most projects `GET /projects` returns per page.
+    pub max_projects_listed: usize,
+    /// SHA-256 (hex) of the admin key that `POST /projects` and `GET /projects` require, when
+    /// set. Off by default: the reference's clients create projects without one.
+    pub admin_key_sha256: Option<String>,
 }
 
 impl Limits {
@@ -79,6 +91,11 @@ impl Default for Limits {
             solve_merge_fan_in: 16_384,
             function_memory_mb: None,
             solve_read_chunk_bytes: None,
+            project_lifetime_secs: 7 * 86_400,
+            max_runs_per_project: 100,
+            max_comparisons_per_project: 1_000_000_000_000_000,
+            max_projects_listed: 1000,
+            admin_key_sha256: None,
         }
     }
 }
@@ -106,11 +123,21 @@ pub struct WatchdogSettings {
     /// How often lost work is sent again without any progress before the run or upload is put in
     /// `error`.
     pub max_redrives: u32,
+    /// Seconds one sweep may spend; it stops there and the next sweep continues where it stopped.
+    pub sweep_budget_secs: u64,
+    /// The most projects one sweep looks at (the same bound, counted rather than timed).
+    pub sweep_max_projects: usize,
 }
 
 impl Default for WatchdogSettings {
     fn default() -> Self {
-        WatchdogSettings { ingest_queue_url: String::new(), stall_after_secs: 900, max_redrives: 3 }
+        WatchdogSettings {
+            ingest_queue_url: String::new(),
+            stall_after_secs: 900,
+            max_redrives: 3,
+            sweep_budget_secs: 240,
+            sweep_max_projects: 5000,
+        }
     }
 }
 
@@ -185,7 +212,21 @@ impl Settings {
                 .map(|v| v.parse().map_err(|_| ConfigError::Invalid { name: "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", value: v, why: "not a number" }))
                 .transpose()?,
             solve_read_chunk_bytes: None,
+            project_lifetime_secs: number("PROJECT_LIFETIME_SECS", d.project_lifetime_secs)?.max(60),
+            max_runs_per_project: number("MAX_RUNS_PER_PROJECT", d.max_runs_per_project)?,
+            max_comparisons_per_project: number("MAX_COMPARISONS_PER_PROJECT", d.max_comparisons_per_project)?,
+            max_projects_listed: number("MAX_PROJECTS_LISTED", d.max_projects_listed)?.clamp(1, 1000),
+            admin_key_sha256: optional("ADMIN_KEY_SHA256").map(|v| v.to_ascii_lowercase()),
         };
+        if let Some(hash) = &limits.admin_key_sha256
+            && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::Invalid {
+                name: "ADMIN_KEY_SHA256",
+                value: "(not shown)".into(),
+                why: "must be the SHA-256 of the admin key as 64 hex characters",
+            });
+        }
         if limits.shard_target_comparisons == 0 {
             return Err(ConfigError::Invalid {
                 name: "SHARD_TARGET_COMPARISONS",
@@ -216,16 +257,29 @@ impl Settings {
                 allow_http: flag("EXTERNAL_PULL_ALLOW_HTTP", false)?,
                 allow_loopback: flag("EXTERNAL_PULL_ALLOW_LOOPBACK", false)?,
                 allowed_networks: networks("EXTERNAL_PULL_ALLOWED_NETWORKS")?,
+                allowed_ports: ports("EXTERNAL_PULL_ALLOWED_PORTS")?,
             },
             limits,
             watchdog: WatchdogSettings {
                 ingest_queue_url: optional("INGEST_QUEUE_URL").unwrap_or_default(),
                 stall_after_secs: number("WATCHDOG_STALL_SECS", WatchdogSettings::default().stall_after_secs)?,
                 max_redrives: number("WATCHDOG_MAX_REDRIVES", WatchdogSettings::default().max_redrives)?,
+                sweep_budget_secs: number("WATCHDOG_SWEEP_BUDGET_SECS", WatchdogSettings::default().sweep_budget_secs)?,
+                sweep_max_projects: number("WATCHDOG_SWEEP_MAX_PROJECTS", WatchdogSettings::default().sweep_max_projects)?.max(1),
             },
             results_role_arn: optional("RESULTS_ROLE_ARN"),
         })
     }
+}
+
+/// A comma-separated list of TCP ports (empty: none).
+fn ports(name: &'static str) -> Result<Vec<u16>, ConfigError> {
+    let Some(value) = optional(name) else { return Ok(Vec::new()) };
+    value
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| ConfigError::Invalid { name, value: value.clone(), why: "expected ports of 1..=65535, comma-separated" }))
+        .collect()
 }
 
 /// A comma-separated list of CIDR networks (empty: none).

@@ -11,11 +11,14 @@
 //! work/{project}/{run}/candidates/{n}.bin       candidate pairs of shard n
 //! work/{project}/{run}/merged/{level}/{n}.bin   solve's merge tree: group n of level `level`
 //! results/{project}/{run}/...                   published results
+//! watchdog/cursor                               where the watchdog's last sweep stopped
 //! ```
 
 pub const INCOMING_UPLOADS: &str = "incoming/uploads/";
 pub const INCOMING_RUNS: &str = "incoming/runs/";
 pub const INCOMING_DELETES: &str = "incoming/deletes/";
+/// The project listing position where the watchdog's last sweep stopped (`pipeline::watchdog`).
+pub const WATCHDOG_CURSOR: &str = "watchdog/cursor";
 
 pub fn upload(project: &str, party: u32, upload: &str) -> String {
     format!("{INCOMING_UPLOADS}{project}/{party}/{upload}")
@@ -33,6 +36,10 @@ pub fn party_data(project: &str, party: u32) -> String {
 /// `pipeline::external`); deleted when the ingestion ends.
 pub fn ingest_checkpoint(project: &str, party: u32, upload: &str) -> String {
     format!("data/{project}/{party}/ingest-{upload}.json")
+}
+/// Every party's packed data of a project.
+pub fn project_data_prefix(project: &str) -> String {
+    format!("data/{project}/")
 }
 pub fn party_index(project: &str, party: u32) -> String {
     format!("data/{project}/{party}/index.bin")
@@ -81,7 +88,7 @@ pub fn project_prefixes(project: &str) -> [String; 6] {
     [
         format!("{INCOMING_UPLOADS}{project}/"),
         format!("{INCOMING_RUNS}{project}/"),
-        format!("data/{project}/"),
+        project_data_prefix(project),
         format!("work/{project}/"),
         format!("results/{project}/"),
         delete_request(project),

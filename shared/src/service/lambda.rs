@@ -42,7 +42,10 @@ pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQue
 ) -> Result<serde_json::Value, PipelineError> {
     if step == Step::FanOut && is_scheduled_event(&payload) {
         let sweep = pipeline.watchdog(crate::service::time::now_secs()).await?;
-        return Ok(serde_json::json!({"watched": sweep.watched, "redriven": sweep.redriven, "failed": sweep.failed}));
+        return Ok(serde_json::json!({
+            "projects": sweep.projects, "watched": sweep.watched, "redriven": sweep.redriven, "failed": sweep.failed,
+            "expired": sweep.expired, "purges_retried": sweep.purges_retried, "errors": sweep.errors,
+        }));
     }
     let event: SqsEvent = serde_json::from_value(payload).map_err(|e| PipelineError::Event(format!("not an SQS event: {e}")))?;
     let response = handle(step, pipeline, event).await;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
+    Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use super::ports::{
@@ -40,6 +41,8 @@ struct RunEntry {
     /// The run's shard counters, created when it starts (DynamoDB: `RUN#{rid}#COUNT#{k}` items);
     /// shard `n` counts on counter `n mod SHARD_COUNTERS`.
     counters: BTreeMap<u32, ShardCount>,
+    /// The permutation secret (DynamoDB: the run item's `permutation_secret`).
+    secret: Option<String>,
 }
 
 /// What one shard counter holds.
@@ -71,13 +74,16 @@ struct ProjectEntry {
     runs: BTreeMap<String, RunEntry>,
     /// The watchdog's notes (DynamoDB: `watch_*` attributes of the run and party items).
     watches: BTreeMap<WatchTarget, Watch>,
-    /// Being deleted: invisible to every read, kept until `purge_project`.
+    /// Being deleted: invisible to every read, kept until `purge_project`; when (Unix seconds).
     deleted: bool,
+    deleted_secs: u64,
 }
 
 #[derive(Debug, Default)]
 struct MetaTables {
     projects: BTreeMap<String, ProjectEntry>,
+    /// Projects whose reads fail (a corrupt item), for the watchdog's tests.
+    poisoned: BTreeSet<String>,
     project_count: u64,
     completed_comparisons: u64,
     completed_micros: u64,
@@ -106,6 +112,11 @@ impl MemoryMeta {
         Self::default()
     }
 
+    /// Every later read of the project fails with a backend error, as a corrupt item does.
+    pub fn poison(&self, project_id: &str) {
+        lock(&self.tables).poisoned.insert(project_id.to_string());
+    }
+
     /// Whether any item of the project remains (deleted-but-not-purged counts), for tests of
     /// the purge path.
     pub fn has_project_items(&self, project_id: &str) -> bool {
@@ -127,6 +138,7 @@ impl MetaStore for MemoryMeta {
                 runs: BTreeMap::new(),
                 watches: BTreeMap::new(),
                 deleted: false,
+                deleted_secs: 0,
             },
         );
         t.project_count += 1;
@@ -146,8 +158,32 @@ impl MetaStore for MemoryMeta {
         Ok(out)
     }
 
+    async fn list_projects_page(&self, after: Option<&str>, limit: usize) -> Result<(Vec<ProjectSummary>, Option<String>), MetaError> {
+        let all = self.list_projects().await?;
+        let page: Vec<ProjectSummary> =
+            all.into_iter().filter(|p| after.is_none_or(|a| p.cursor().as_str() > a)).take(limit).collect();
+        let next = (page.len() == limit).then(|| page.last().map(ProjectSummary::cursor)).flatten();
+        Ok((page, next))
+    }
+
+    async fn list_tombstones(&self, limit: usize) -> Result<Vec<Tombstone>, MetaError> {
+        let t = lock(&self.tables);
+        let mut out: Vec<Tombstone> = t
+            .projects
+            .values()
+            .filter(|p| p.deleted)
+            .map(|p| Tombstone { project_id: p.project.project_id.clone(), deleted_secs: p.deleted_secs })
+            .collect();
+        out.sort_by(|a, b| (a.deleted_secs, &a.project_id).cmp(&(b.deleted_secs, &b.project_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn get_project(&self, project_id: &str) -> Result<Option<(Project, Vec<Party>)>, MetaError> {
         let t = lock(&self.tables);
+        if t.poisoned.contains(project_id) {
+            return Err(MetaError::Backend(format!("item P#{project_id} has a missing or malformed schema")));
+        }
         Ok(t.projects.get(project_id).filter(|p| !p.deleted).map(|p| (p.project.clone(), p.parties.clone())))
     }
 
@@ -155,6 +191,7 @@ impl MetaStore for MemoryMeta {
         let mut t = lock(&self.tables);
         let Some(entry) = t.live_project_mut(project_id) else { return Ok(false) };
         entry.deleted = true;
+        entry.deleted_secs = time::now_secs();
         t.project_count = t.project_count.saturating_sub(1);
         Ok(true)
     }
@@ -250,7 +287,7 @@ impl MetaStore for MemoryMeta {
         if entry.runs.contains_key(&run.run_id) {
             return Err(MetaError::Conflict(format!("run {} already exists", run.run_id)));
         }
-        entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new(), counters: BTreeMap::new() });
+        entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new(), counters: BTreeMap::new(), secret: None });
         Ok(())
     }
 
@@ -358,6 +395,12 @@ impl MetaStore for MemoryMeta {
         }
     }
 
+    async fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> Result<Option<String>, MetaError> {
+        let mut t = lock(&self.tables);
+        let Some(entry) = t.live_run_mut(project_id, run_id) else { return Ok(None) };
+        Ok(Some(entry.secret.get_or_insert_with(|| fresh.to_string()).clone()))
+    }
+
     async fn counted_shards(&self, project_id: &str, run_id: &str) -> Result<Vec<u32>, MetaError> {
         let mut t = lock(&self.tables);
         Ok(t.live_run_mut(project_id, run_id).map(|r| r.counted_shards.iter().copied().collect()).unwrap_or_default())
@@ -415,6 +458,8 @@ struct BlobInner {
     failing_puts: AtomicBool,
     /// Makes every read fail (as a throttled or unreachable store does).
     failing_reads: AtomicBool,
+    /// How many `delete_prefix` calls still fail (DeleteObjects' per-key errors).
+    failing_prefix_deletes: AtomicU64,
 }
 
 /// [`BlobStore`] in memory: one bucket.
@@ -452,6 +497,11 @@ impl MemoryBlobs {
     /// the SDK's retries, or a store that is down).
     pub fn fail_reads(&self, failing: bool) {
         self.inner.failing_reads.store(failing, Ordering::SeqCst);
+    }
+
+    /// The next `times` calls of `delete_prefix` fail, deleting nothing.
+    pub fn fail_prefix_deletes(&self, times: u64) {
+        self.inner.failing_prefix_deletes.store(times, Ordering::SeqCst);
     }
 
     fn check_read(&self, key: &str) -> Result<(), BlobError> {
@@ -503,6 +553,10 @@ impl BlobStore for MemoryBlobs {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, BlobError> {
+        let failing = &self.inner.failing_prefix_deletes;
+        if failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(BlobError::Backend(format!("injected failure deleting {prefix}: AccessDenied")));
+        }
         let mut objects = lock(&self.inner.objects);
         let doomed: Vec<String> = objects.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect();
         for k in &doomed {
@@ -632,8 +686,8 @@ impl WorkQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn is_idle(&self, queue_url: &str) -> Result<bool, QueueError> {
-        Ok(!lock(&self.sent).iter().any(|(q, _)| q == queue_url))
+    async fn depth(&self, queue_url: &str) -> Result<u64, QueueError> {
+        Ok(lock(&self.sent).iter().filter(|(q, _)| q == queue_url).count() as u64)
     }
 }
 

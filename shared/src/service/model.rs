@@ -69,6 +69,22 @@ pub struct ProjectSummary {
     pub time_added: String,
 }
 
+impl ProjectSummary {
+    /// Where a listing continues after this project (projects are listed by `time_added`, then
+    /// id; DynamoDB: the projects index's sort key).
+    pub fn cursor(&self) -> String {
+        format!("{}#{}", self.time_added, self.project_id)
+    }
+}
+
+/// A deleted project whose purge has not completed yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub project_id: String,
+    /// When it was deleted (Unix seconds).
+    pub deleted_secs: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UploadState {

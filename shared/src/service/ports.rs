@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::client_store::{ClientEndpoint, ClientStore};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, ShardOutcome, StatusCounters,
-    UploadStart, Watch, WatchTarget,
+    Tombstone, UploadStart, Watch, WatchTarget,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,17 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     fn create_project(&self, project: &Project, parties: &[Party]) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// All live projects (not being deleted), oldest first.
     fn list_projects(&self) -> impl Future<Output = Result<Vec<ProjectSummary>, MetaError>> + Send;
+    /// At most `limit` live projects after `after` (a cursor: [`ProjectSummary::cursor`] of the
+    /// last one seen), oldest first, and the cursor of the next page if there may be one.
+    fn list_projects_page(&self, after: Option<&str>, limit: usize) -> impl Future<Output = Result<(Vec<ProjectSummary>, Option<String>), MetaError>> + Send;
+    /// Projects marked deleted whose purge has not finished (their tombstones), oldest delete
+    /// first, at most `limit`.
+    fn list_tombstones(&self, limit: usize) -> impl Future<Output = Result<Vec<Tombstone>, MetaError>> + Send;
     /// The project with all its parties (strongly consistent). `None` if unknown or being deleted.
     fn get_project(&self, project_id: &str) -> impl Future<Output = Result<Option<(Project, Vec<Party>)>, MetaError>> + Send;
-    /// Marks the project as being deleted (it disappears from every read at once) and uncounts
-    /// it. Returns false if it was unknown or already being deleted.
+    /// Marks the project as being deleted (it disappears from every read at once), leaves a
+    /// tombstone that [`MetaStore::list_tombstones`] finds until `purge_project`, and uncounts it.
+    /// Returns false if it was unknown or already being deleted.
     fn mark_project_deleted(&self, project_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// Removes every item of the project (project, parties, runs, shard markers).
     fn purge_project(&self, project_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
@@ -82,6 +89,11 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// Any non-final state → `error` with a message. False if already final.
     fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+
+    /// The run's permutation secret: stores `fresh` unless the run already has one, and returns
+    /// the one stored (so every solve of the run agrees). `None` if the run is gone. It lives on
+    /// the run's metadata item, which no API response includes.
+    fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> impl Future<Output = Result<Option<String>, MetaError>> + Send;
 
     // ---- the watchdog (pipeline::watchdog) -----------------------------------------------------
     /// The shard indexes of the run counted so far (its shard markers), ascending.
@@ -174,9 +186,9 @@ pub trait WorkQueue: Send + Sync + Clone + 'static {
     /// Sends all bodies (batched as the queue allows); an error means some may not have been sent,
     /// and the caller retries the whole send (consumers are idempotent).
     fn send(&self, queue_url: &str, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
-    /// True when the queue holds no message at all: none waiting, delayed or being processed.
-    /// (SQS's counts are approximate and lag by about a minute; the watchdog waits far longer.)
-    fn is_idle(&self, queue_url: &str) -> impl Future<Output = Result<bool, QueueError>> + Send;
+    /// How many messages the queue holds: waiting, delayed or being processed. (SQS's counts
+    /// are approximate and lag by about a minute; the watchdog waits far longer.)
+    fn depth(&self, queue_url: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
 }
 
 /// Temporary credentials a data provider uses to upload straight to the upload bucket.

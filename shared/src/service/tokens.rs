@@ -14,6 +14,29 @@ pub fn generate() -> String {
     hex(&bytes)
 }
 
+/// A 256-bit secret the service keeps to itself (a run's permutation seed), as 64 hex
+/// characters; [`secret_bytes`] reads it back.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is unavailable");
+    hex(&bytes)
+}
+
+/// The bytes of a secret written by [`generate_secret`]; `None` if it is not 64 hex characters.
+pub fn secret_bytes(secret: &str) -> Option<[u8; 32]> {
+    let digits = secret.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let high = (pair[0] as char).to_digit(16)?;
+        let low = (pair[1] as char).to_digit(16)?;
+        *byte = (high * 16 + low) as u8;
+    }
+    Some(out)
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -59,6 +82,16 @@ mod tests {
         assert_eq!(a.len(), 48);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn secrets_are_256_bits_and_read_back() {
+        let (a, b) = (generate_secret(), generate_secret());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(hex(&secret_bytes(&a).unwrap()), a);
+        assert_eq!(secret_bytes("zz"), None);
+        assert_eq!(secret_bytes(&"g".repeat(64)), None);
     }
 
     #[test]

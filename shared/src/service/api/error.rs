@@ -33,6 +33,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    /// A per-project limit would be exceeded; the detail names the limit (its template
+    /// parameter) and its value.
+    #[error("{0}")]
+    LimitReached(String),
     #[error(
         "The request body is larger than {limit} bytes. Upload large encodings to the object store instead: \
          GET /api/v1/projects/{{project_id}}/authorize-external-upload returns credentials and a path, then \
@@ -60,7 +64,7 @@ impl ApiError {
             ApiError::InvalidAccess | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::LimitReached(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::FeatureDisabled | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,6 +75,7 @@ impl ApiError {
     fn title(&self) -> &'static str {
         match self {
             ApiError::FeatureDisabled => "Feature Disabled",
+            ApiError::LimitReached(_) => "Limit Reached",
             other => other.status().canonical_reason().unwrap_or("Error"),
         }
     }

@@ -38,6 +38,9 @@ pub async fn version() -> Json<Value> {
     Json(json!({
         "anonlink": ANONLINK_VERSION,
         "entityservice": env!("CARGO_PKG_VERSION"),
+        // The reference reports its interpreter; its clients and tests expect the key. There is
+        // no Python here, which the value says; `rust` names the toolchain.
+        "python": "none",
         "rust": env!("CARGO_PKG_RUST_VERSION"),
     }))
 }

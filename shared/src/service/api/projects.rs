@@ -2,9 +2,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use bytes::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -12,8 +12,9 @@ use super::access::{Allowed, authorize};
 use super::error::{ApiError, ApiResult};
 use super::extract::{AuthToken, ProjectId, parse_json, read_body};
 use super::Shared;
-use crate::service::keys;
+use crate::service::config::Limits;
 use crate::service::model::{Party, Project, ResultType, UploadState};
+use crate::service::pipeline::expiry::request_purge;
 use crate::service::ports::{BlobStore, CredentialIssuer, MetaStore};
 use crate::service::{time, tokens};
 
@@ -113,21 +114,89 @@ impl NewProject {
     }
 }
 
-/// GET `/projects`: every live project (the reference lists them without authentication).
+/// The header that carries the admin key, when the service requires one.
+pub const ADMIN_KEY_HEADER: &str = "x-admin-key";
+
+/// When the service is configured with an admin key (`AdminKeySha256`), project creation and
+/// listing require it in [`ADMIN_KEY_HEADER`]; compared by hash in constant time. Off by
+/// default, so the reference's clients keep working.
+fn check_admin_key(limits: &Limits, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(hash) = &limits.admin_key_sha256 else { return Ok(()) };
+    let presented = headers.get(ADMIN_KEY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if presented.is_empty() || !tokens::TokenHash(hash.clone()).matches(presented) {
+        return Err(ApiError::Forbidden(format!(
+            "This service requires an admin key to create or list projects: send it in the '{ADMIN_KEY_HEADER}' header."
+        )));
+    }
+    Ok(())
+}
+
+/// `?page_size=N&cursor=C` of `GET /projects`.
+struct ListQuery {
+    page_size: usize,
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(query: Option<&str>, max: usize) -> Result<Self, ApiError> {
+        let mut out = ListQuery { page_size: max, cursor: None };
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "page_size" => {
+                    out.page_size = value.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                        ApiError::BadRequest(format!("'page_size' must be a whole number of 1..={max}"))
+                    })?;
+                }
+                "cursor" => {
+                    // Cursors are `time_added#project_id` as this service wrote them in `Link`:
+                    // ISO times, '#' ('%23' in a URL), ':' ('%3A' when encoded), hex ids.
+                    let decoded = value.replace("%23", "#").replace("%3A", ":").replace("%2B", "+").replace("%3a", ":").replace("%2b", "+");
+                    let ok = !decoded.is_empty()
+                        && decoded.len() <= 128
+                        && decoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"#:.+-".contains(&b));
+                    if !ok {
+                        return Err(ApiError::BadRequest("'cursor' must be the cursor of a 'Link: rel=\"next\"' header".into()));
+                    }
+                    out.cursor = Some(decoded);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// GET `/projects`: live projects, oldest first, as the reference lists them (a JSON array,
+/// no token), one bounded page at a time: at most `MaxProjectsListed` (or `?page_size=`); when
+/// there are more, a `Link: <…?cursor=…>; rel="next"` header says where the next page starts.
 pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     State(state): State<Shared<M, B, C>>,
-) -> ApiResult<Json<Value>> {
-    let projects = state.meta.list_projects().await?;
-    Ok(Json(json!(projects)))
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    check_admin_key(&state.settings.limits, &headers)?;
+    let query = ListQuery::parse(query.as_deref(), state.settings.limits.max_projects_listed)?;
+    let (projects, next) = state.meta.list_projects_page(query.cursor.as_deref(), query.page_size).await?;
+    let mut response = Json(json!(projects)).into_response();
+    if let Some(next) = next {
+        let cursor = next.replace('#', "%23").replace('+', "%2B");
+        let link = format!("<{}/projects?page_size={}&cursor={cursor}>; rel=\"next\"", super::BASE_PATH, query.page_size);
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 /// POST `/projects`: 201 `{"project_id","update_tokens","result_token"}`. An `Authorization`
-/// header, if sent, is ignored.
+/// header, if sent, is ignored; the admin key is required when the service has one.
 pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     State(state): State<Shared<M, B, C>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_admin_key(&state.settings.limits, &headers)?;
     let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
     let request = parse_json::<NewProject>(&headers, &body)?.validate()?;
 
@@ -212,13 +281,11 @@ pub async fn delete<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         // A concurrent delete won: to this caller the project no longer exists.
         return Err(ApiError::InvalidAccess);
     }
-    let request = json!({"project_id": project_id, "time_requested": time::now_iso()});
-    let metadata = vec![("kind".to_string(), "delete".to_string())];
-    if let Err(e) = state.work.put(&keys::delete_request(&project_id), Bytes::from(request.to_string()), &metadata).await {
-        // The project is already invisible to every read, so for the client it is deleted (a
-        // retry would get 403); only the purge of its objects and items is missed, which the
-        // log reports for an operator.
-        tracing::error!(project_id = %project_id, error = %e, "storing the delete request failed; project objects are orphaned");
+    if let Err(e) = request_purge(&state.work, &project_id).await {
+        // The delete is already durable: the project's tombstone stays until a purge completes,
+        // and the watchdog requests the purge again while it is there (`pipeline::expiry`). So
+        // the answer is still 204; a retry by the client would get 403 anyway.
+        tracing::warn!(project_id = %project_id, error = %e, "storing the delete request failed; the watchdog requests the purge again");
     }
     tracing::info!(project_id = %project_id, "project deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -92,6 +92,7 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     if project_in_error(&parties) {
         return Err(ApiError::Conflict("Can't post run as project has errors".into()));
     }
+    check_run_limits(&state.settings.limits, &state.meta.list_runs(&project_id).await?)?;
     let run = Run::created(project_id.clone(), tokens::generate(), threshold, request.name, request.notes, time::now_iso());
     match state.meta.create_run(&run).await {
         Ok(()) => {}
@@ -110,6 +111,27 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     }
     tracing::info!(project_id = %project_id, run_id = %run.run_id, threshold, "run created");
     Ok((StatusCode::CREATED, Json(run_description(&run))))
+}
+
+/// Refuses a new run when the project has as many runs as allowed, or its runs have used all
+/// the comparisons allowed (fan-out checks the new run's own count once it is planned:
+/// `pipeline::fan_out`).
+pub(crate) fn check_run_limits(limits: &crate::service::config::Limits, runs: &[Run]) -> Result<(), ApiError> {
+    if runs.len() as u64 >= limits.max_runs_per_project {
+        return Err(ApiError::LimitReached(format!(
+            "The project has {} runs, the most allowed (MaxRunsPerProject = {}); delete a run to post another.",
+            runs.len(),
+            limits.max_runs_per_project
+        )));
+    }
+    let used: u64 = runs.iter().map(|r| r.total_comparisons).fold(0, u64::saturating_add);
+    if used >= limits.max_comparisons_per_project {
+        return Err(ApiError::LimitReached(format!(
+            "The project's runs have used {used} comparisons, the most allowed (MaxComparisonsPerProject = {}).",
+            limits.max_comparisons_per_project
+        )));
+    }
+    Ok(())
 }
 
 /// The run, after checking the result token.

@@ -203,6 +203,7 @@ async fn status_and_version() {
     let v = api.get("/version").send().await.json();
     assert_eq!(v["anonlink"], "0.15.3");
     assert!(v["entityservice"].is_string() && v["rust"].is_string());
+    assert!(v["python"].is_string(), "the reference's clients read the key: {v}");
 }
 
 #[tokio::test]
@@ -603,6 +604,13 @@ async fn binary_upload() {
     assert_eq!(send(Some("3"), Some("8"), oct, vec![0; 25]).await.problem(400), size_msg);
     assert_eq!(send(Some("18446744073709551615"), Some("8"), oct, vec![0; 8]).await.problem(400), size_msg);
     assert!(send(Some("1000000"), Some("8"), oct, vec![0; 8]).await.problem(413).contains("authorize-external-upload"));
+    // A length that disagrees with the headers is the reference's 400, even when the headers
+    // announce more than the request limit; a length that agrees gets the 413.
+    let declared = |count: &str, length: usize| {
+        api.post(&path).token(&p.update_tokens[0]).raw(oct, vec![0; length.min(16)]).header("Hash-Count", count).header("Hash-Size", "8").header("Content-Length", &length.to_string()).send()
+    };
+    assert_eq!(declared("1000000", 8).await.problem(400), size_msg);
+    assert!(declared("1000000", 8_000_000).await.problem(413).contains("authorize-external-upload"));
     assert_eq!(send(Some("1"), Some("8"), "application/json", vec![0; 8]).await.problem(400), "Content Type not supported");
 
     let r = send(Some("3"), Some(" 8 "), oct, (0..24).collect()).await;
@@ -952,4 +960,99 @@ async fn fields_the_metadata_store_cannot_hold_are_refused_up_front() {
     let r = api.post(&runs).token(&p.result_token).json(json!({"threshold": 1e-130, "name": at_limit})).send().await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.json()["threshold"], json!(1e-130));
+}
+
+// ---- limits on what strangers can spend ---------------------------------------------------------
+
+#[tokio::test]
+async fn project_listing_is_paged_with_a_cursor_and_compatible_by_default() {
+    let mut settings = settings(true);
+    settings.limits.max_projects_listed = 3;
+    let api = Api::with_settings(settings);
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        ids.push(api.project("groups").await.id);
+    }
+    // The default answer is the reference's: a JSON array (here, the first page).
+    let mut listed = Vec::new();
+    let mut path = "/projects".to_string();
+    loop {
+        let r = api.get(&path).send().await;
+        assert_eq!(r.status, StatusCode::OK);
+        let page = r.json();
+        let page = page.as_array().expect("a list");
+        assert!(page.len() <= 3, "bounded: {page:?}");
+        listed.extend(page.iter().map(|p| p["project_id"].as_str().unwrap().to_string()));
+        let Some(link) = r.headers.get(header::LINK) else { break };
+        let link = link.to_str().unwrap();
+        let next = link.strip_prefix(&format!("<{BASE_PATH}")).and_then(|l| l.split_once('>')).expect(link).0;
+        assert!(link.ends_with("rel=\"next\""), "{link}");
+        path = next.to_string();
+    }
+    assert_eq!(listed.len(), 7, "every project once: {listed:?}");
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    assert_eq!(api.get("/projects?page_size=2").send().await.json().as_array().unwrap().len(), 2);
+    api.get("/projects?page_size=0").send().await.problem(400);
+    api.get("/projects?page_size=4").send().await.problem(400);
+    api.get("/projects?cursor=%27%20OR%201%3D1").send().await.problem(400);
+}
+
+#[tokio::test]
+async fn an_admin_key_guards_project_creation_and_listing_when_configured() {
+    let key = "the-admin-key";
+    let mut settings = settings(true);
+    settings.limits.admin_key_sha256 = Some(crate::service::tokens::TokenHash::of(key).0);
+    let api = Api::with_settings(settings);
+    let body = json!({"schema": {}, "result_type": "groups"});
+    let detail = api.post("/projects").json(body.clone()).send().await.problem(403);
+    assert!(detail.contains("x-admin-key"), "{detail}");
+    api.post("/projects").header("x-admin-key", "wrong").json(body.clone()).send().await.problem(403);
+    api.get("/projects").send().await.problem(403);
+    let r = api.post("/projects").header("x-admin-key", key).json(body).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = api.get("/projects").header("x-admin-key", key).send().await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    // Off by default: the reference's clients send no key.
+    assert_eq!(Api::new().post("/projects").json(json!({"schema": {}, "result_type": "groups"})).send().await.status, StatusCode::CREATED);
+}
+
+async fn post_run_reply(api: &Api, p: &Project) -> Reply {
+    api.post(&format!("/projects/{}/runs", p.id)).token(&p.result_token).json(json!({"threshold": 0.8})).send().await
+}
+
+#[tokio::test]
+async fn runs_and_comparisons_per_project_are_capped_with_a_problem_naming_the_limit() {
+    let mut settings = settings(true);
+    settings.limits.max_runs_per_project = 2;
+    let api = Api::with_settings(settings.clone());
+    let p = api.project("groups").await;
+    api.run(&p).await;
+    let second = api.run(&p).await;
+    let detail = post_run_reply(&api, &p).await.problem(409);
+    assert!(detail.contains("MaxRunsPerProject = 2"), "{detail}");
+    // Deleting a run makes room.
+    assert_eq!(api.delete(&format!("/projects/{}/runs/{second}", p.id)).token(&p.result_token).send().await.status, StatusCode::NO_CONTENT);
+    api.run(&p).await;
+
+    settings.limits.max_comparisons_per_project = 4;
+    let api = Api::with_settings(settings);
+    let p = api.project("groups").await;
+    let first = api.run(&p).await;
+    api.complete(&p, &first).await; // 4 comparisons
+    let detail = post_run_reply(&api, &p).await.problem(409);
+    assert!(detail.contains("MaxComparisonsPerProject = 4") && detail.contains("4 comparisons"), "{detail}");
+}
+
+#[tokio::test]
+async fn object_paths_with_dot_or_empty_segments_are_refused() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    for path in [format!("{}/0/a//b", p.id), format!("{}/0/./b", p.id), format!("{}/0/../1/b", p.id), format!("{}/0/b/", p.id)] {
+        let body = json!({"encodings": {"file": {"bucket": UPLOAD_BUCKET, "path": path}}});
+        let r = api.post(&format!("/projects/{}/clks", p.id)).token(&p.update_tokens[0]).json(body).send().await;
+        let detail = r.problem(400);
+        assert!(detail.contains("segments"), "{path}: {detail}");
+    }
 }

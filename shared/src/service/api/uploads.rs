@@ -126,6 +126,7 @@ fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData
     if file.path.is_empty() || file.path.len() > 1024 {
         return Err(ApiError::BadRequest("The object path must be 1..=1024 bytes.".into()));
     }
+    check_path_segments(&file.path)?;
     Ok(ObjectRef {
         bucket: file.bucket.clone(),
         path: file.path.clone(),
@@ -250,7 +251,20 @@ fn check_object_allowed(state_bucket: &str, project_id: &str, party: u32, file: 
     if file.bucket != state_bucket || !file.path.starts_with(&prefix) || file.path.len() == prefix.len() {
         return Err(ApiError::Forbidden(PATH_NOT_ALLOWED.into()));
     }
+    check_path_segments(&file.path)?;
     Ok(ObjectRef { bucket: file.bucket.clone(), path: file.path.clone(), store: None })
+}
+
+/// Refuses object paths with empty, `.` or `..` segments (`a//b`, `a/./b`, `a/../b`): S3 takes
+/// them literally, but proxies, SDKs and other stores normalise them, so the object read could
+/// differ from the one the prefix check allowed.
+fn check_path_segments(path: &str) -> Result<(), ApiError> {
+    if path.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        return Err(ApiError::BadRequest(
+            "The object path must not have empty, '.' or '..' segments (no '//', '/./' or '/../').".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A stored upload: what to put under `keys::upload` and with which metadata.
@@ -399,13 +413,25 @@ pub async fn binary_clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         return Err(ApiError::BadRequest("Upload 'Hash-Size' doesn't match project settings".into()));
     }
     let wrong_size = || ApiError::BadRequest("Uploaded data did not match the expected size. Check request headers are correct".into());
+    // The length must agree with the headers before anything else is said about it (the
+    // reference answers 400 for a disagreement, whatever the sizes).
+    let expected = count.checked_mul(size);
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some() && declared != expected {
+        discard_body(body).await;
+        return Err(wrong_size());
+    }
+    let expected = expected.ok_or_else(wrong_size)?;
     // A declared total beyond the request limit can never arrive inline: say where to put it.
-    let expected = count.checked_mul(size).ok_or_else(wrong_size)?;
     if expected > limits.max_request_bytes as u64 {
         discard_body(body).await;
         return Err(ApiError::PayloadTooLarge { limit: limits.max_request_bytes });
     }
-    let body = read_body(&headers, body, limits.max_request_bytes).await?;
+    let body = match read_body(&headers, body, limits.max_request_bytes).await {
+        // More bytes than the headers announce (which fit the limit): they disagree.
+        Err(ApiError::PayloadTooLarge { .. }) => return Err(wrong_size()),
+        other => other?,
+    };
     if body.len() as u64 != expected {
         return Err(wrong_size());
     }

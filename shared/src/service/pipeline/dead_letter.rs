@@ -1,5 +1,7 @@
 //! Dead letters: messages that failed on every delivery. The run or upload they belonged to is
-//! put in `error` with a message, so nobody waits forever on work that will not finish.
+//! put in `error` with a message, so nobody waits forever on work that will not finish. A purge
+//! is not given up: the deleted project's tombstone keeps it in the watchdog's sight, which
+//! requests it again until it completes.
 
 use tracing::warn;
 
@@ -53,7 +55,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                     self.meta.fail_run(&project, &run, RUN_FAILED_MESSAGE).await?;
                 }
                 Some(Incoming::Delete { project }) => {
-                    warn!(project, "project purge failed on every attempt; the bucket lifecycle rules remove what is left");
+                    // The project's tombstone stays until a purge completes, and the watchdog
+                    // requests the purge again while it is there (`super::expiry`).
+                    warn!(project, "project purge failed on every attempt; the watchdog requests it again");
                 }
                 None => warn!(key, "dead letter for an unknown object"),
             }

@@ -72,6 +72,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         let key = keys::upload(project_id, party_index, upload_id);
         let Some((project, parties)) = self.meta.get_project(project_id).await? else {
             info!(project_id, "upload of a deleted project; dropping it");
+            // A paused ingestion of it may have left a checkpoint and packed parts.
+            self.work.delete_prefix(&keys::project_data_prefix(project_id)).await?;
             return self.delete_quietly(&key).await;
         };
         let Some(party) = parties.iter().find(|p| p.index == party_index) else {
@@ -114,6 +116,11 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
             info!(project_id, party_index, records = ingested.record_count, "upload ingested");
+        } else if self.meta.get_project(project_id).await?.is_none() {
+            // Deleted (and perhaps purged) while we ingested: what we wrote after the purge
+            // would outlive the project. Checked after our last write, so nothing comes later.
+            info!(project_id, party_index, "project deleted during ingestion; removing its packed data");
+            self.work.delete_prefix(&keys::project_data_prefix(project_id)).await?;
         }
         self.cleanup_upload(&key, &body, &metadata).await?;
         self.start_waiting_runs(project_id).await
@@ -279,6 +286,11 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             RunState::Completed | RunState::Error => return Ok(()),
         };
         let planned = self.plan_shards(project_id, run_id, &parties).await?;
+        if let Some(message) = self.over_comparison_limit(project_id, run_id, planned.total_comparisons).await? {
+            self.meta.fail_run(project_id, run_id, &message).await?;
+            self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;
+            return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
+        }
         let shards_total = planned.messages.len() as u32;
         info!(project_id, run_id, shards_total, comparisons = planned.total_comparisons, resume, "run planned");
         let bodies: Vec<String> = planned.messages.into_iter().map(|(_, body)| body).collect();
@@ -298,6 +310,27 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         self.work.put(&dispatched_key(project_id, run_id), Bytes::from_static(b"{}"), &Vec::new()).await?;
         self.clean_up_if_deleted(project_id, run_id).await?;
         self.delete_quietly(&keys::run_request(project_id, run_id)).await
+    }
+
+    /// Why the run may not start: its comparisons and those of the project's other runs add up
+    /// to more than `MaxComparisonsPerProject` (the api checks what it can before the data is in).
+    async fn over_comparison_limit(&self, project_id: &str, run_id: &str, planned: u64) -> Result<Option<String>, PipelineError> {
+        let limit = self.settings.limits.max_comparisons_per_project;
+        let others: u64 = self
+            .meta
+            .list_runs(project_id)
+            .await?
+            .iter()
+            .filter(|r| r.run_id != run_id)
+            .map(|r| r.total_comparisons)
+            .fold(0, u64::saturating_add);
+        if others.saturating_add(planned) <= limit {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "The run needs {planned} comparisons and the project's other runs used {others}: more than the {limit} \
+             allowed per project (MaxComparisonsPerProject)."
+        )))
     }
 
     /// Plans the run's shards (deterministic: the same parties' data always give the same shards)

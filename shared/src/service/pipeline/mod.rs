@@ -18,6 +18,7 @@ pub mod compare;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod events;
+pub mod expiry;
 pub mod external;
 pub mod fan_out;
 pub mod merge;

@@ -14,8 +14,9 @@
 //!   ([`solver::greedy_solve_by_component`], identical to the greedy over all of them).
 //!
 //! Results are written under deterministic keys with deterministic content (the permutations'
-//! randomness is seeded from the run id), so a solve delivered twice writes the same bytes, and
-//! `complete_run` lets only one of them complete it.
+//! randomness is a secret drawn once per run and kept on its metadata item, see
+//! [`Pipeline::permutation_seed`]; nothing a data provider knows determines it), so a solve
+//! delivered twice writes the same bytes, and `complete_run` lets only one of them complete it.
 //!
 //! # Limits: the reference's, plus what memory allows
 //!
@@ -35,13 +36,12 @@
 
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::engine::candidates::{self, Candidate, CandidateWriter};
-use crate::engine::output::{self, SimilarityScoresWriter};
+use crate::engine::output::{self, PermutationSeed, SimilarityScoresWriter};
 use crate::engine::solver::{self, Components, TwoPartyGreedy};
-use crate::service::keys;
+use crate::service::{keys, tokens};
 use crate::service::model::{Party, ResultType, RunState};
 use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
 use crate::service::time;
@@ -59,12 +59,6 @@ pub const HELD_BYTES_PER_CANDIDATE: u64 = 96;
 /// measured from its hash maps, plus headroom).
 pub const SOLVER_BYTES_PER_CANDIDATE: u64 = 200;
 
-/// Seed of a run's permutations: fixed by its id, so repeated solves agree.
-pub fn permutation_seed(run_id: &str) -> u64 {
-    let digest = Sha256::digest(run_id.as_bytes());
-    u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
-}
-
 /// What a solve ended with, when it did not fail.
 enum Solved {
     /// The result is written; this many distinct candidates were merged.
@@ -74,6 +68,19 @@ enum Solved {
 }
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+    /// Seed of a run's permutations: 256 bits from the operating system, drawn by the first
+    /// solve and kept on the run's metadata item (no token reads it), so a retried solve
+    /// publishes the same permutations. Nothing a data provider knows (the run id, its tokens,
+    /// its data) determines it. `None` if the run is gone.
+    pub async fn permutation_seed(&self, project_id: &str, run_id: &str) -> Result<Option<PermutationSeed>, PipelineError> {
+        let Some(secret) = self.meta.run_secret(project_id, run_id, &tokens::generate_secret()).await? else {
+            return Ok(None);
+        };
+        let bytes = tokens::secret_bytes(&secret)
+            .ok_or_else(|| PipelineError::Corrupt(format!("run {run_id} has a malformed permutation secret")))?;
+        Ok(Some(PermutationSeed::Secret(bytes)))
+    }
+
     pub async fn solve(&self, message: &SolveMessage) -> Result<(), PipelineError> {
         // Logged with the completion, for the benchmarks (bench/, docs/scale-model.md).
         let started = Instant::now();
@@ -205,15 +212,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         for p in parties.iter().take(2) {
             sizes[p.index as usize % 2] = p.ingested.as_ref().map(|i| i.record_count).unwrap_or(0);
         }
-        let seed = permutation_seed(run_id);
+        let Some(seed) = self.permutation_seed(project_id, run_id).await? else {
+            return Ok(Solved::Written { pairs }); // the run was deleted meanwhile
+        };
+        // No groups file for permutations runs: no token could read it.
         let outputs = vec![
             keys::result_permutation(project_id, run_id, 0),
             keys::result_permutation(project_id, run_id, 1),
             keys::result_mask(project_id, run_id),
-            groups_key,
         ];
         with_uploads(&self.work, outputs, move |uploads| {
-            let [perm0, perm1, mask, groups]: [merge::Upload; 4] =
+            let [perm0, perm1, mask]: [merge::Upload; 3] =
                 uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
             let perms = output::permutations_of_pairs(matches.iter().copied(), sizes, seed);
             for (party, upload) in [perm0, perm1].into_iter().enumerate() {
@@ -224,8 +233,6 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             let mut mask = mask;
             output::write_mask(&mut mask, &perms).map_err(write_failure)?;
             mask.commit().map_err(write_failure)?;
-            drop(perms);
-            write_groups(groups, output::pair_groups(&matches))?;
             Ok(Solved::Written { pairs })
         })
         .await

@@ -16,7 +16,7 @@ use crate::service::tokens::TokenHash;
 use crate::service::stored_upload::UploadForm;
 use super::watchdog::Sweep;
 use super::dispatch::DispatchMessage;
-use super::{Pipeline, ShardMessage, ShardQueueMessage};
+use super::{Pipeline, ShardMessage, ShardQueueMessage, SolveMessage};
 
 const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
@@ -48,7 +48,7 @@ fn pipeline(shard_target: u64) -> TestPipeline {
             },
             pull: PullPolicy::default(),
             limits,
-            watchdog: WatchdogSettings { ingest_queue_url: INCOMING.into(), stall_after_secs: 60, max_redrives: 2 },
+            watchdog: WatchdogSettings { ingest_queue_url: INCOMING.into(), stall_after_secs: 60, max_redrives: 2, ..WatchdogSettings::default() },
             results_role_arn: None,
         },
     }
@@ -266,15 +266,16 @@ async fn permutations_are_those_of_the_in_memory_groups() {
     assert_eq!(p.meta.get_run(&project, "perm").await.unwrap().unwrap().state, RunState::Completed);
     let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
     let groups = solver::greedy_solve(link::link(&encodings, 0.6, 100).unwrap().candidates);
-    let perms = output::permutations(&groups, [40, 40], super::solve::permutation_seed("perm"));
+    // The run's secret, as solve stored it (a second draw returns the stored one).
+    let seed = p.permutation_seed(&project, "perm").await.unwrap().unwrap();
+    let perms = output::permutations(&groups, [40, 40], seed);
     for party in 0..2u32 {
         let (got, _) = p.work.get(&keys::result_permutation(&project, "perm", party)).await.unwrap();
         assert_eq!(&got[..], output::permutation_json(&perms, party as usize).as_bytes());
     }
     let (got, _) = p.work.get(&keys::result_mask(&project, "perm")).await.unwrap();
     assert_eq!(&got[..], output::mask_json(&perms).as_bytes());
-    let (got, _) = p.work.get(&keys::result_groups(&project, "perm")).await.unwrap();
-    assert_eq!(&got[..], output::groups_json(&groups).as_bytes());
+    assert!(p.work.get(&keys::result_groups(&project, "perm")).await.is_err(), "no groups file that no token can read");
 }
 
 /// A solve function too small to hold a three-party run's candidates ends it with the
@@ -349,6 +350,65 @@ async fn mismatched_encoding_sizes_fail_the_runs_and_the_odd_party_can_upload_ag
     post_run(&p, &project, "r2", 0.5).await;
     drain(&p, 1).await;
     assert_eq!(p.meta.get_run(&project, "r2").await.unwrap().unwrap().state, RunState::Completed);
+}
+
+// ---- the permutation secret ------------------------------------------------------------------
+
+/// A permutations run through a fresh deployment; returns party 0's published permutation and
+/// the pipeline.
+async fn permutations_run(data: &[(PartyEncodings, Vec<Vec<String>>)]) -> (Vec<u8>, TestPipeline) {
+    let p = pipeline(300);
+    let project = create_project(&p, ResultType::Permutations, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "run1", 0.6).await;
+    for body in p.queue.take(SHARDS) {
+        p.compare(&serde_json::from_str(&body).unwrap()).await.unwrap();
+    }
+    let solve: SolveMessage = serde_json::from_str(&p.queue.take(SOLVES)[0]).unwrap();
+    // The first attempt dies after drawing the secret (nothing can be written); its retry must
+    // publish what that draw gives, so retries agree.
+    p.work.fail_puts(true);
+    assert!(p.solve(&solve).await.is_err());
+    p.work.fail_puts(false);
+    let drawn = p.meta.run_secret(&project, "run1", &crate::service::tokens::generate_secret()).await.unwrap().unwrap();
+    p.solve(&solve).await.unwrap();
+    assert_eq!(p.meta.run_secret(&project, "run1", "other").await.unwrap().as_ref(), Some(&drawn), "drawn once");
+    let (published, _) = p.work.get(&keys::result_permutation(&project, "run1", 0)).await.unwrap();
+    let encodings: Vec<PartyEncodings> = data.iter().map(|d| d.0.clone()).collect();
+    let groups = solver::greedy_solve(link::link(&encodings, 0.6, 300).unwrap().candidates);
+    let seed = output::PermutationSeed::Secret(crate::service::tokens::secret_bytes(&drawn).unwrap());
+    let expected = output::permutations(&groups, [40, 40], seed);
+    assert_eq!(&published[..], output::permutation_json(&expected, 0).as_bytes(), "retries publish the stored draw");
+    assert!(p.work.get(&keys::result_groups(&project, "run1")).await.is_err(), "no groups.json nobody can read");
+    (published.to_vec(), p)
+}
+
+/// Everything a data provider knows (project and run ids, its tokens, its data, even the other
+/// party's data and so the groups) is the same in two deployments; the permutations differ, so
+/// none of it reproduces them. Seeds derived from the run id (the old design) do not give them.
+#[tokio::test]
+async fn permutations_come_from_a_secret_no_data_provider_knows() {
+    // Party 1 holds noisy copies of party 0's records, so there are matches to hide.
+    let mut data = parties(21, 2, 40, false);
+    data[1].0.data = data[0].0.data.iter().enumerate().map(|(i, b)| if i % 16 == 0 { b ^ 1 } else { *b }).collect();
+    let (first, p) = permutations_run(&data).await;
+    let (second, _) = permutations_run(&data).await;
+    assert_ne!(first, second, "same ids, tokens and data; different permutations");
+
+    let encodings: Vec<PartyEncodings> = data.iter().map(|d| d.0.clone()).collect();
+    let groups = solver::greedy_solve(link::link(&encodings, 0.6, 300).unwrap().candidates);
+    assert!(groups.len() >= 3, "the case needs matches, got {}", groups.len());
+    let project = p.meta.list_projects().await.unwrap().remove(0).project_id;
+    for known in [project.as_str(), "run1", "result", "update0", "update1"] {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(known.as_bytes());
+        for seed in [u64::from_le_bytes(digest[..8].try_into().unwrap()), 0, 1] {
+            let guess = output::permutations(&groups, [40, 40], seed);
+            assert_ne!(output::permutation_json(&guess, 0).as_bytes(), &first[..], "guessed from {known}");
+        }
+    }
 }
 
 // ---- uploads in the upload bucket (streamed ingestion) ----------------------------------------
@@ -697,15 +757,22 @@ async fn watchdog_resends_lost_shards_and_solve_and_the_run_completes_exactly() 
     let stall = p.settings.watchdog.stall_after_secs;
 
     // First sight: noted, not stalled yet.
-    assert_eq!(p.watchdog(1_000).await.unwrap(), Sweep { watched: 1, redriven: 0, failed: 0 });
+    assert_eq!(p.watchdog(1_000).await.unwrap(), Sweep { projects: 1, watched: 1, reached_end: true, ..Sweep::default() });
     assert!(p.queue.take(SHARDS).is_empty());
-    // Stalled, but the shard queue is busy: lost work cannot be told from queued work.
-    p.queue.send(SHARDS, vec!["someone else's shard".into()]).await.unwrap();
+    // Stalled, and the shard queue holds as many messages as the run still needs: they may be
+    // its own, waiting. (Judged for this run: fewer would prove some of its work lost.)
+    p.queue.send(SHARDS, (0..lost).map(|i| format!("someone else's shard {i}")).collect()).await.unwrap();
     assert_eq!(p.watchdog(1_000 + stall).await.unwrap().redriven, 0);
-    assert_eq!(p.queue.take(SHARDS).len(), 1);
-    // Stalled with the queue empty: exactly the uncounted shards are sent again.
-    assert_eq!(p.watchdog(1_000 + stall).await.unwrap().redriven, 1);
-    let resent = p.queue.take(SHARDS);
+    // A queue that stays that busy does not hide lost work for ever.
+    assert_eq!(p.watchdog(1_000 + stall * super::watchdog::BUSY_QUEUE_PATIENCE).await.unwrap().redriven, 1);
+    assert_eq!(p.queue.take(SHARDS).len(), lost + lost, "the others' messages and this run's uncounted shards");
+    // Stalled with fewer messages queued than the run needs: exactly the uncounted shards are
+    // sent again, although the queue is not idle.
+    p.queue.send(SHARDS, vec!["someone else's shard".into()]).await.unwrap();
+    let later = 1_000 + stall * super::watchdog::BUSY_QUEUE_PATIENCE + stall;
+    assert_eq!(p.watchdog(later).await.unwrap().redriven, 1);
+    let mut resent = p.queue.take(SHARDS);
+    assert_eq!(resent.remove(0), "someone else's shard");
     assert_eq!(resent.len(), lost);
     let first_two: Vec<u32> = p.meta.counted_shards(&project, "run1").await.unwrap();
     for body in &resent {
@@ -727,7 +794,7 @@ async fn watchdog_resends_lost_shards_and_solve_and_the_run_completes_exactly() 
     let expected = link::link(&encodings, 0.6, 300).unwrap();
     let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
     assert_eq!(&got[..], output::groups_json(&solver::greedy_solve(expected.candidates)).as_bytes());
-    assert_eq!(p.watchdog(99_999).await.unwrap(), Sweep::default(), "finished runs are not watched");
+    assert_eq!(p.watchdog(99_999).await.unwrap().watched, 0, "finished runs are not watched");
 }
 
 /// Work that is lost again every time it is sent ends the run with a message, after
@@ -752,7 +819,7 @@ async fn watchdog_fails_a_run_whose_work_keeps_getting_lost() {
     }
     p.queue.take(SHARDS);
     now += stall;
-    assert_eq!(p.watchdog(now).await.unwrap(), Sweep { watched: 1, redriven: 0, failed: 1 });
+    assert_eq!(p.watchdog(now).await.unwrap(), Sweep { projects: 1, watched: 1, failed: 1, reached_end: true, ..Sweep::default() });
     let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Error);
     assert!(run.error.as_deref().unwrap_or_default().contains("stopped making progress"), "{run:?}");
@@ -776,7 +843,7 @@ async fn watchdog_restarts_lost_uploads_and_run_starts_but_leaves_waiting_runs_a
     let key = store_upload(&p, &project, 1, "up1", upload_body(&data[1], false)).await;
     p.watchdog(1_000).await.unwrap();
     p.work.fail_puts(true);
-    assert!(p.watchdog(1_000 + stall).await.is_err(), "a failing store is an error, retried at the next tick");
+    assert_eq!(p.watchdog(1_000 + stall).await.unwrap().errors, 2, "the failing re-put and cursor save are counted, retried at the next tick");
     p.work.fail_puts(false);
     assert_eq!(p.watchdog(1_000 + stall).await.unwrap().redriven, 1);
     // The object was written again: the S3 event that now arrives ingests it and starts the run.
@@ -947,4 +1014,164 @@ async fn shard_counting_is_exactly_once_without_a_hot_item() {
     assert_eq!(m.counted_shards("p", "r").await.unwrap(), (0..total).collect::<Vec<_>>());
     assert!(m.delete_run("p", "r").await.unwrap());
     assert!(!m.record_shard("p", "r", 0, 1, 1).await.unwrap().counted);
+}
+
+// ---- a watchdog that cannot be starved --------------------------------------------------------
+
+/// Thousands of live projects, one of them unreadable (poisoned) and the ingest and shard queues
+/// busy with other work: every sweep stays within its bound (projects looked at), carries on
+/// past the poisoned project, continues where the last one stopped, and the lost work of the
+/// others (uploads whose events were lost, a run whose shards were lost) is sent again.
+#[tokio::test]
+async fn watchdog_sweeps_are_bounded_survive_a_poisoned_project_and_still_resend_lost_work() {
+    let mut p = pipeline(300);
+    p.settings.watchdog.sweep_max_projects = 700;
+    let stall = p.settings.watchdog.stall_after_secs;
+    let data = parties(31, 2, 40, false);
+    // A run whose shards are lost.
+    let run_project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &run_project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &run_project, "run1", 0.6).await;
+    let lost_shards = p.queue.take(SHARDS).len();
+    assert!(lost_shards >= 2, "the case needs several shards");
+    // 2 000 projects; three have an upload whose S3 event was lost; one is poisoned.
+    let mut lost_uploads = Vec::new();
+    for i in 0..2_000u32 {
+        let id = format!("filler{i:05}");
+        let project = Project {
+            project_id: id.clone(),
+            result_type: ResultType::Groups,
+            number_parties: 2,
+            name: String::new(),
+            notes: String::new(),
+            schema: serde_json::json!({}),
+            uses_blocking: false,
+            time_added: crate::service::time::now_iso(),
+            result_token_hash: TokenHash::of("r"),
+        };
+        p.meta.create_project(&project, &[Party::new(0, TokenHash::of("a")), Party::new(1, TokenHash::of("b"))]).await.unwrap();
+        if [10, 990, 1_990].contains(&i) {
+            lost_uploads.push(store_upload(&p, &id, 0, "lost", upload_body(&data[0], false)).await);
+        }
+        if i == 5 {
+            p.meta.poison(&id);
+        }
+    }
+    // Other work keeps both queues busy (but holds fewer messages than the run still needs).
+    p.queue.send(INCOMING, vec!["someone else's upload".into()]).await.unwrap();
+    p.queue.send(SHARDS, vec!["someone else's shard".into()]).await.unwrap();
+
+    let max = p.settings.watchdog.sweep_max_projects;
+    let sweeps_per_round = 2_001usize.div_ceil(max);
+    let round = |now: u64| {
+        let p = &p;
+        async move {
+            let mut total = Sweep::default();
+            for i in 0..sweeps_per_round {
+                let sweep = p.watchdog(now).await.expect("a sweep always finishes");
+                assert!(sweep.projects <= max, "bounded: {sweep:?}");
+                assert_eq!(sweep.reached_end, i + 1 == sweeps_per_round, "continues where it stopped: {sweep:?}");
+                total.projects += sweep.projects;
+                total.redriven += sweep.redriven;
+                total.errors += sweep.errors;
+            }
+            total
+        }
+    };
+    let first = round(1_000).await; // everything noted
+    assert_eq!((first.projects, first.errors, first.redriven), (2_001, 1, 0), "{first:?}");
+    // The run's shard queue holds 1 message for its missing ones: lost, sent again at once.
+    let second = round(1_000 + stall).await;
+    assert_eq!((second.projects, second.errors), (2_001, 1), "{second:?}");
+    assert_eq!(second.redriven, 1, "the run; the uploads may still be behind the busy ingest queue");
+    assert_eq!(p.queue.take(SHARDS).len(), 1 + lost_shards);
+    // The ingest queue stays busy: after the patience, the uploads are announced again anyway.
+    let third = round(1_000 + stall * super::watchdog::BUSY_QUEUE_PATIENCE).await;
+    assert_eq!(third.redriven, 3 + 1, "the three uploads, and the run's shards lost again: {third:?}");
+    assert_eq!(p.queue.take(SHARDS).len(), lost_shards);
+    assert_eq!(third.errors, 1);
+    for key in &lost_uploads {
+        p.on_incoming(key).await.unwrap();
+    }
+    for key in &lost_uploads {
+        let project = key.split('/').nth(2).unwrap();
+        let party = p.meta.get_project(project).await.unwrap().unwrap().1.remove(0);
+        assert_eq!(party.upload_state, UploadState::Done, "{project}");
+    }
+    // A sweep with no time left looks at nothing and keeps its place.
+    p.settings.watchdog.sweep_budget_secs = 0;
+    assert_eq!(p.watchdog(9_999).await.unwrap().projects, 0);
+}
+
+// ---- data that expires and deletes that complete ----------------------------------------------
+
+/// A project with data and a completed run, created longer ago than the project lifetime.
+async fn old_project(p: &TestPipeline) -> String {
+    let data = parties(41, 2, 20, false);
+    let project = create_project(p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(p, &project, "run1", 0.6).await;
+    drain(p, 1).await;
+    assert_eq!(p.meta.get_run(&project, "run1").await.unwrap().unwrap().state, RunState::Completed);
+    project
+}
+
+/// A project past its lifetime is deleted by the watchdog and purged, even when the purge fails
+/// on every delivery (its dead letter) several times first: the tombstone keeps it in sight and
+/// the watchdog requests the purge again until nothing is left.
+#[tokio::test]
+async fn projects_past_their_lifetime_are_purged_even_when_the_purge_keeps_failing_first() {
+    let mut p = pipeline(300);
+    let project = old_project(&p).await;
+    let now = crate::service::time::now_secs();
+    assert_eq!(p.watchdog(now).await.unwrap().expired, 0, "within its lifetime");
+    p.settings.limits.project_lifetime_secs = 60;
+    let sweep = p.watchdog(now + 61).await.unwrap();
+    assert_eq!(sweep.expired, 1, "{sweep:?}");
+    assert!(p.meta.get_project(&project).await.unwrap().is_none(), "gone for every reader at once");
+    let delete = keys::delete_request(&project);
+    assert!(p.work.object(&delete).is_some(), "its purge is requested");
+
+    // The purge fails on all three deliveries and reaches the dead-letter queue.
+    p.work.fail_prefix_deletes(3);
+    let event = serde_json::json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"object": {"key": delete}}}]}).to_string();
+    for _ in 0..3 {
+        assert!(p.on_incoming(&delete).await.is_err());
+    }
+    p.on_dead_letter(&event).await.unwrap();
+    assert!(p.meta.has_project_items(&project), "the tombstone stays");
+    // The watchdog requests it again (here: its request object was lost too).
+    p.work.delete(&delete).await.unwrap();
+    let stall = p.settings.watchdog.stall_after_secs;
+    let sweep = p.watchdog(now + 61 + stall).await.unwrap();
+    assert_eq!(sweep.purges_retried, 1, "{sweep:?}");
+    p.on_incoming(&delete).await.unwrap();
+    assert!(p.work.keys().iter().all(|k| !k.contains(&project)), "{:?}", p.work.keys());
+    assert!(p.uploads.keys().is_empty());
+    assert!(!p.meta.has_project_items(&project), "no items, no tombstone");
+    assert_eq!(p.watchdog(now + 61 + 2 * stall).await.unwrap().purges_retried, 0, "nothing left to retry");
+}
+
+/// An ingestion that resumes after its project was deleted and purged leaves nothing behind.
+#[tokio::test]
+async fn an_upload_announced_after_the_purge_leaves_no_packed_data() {
+    let p = pipeline(300);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    let key = store_upload(&p, &project, 0, "up0", upload_body(&parties(5, 1, 10, false)[0], false)).await;
+    // What a paused ingestion leaves: a checkpoint and packed parts.
+    p.work.put(&keys::ingest_checkpoint(&project, 0, "up0"), Bytes::from_static(b"{}"), &Vec::new()).await.unwrap();
+    assert!(p.meta.mark_project_deleted(&project).await.unwrap());
+    let delete = keys::delete_request(&project);
+    p.work.put(&delete, Bytes::new(), &Vec::new()).await.unwrap();
+    p.on_incoming(&delete).await.unwrap();
+    // The continuation is announced after the purge.
+    p.work.put(&key, Bytes::from_static(b"{}"), &UploadForm::Json.metadata()).await.unwrap();
+    p.work.put(&keys::ingest_checkpoint(&project, 0, "up0"), Bytes::from_static(b"{}"), &Vec::new()).await.unwrap();
+    p.on_incoming(&key).await.unwrap();
+    assert!(p.work.keys().iter().all(|k| !k.contains(&project)), "{:?}", p.work.keys());
+    assert!(!p.meta.has_project_items(&project));
 }
