@@ -949,16 +949,6 @@ async fn bodies_over_the_request_limit_are_413() -> anyhow::Result<()> {
         ("POST /clks", auth(api.http.post(&clks), &project.update_tokens[0]).body(big_json())),
         ("POST /runs", auth(api.http.post(&runs), &project.result_token).body(big_json())),
         (
-            "POST /binaryclks, declared",
-            api.http
-                .post(api.url(&format!("/projects/{}/binaryclks", project.id)))
-                .header("Authorization", &project.update_tokens[0])
-                .header("Content-Type", "application/octet-stream")
-                .header("Hash-Count", (OVER_REQUEST_LIMIT / 64 + 1).to_string())
-                .header("Hash-Size", "64")
-                .body(vec![0u8; 64]),
-        ),
-        (
             "POST /binaryclks, sent",
             api.http
                 .post(api.url(&format!("/projects/{}/binaryclks", project.id)))
@@ -974,6 +964,17 @@ async fn bodies_over_the_request_limit_are_413() -> anyhow::Result<()> {
         let d = problem(&r, 413, what);
         assert!(d.contains("authorize-external-upload"), "{what}: {d}");
     }
+    // Headers declaring more than the body holds disagree with it: the reference's 400, checked
+    // before the size limit (its black-box tests send exactly this).
+    let declared = api
+        .http
+        .post(api.url(&format!("/projects/{}/binaryclks", project.id)))
+        .header("Authorization", &project.update_tokens[0])
+        .header("Content-Type", "application/octet-stream")
+        .header("Hash-Count", (OVER_REQUEST_LIMIT / 64 + 1).to_string())
+        .header("Hash-Size", "64")
+        .body(vec![0u8; 64]);
+    problem(&send(declared).await?, 400, "POST /binaryclks, declared larger than sent");
     // Without a declared length (chunked), the limit holds while reading.
     let json_ct = [("Content-Type", "application/json")];
     let r = chunked_post("/projects", &json_ct, big_json().into_bytes()).await?;
