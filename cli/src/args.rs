@@ -1,4 +1,5 @@
-//! A small hand-written argument parser: `--name value`, `--name=value`, boolean `--flag`s and
+//! A small hand-written argument parser for commands that parse their own arguments (`synth`;
+//! everything else is declared with clap in `cli.rs`): `--name value`, `--name=value`, boolean `--flag`s and
 //! positional arguments, with errors that say which command and which option went wrong.
 //! (Enough for the few options the commands have; no dependency needed.)
 
@@ -71,6 +72,7 @@ impl Args {
     }
 
     /// Removes and returns a boolean flag.
+    #[allow(dead_code)] // no self-parsing command has a flag today
     pub fn flag(&mut self, name: &str) -> Result<bool, UsageError> {
         let Some(pos) = self.options.iter().position(|(n, _)| n == name) else { return Ok(false) };
         match self.options.remove(pos) {

@@ -1,8 +1,8 @@
 //! A blocking client for the service's REST API v1 (the same calls anonlink-client makes).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
 
 /// The service answered, but not with success.
@@ -53,9 +53,64 @@ pub struct UploadTarget {
     pub path: String,
 }
 
+/// How the client waits and retries when the service (or the network) fails transiently:
+/// 429, 502, 503, 504 and connection errors. The delays follow anonlink-client's
+/// `--retry-multiplier` / `--retry-exponential-max` / `--retry-max-time` (all in milliseconds):
+/// the n-th retry waits `multiplier x 2^n` ms, at most `exponential_max` ms (or what a
+/// `Retry-After` header asks, within the same cap), and no retry starts after `max_time` ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub multiplier_ms: u64,
+    pub exponential_max_ms: u64,
+    pub max_time_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// anonlink-client's defaults.
+    fn default() -> Self {
+        Self { multiplier_ms: 100, exponential_max_ms: 10_000, max_time_ms: 20_000 }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0-based), or `None` when the time is up.
+    /// `asked` is the service's `Retry-After`, if it sent one.
+    pub fn delay(&self, retry: u32, elapsed: Duration, asked: Option<Duration>) -> Option<Duration> {
+        let cap = Duration::from_millis(self.exponential_max_ms);
+        let exponential = Duration::from_millis(self.multiplier_ms.saturating_mul(1u64 << retry.min(40)));
+        let wait = asked.unwrap_or(exponential).min(cap);
+        (elapsed + wait <= Duration::from_millis(self.max_time_ms)).then_some(wait)
+    }
+}
+
+/// Answers worth trying again: rate limiting and a gateway or service that is briefly away.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Transport failures worth trying again: no connection, a timeout, or one cut mid-way.
+fn is_retryable_transport(err: &reqwest::Error) -> bool {
+    use std::error::Error;
+    if err.is_connect() || err.is_timeout() {
+        return true;
+    }
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
 pub struct ServiceClient {
     base: String,
     http: reqwest::blocking::Client,
+    retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -66,40 +121,65 @@ pub struct NewProject {
 }
 
 impl ServiceClient {
+    /// A client with anonlink-client's default retries.
+    #[allow(dead_code)] // for commands without retry options
     pub fn new(server: &str) -> anyhow::Result<Self> {
+        Self::with_retry(server, RetryPolicy::default())
+    }
+
+    pub fn with_retry(server: &str, retry: RetryPolicy) -> anyhow::Result<Self> {
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()
             .context("building the HTTP client")?;
-        Ok(ServiceClient { base: format!("{}/api/v1", server.trim_end_matches('/')), http })
+        Ok(ServiceClient { base: format!("{}/api/v1", server.trim_end_matches('/')), http, retry })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// Sends a request, retrying on 503 (rate limiting) with exponential backoff, and returns the
+    /// Sends a request, retrying transient failures as [`RetryPolicy`] says, and returns the
     /// JSON body of a success or an error carrying the service's problem detail.
     fn call(&self, what: &str, build: impl Fn() -> reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
-        let mut delay = Duration::from_millis(200);
-        for attempt in 0..6 {
-            let response = build().send().with_context(|| format!("{what}: cannot reach the service"))?;
-            let status = response.status();
-            if status.as_u16() == 503 && attempt < 5 {
-                std::thread::sleep(delay);
-                delay *= 2;
-                continue;
+        let started = Instant::now();
+        let mut retry = 0;
+        loop {
+            let response = match build().send() {
+                Ok(response) => response,
+                Err(e) if is_retryable_transport(&e) => match self.retry.delay(retry, started.elapsed(), None) {
+                    Some(wait) => {
+                        std::thread::sleep(wait);
+                        retry += 1;
+                        continue;
+                    }
+                    None => return Err(anyhow::Error::new(e).context(format!("{what}: cannot reach the service (gave up retrying)"))),
+                },
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("{what}: cannot reach the service"))),
+            };
+            let status = response.status().as_u16();
+            if is_retryable_status(status) {
+                let asked = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                if let Some(wait) = self.retry.delay(retry, started.elapsed(), asked) {
+                    std::thread::sleep(wait);
+                    retry += 1;
+                    continue;
+                }
             }
             let text = response.text().unwrap_or_default();
             let body: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-            if !status.is_success() {
+            if !(200..300).contains(&status) {
                 let detail = body.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
                 let title = body.get("title").and_then(Value::as_str).unwrap_or_default().to_owned();
-                return Err(ServiceError { what: what.to_owned(), status: status.as_u16(), title, detail }.into());
+                return Err(ServiceError { what: what.to_owned(), status, title, detail }.into());
             }
             return Ok(body);
         }
-        bail!("{what}: the service kept answering 503 (rate limited)")
     }
 
     pub fn status(&self) -> anyhow::Result<Value> {
@@ -184,5 +264,40 @@ impl ServiceClient {
         self.call("result", || {
             self.http.get(self.url(&format!("/projects/{project}/runs/{run}/result"))).header("Authorization", token)
         })
+    }
+
+    pub fn delete_run(&self, project: &str, run: &str, token: &str) -> anyhow::Result<Value> {
+        self.call("delete run", || self.http.delete(self.url(&format!("/projects/{project}/runs/{run}"))).header("Authorization", token))
+    }
+
+    pub fn delete_project(&self, project: &str, token: &str) -> anyhow::Result<Value> {
+        self.call("delete project", || self.http.delete(self.url(&format!("/projects/{project}"))).header("Authorization", token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_stops_at_the_max_time() {
+        let p = RetryPolicy { multiplier_ms: 100, exponential_max_ms: 1_000, max_time_ms: 5_000 };
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        assert_eq!(ms(p.delay(0, Duration::ZERO, None)), Some(100));
+        assert_eq!(ms(p.delay(3, Duration::ZERO, None)), Some(800));
+        assert_eq!(ms(p.delay(4, Duration::ZERO, None)), Some(1_000));
+        assert_eq!(ms(p.delay(60, Duration::ZERO, None)), Some(1_000));
+        assert_eq!(ms(p.delay(0, Duration::ZERO, Some(Duration::from_secs(30)))), Some(1_000), "Retry-After within the cap");
+        assert_eq!(ms(p.delay(0, Duration::from_millis(4_950), None)), None, "past the max time");
+    }
+
+    #[test]
+    fn which_answers_are_retried() {
+        for s in [429, 502, 503, 504] {
+            assert!(is_retryable_status(s));
+        }
+        for s in [400, 401, 403, 404, 409, 500] {
+            assert!(!is_retryable_status(s));
+        }
     }
 }

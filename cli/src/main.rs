@@ -1,10 +1,13 @@
-//! `pprl`: the offline linkage twin of the service (`pprl link`) and a client for it
-//! (`create-project`, `upload`, `run`, `status`, `results`, `demo`).
+//! `pprl`: the offline linkage twin of the service (`pprl link`), pictures to choose a threshold
+//! (`histogram`, `describe`) and a client for the service (`create-project`, `upload`,
+//! `run`/`create`, `status`, `results`, `delete`, `delete-project`, `demo`).
 //!
-//! Kept thin: argument dispatch and command code live in [`commands`]; this file only maps
-//! errors to exit codes (2 for usage errors, 1 for everything else).
+//! Kept thin: the command line is declared in [`cli`] and command code lives in [`commands`];
+//! this file only maps errors to exit codes (2 for usage errors, as clap's own, 1 for everything
+//! else).
 
 mod args;
+mod cli;
 mod client;
 mod commands;
 mod object_store;
@@ -13,16 +16,17 @@ mod progress;
 use std::process::ExitCode;
 
 use args::UsageError;
+use clap::Parser;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    match commands::dispatch(&argv) {
+    let cli = cli::Cli::parse();
+    match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if let Some(usage) = err.downcast_ref::<UsageError>() {
                 eprintln!("pprl: {usage}");
                 if usage.command.is_empty() {
-                    eprintln!("Try 'pprl help'.");
+                    eprintln!("Try 'pprl --help'.");
                 } else {
                     eprintln!("Try 'pprl {} --help'.", usage.command);
                 }

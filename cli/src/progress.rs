@@ -1,60 +1,67 @@
-//! A hand-written progress bar on stderr, redrawn in place with `\r`.
+//! Progress on stderr, drawn by `indicatif`: position, rate and ETA (bytes for uploads, counts for
+//! comparisons).
 //!
-//! Only drawn when stderr is a terminal (or when asked with `--progress`), so piping or
-//! redirecting the command's output never fills logs with bar frames. Redraws are throttled.
+//! Hidden when stderr is not a terminal (unless `--progress` forces it), so piping or redirecting
+//! a command's output never fills logs with bar frames; indicatif throttles redraws itself.
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const WIDTH: usize = 30;
-const MIN_REDRAW: Duration = Duration::from_millis(100);
+use indicatif::{ProgressDrawTarget, ProgressStyle};
 
 pub struct ProgressBar {
-    enabled: bool,
-    started: Instant,
-    last_draw: Option<Instant>,
+    bar: indicatif::ProgressBar,
+}
+
+/// What the bar counts: bytes show as `12.5 MiB/1.0 GiB  40 MiB/s`, counts as `1.2M/4.0M  300k/s`.
+#[derive(Clone, Copy)]
+enum Unit {
+    Bytes,
+    Count,
 }
 
 impl ProgressBar {
-    /// A bar that draws when stderr is a TTY, or always when `force` is set.
+    /// A bar counting items (comparisons, stages' progress).
     pub fn new(force: bool) -> Self {
-        Self { enabled: force || std::io::stderr().is_terminal(), started: Instant::now(), last_draw: None }
+        Self::with_unit(force, Unit::Count)
+    }
+
+    /// A bar counting bytes (uploads).
+    pub fn bytes(force: bool) -> Self {
+        Self::with_unit(force, Unit::Bytes)
+    }
+
+    fn with_unit(force: bool, unit: Unit) -> Self {
+        // `stderr()` hides itself off a terminal; a `term_like` target always draws.
+        let target = if force { ProgressDrawTarget::term_like(Box::new(console::Term::stderr())) } else { ProgressDrawTarget::stderr() };
+        let template = match unit {
+            Unit::Bytes => "[{bar:30}] {percent:>3}%  {bytes}/{total_bytes}  {binary_bytes_per_sec}  ETA {eta}  {msg}",
+            Unit::Count => "[{bar:30}] {percent:>3}%  {human_pos}/{human_len}  {per_sec}  ETA {eta}  {msg}",
+        };
+        let style = ProgressStyle::with_template(template).expect("a valid template").progress_chars("#>.");
+        let bar = indicatif::ProgressBar::with_draw_target(None, target).with_style(style);
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Self { bar }
     }
 
     /// A one-line status message (a phase without a measurable fraction).
     pub fn message(&mut self, text: &str) {
-        if self.enabled {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{text}");
-            let _ = err.flush();
-        }
+        self.bar.set_message(text.to_owned());
     }
 
-    /// Draws `[#####.....]  50%  label`, at most every 100 ms except for the final frame.
+    /// Moves the bar to `done` of `total`, labelled `label`.
     pub fn update(&mut self, done: u64, total: u64, label: &str) {
-        if !self.enabled {
-            return;
+        if self.bar.length() != Some(total) {
+            self.bar.set_length(total);
         }
-        let now = Instant::now();
-        let last = done >= total;
-        if !last && self.last_draw.is_some_and(|t| now - t < MIN_REDRAW) {
-            return;
+        self.bar.set_position(done);
+        if self.bar.message() != label {
+            self.bar.set_message(label.to_owned());
         }
-        self.last_draw = Some(now);
-        let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
-        let filled = ((fraction * WIDTH as f64).round() as usize).min(WIDTH);
-        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(WIDTH - filled));
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K[{bar}] {:>3.0}%  {label}  {elapsed:.1}s", fraction * 100.0);
-        let _ = err.flush();
     }
 
-    /// Ends the bar's line so later output starts on a fresh line.
+    /// Leaves the final frame (with the elapsed time) on its own line.
     pub fn finish(&mut self) {
-        if self.enabled {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "\r\x1b[2Kdone in {:.1}s", self.started.elapsed().as_secs_f64());
-        }
+        let elapsed = self.bar.elapsed().as_secs_f64();
+        self.bar.finish_with_message(format!("done in {elapsed:.1}s"));
     }
 }

@@ -8,38 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::wants_help;
-use crate::args::Args;
 use crate::client::ServiceClient;
 
-pub const USAGE: &str = "\
-Usage: pprl demo [--server URL] [--data DIR] [--threshold T]
-
-Creates a groups project on the service, uploads the FEBRL4 sample's two parties, runs the
-linkage and prints the matches, precision and recall against the ground truth, and the time
-spent in each stage.
-
-Options:
-  --server URL     the service (default $API_URL, else http://127.0.0.1:8851)
-  --data DIR       the sample (default data/febrl4)
-  --threshold T    Dice threshold (default 0.8)
-";
-
-pub fn run(argv: &[String]) -> anyhow::Result<()> {
-    if wants_help(argv) {
-        print!("{USAGE}");
-        return Ok(());
-    }
-    let mut args = Args::parse("demo", argv, &[])?;
-    let server = args
-        .value("server")
-        .or_else(|| std::env::var("API_URL").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8851".into());
-    let data = PathBuf::from(args.value("data").unwrap_or_else(|| "data/febrl4".into()));
-    let threshold: f64 = args.parsed("threshold", "a number in (0, 1]")?.unwrap_or(0.8);
-    args.finish()?;
-
-    let client = ServiceClient::new(&server)?;
+/// Links the sample in `data` at `threshold` through the service `client` talks to (`server`,
+/// for messages). Any failure, or a run that does not finish in 15 minutes, is an error.
+pub fn run(client: ServiceClient, server: &str, data: PathBuf, threshold: f64) -> anyhow::Result<()> {
     let read = |name: &str| std::fs::read(data.join(name)).with_context(|| format!("reading {}", data.join(name).display()));
     let schema: Value = serde_json::from_slice(&read("schema.json")?).context("schema.json is not JSON")?;
     let truth = ground_truth(&String::from_utf8(read("ground_truth.csv")?)?)?;

@@ -1,108 +1,91 @@
-//! `pprl create-project`, `pprl run`, `pprl status` and `pprl results`: the REST API calls a
-//! linkage needs besides uploads, printing the service's JSON answers.
+//! `pprl create-project`, `run` (`create`), `status`, `results`, `delete` and `delete-project`:
+//! the REST API calls a linkage needs besides uploads, printing (or writing with `-o`) the
+//! service's JSON answers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::{server_arg, wants_help};
-use crate::args::{Args, UsageError};
+use super::write_output;
 use crate::client::ServiceClient;
 use crate::progress::ProgressBar;
 
-pub const CREATE_USAGE: &str = "\
-Usage: pprl create-project [--server URL] [--type groups|permutations|similarity_scores]
-                           [--parties N] [--schema FILE] [--name NAME] [--blocking]
+pub struct CreateProjectOptions {
+    pub result_type: String,
+    pub parties: u32,
+    pub schema: Value,
+    pub name: String,
+    pub blocking: bool,
+    pub output: Option<PathBuf>,
+}
 
-Creates a linkage project and prints the service's answer: the project id, the result token
-and one update token per party (hand each party its own).
+/// Creates a project and prints the service's answer: the project id, the result token and one
+/// update token per party (hand each party its own).
+pub fn create_project(client: &ServiceClient, o: CreateProjectOptions) -> anyhow::Result<()> {
+    let project = client.create_project_with(&o.result_type, o.parties, &o.schema, &o.name, o.blocking)?;
+    write_output(o.output.as_deref(), &serde_json::to_string_pretty(&project)?)
+}
 
-Options:
-  --type T        result type (default groups)
-  --parties N     number of data providers (default 2; more than 2 needs groups)
-  --schema FILE   the clkhash linkage schema (default {})
-  --name NAME     a name for the project
-  --blocking      the parties upload blocks with their encodings
-";
+pub struct RunOptions {
+    pub project: String,
+    pub token: String,
+    pub threshold: f64,
+    pub name: String,
+    pub output: Option<PathBuf>,
+}
 
-pub fn create_project(argv: &[String]) -> anyhow::Result<()> {
-    if wants_help(argv) {
-        print!("{CREATE_USAGE}");
-        return Ok(());
-    }
-    let mut args = Args::parse("create-project", argv, &["blocking"])?;
-    let server = server_arg(&mut args);
-    let result_type = args.value("type").unwrap_or_else(|| "groups".into());
-    let parties: u32 = args.parsed("parties", "a number")?.unwrap_or(2);
-    let schema: Value = match args.value("schema") {
-        Some(path) => serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {path}"))?)
-            .with_context(|| format!("{path} is not JSON"))?,
-        None => json!({}),
+/// Starts a linkage run (it waits for every party's data if some is missing) and prints the
+/// service's answer, including the run id.
+pub fn run(client: &ServiceClient, o: RunOptions) -> anyhow::Result<()> {
+    let run_id = client.post_run(&o.project, &o.token, o.threshold, &o.name)?;
+    write_output(o.output.as_deref(), &json!({"run_id": run_id, "threshold": o.threshold, "name": o.name}).to_string())
+}
+
+/// One run and a token entitled to it.
+pub struct RunRef {
+    pub project: String,
+    pub run: String,
+    pub token: String,
+}
+
+/// How `--watch` follows a run.
+pub struct Watch {
+    pub interval: Duration,
+    pub progress: bool,
+}
+
+pub struct StatusOptions {
+    /// `None`: the service's own status (anonlink-client's `status`).
+    pub run: Option<RunRef>,
+    pub watch: Option<Watch>,
+    pub output: Option<PathBuf>,
+}
+
+/// Prints the service's status, or a run's. Watching a run shows its progress until it completes
+/// or fails, then prints the final status (exit code 1 if the run failed).
+pub fn status(client: &ServiceClient, o: StatusOptions) -> anyhow::Result<()> {
+    let Some(run) = o.run else {
+        return write_output(o.output.as_deref(), &client.status()?.to_string());
     };
-    let name = args.value("name").unwrap_or_default();
-    let blocking = args.flag("blocking")?;
-    args.finish()?;
-    let client = ServiceClient::new(&server)?;
-    let project = client.create_project_with(&result_type, parties, &schema, &name, blocking)?;
-    println!("{}", serde_json::to_string_pretty(&project)?);
+    let status = match &o.watch {
+        Some(watch) => watch_until_done(client, &run, watch)?,
+        None => client.run_status(&run.project, &run.run, &run.token)?,
+    };
+    write_output(o.output.as_deref(), &serde_json::to_string_pretty(&status)?)?;
+    if o.watch.is_some() && status["state"] == "error" {
+        anyhow::bail!("the run failed: {}", status["message"]);
+    }
     Ok(())
 }
 
-pub const RUN_USAGE: &str = "\
-Usage: pprl run --project ID --token RESULT_TOKEN --threshold T [--name NAME] [--server URL]
-
-Starts a linkage run (it waits for every party's data if some is missing) and prints the
-service's answer, including the run id.
-";
-
-pub fn run(argv: &[String]) -> anyhow::Result<()> {
-    if wants_help(argv) {
-        print!("{RUN_USAGE}");
-        return Ok(());
-    }
-    let mut args = Args::parse("run", argv, &[])?;
-    let server = server_arg(&mut args);
-    let project = required(&mut args, "run", "project")?;
-    let token = required(&mut args, "run", "token")?;
-    let threshold: f64 = args
-        .parsed("threshold", "a number in (0, 1]")?
-        .ok_or_else(|| UsageError::new("run", "--threshold is required"))?;
-    let name = args.value("name").unwrap_or_default();
-    args.finish()?;
-    let client = ServiceClient::new(&server)?;
-    let run_id = client.post_run(&project, &token, threshold, &name)?;
-    println!("{}", json!({"run_id": run_id, "threshold": threshold, "name": name}));
-    Ok(())
-}
-
-pub const STATUS_USAGE: &str = "\
-Usage: pprl status --project ID --run RUN --token TOKEN [--watch] [--interval SECONDS] [--server URL]
-
-Prints the run's status. With --watch, shows its progress until it completes or fails, then
-prints the final status (exit code 1 if the run failed).
-";
-
-pub fn status(argv: &[String]) -> anyhow::Result<()> {
-    if wants_help(argv) {
-        print!("{STATUS_USAGE}");
-        return Ok(());
-    }
-    let mut args = Args::parse("status", argv, &["watch", "progress"])?;
-    let server = server_arg(&mut args);
-    let project = required(&mut args, "status", "project")?;
-    let run = required(&mut args, "status", "run")?;
-    let token = required(&mut args, "status", "token")?;
-    let watch = args.flag("watch")?;
-    let force_progress = args.flag("progress")?;
-    let interval: f64 = args.parsed("interval", "a number of seconds")?.unwrap_or(1.0);
-    args.finish()?;
-    let client = ServiceClient::new(&server)?;
-    let mut bar = ProgressBar::new(force_progress);
+/// Polls the run's status until it is `completed` or `error`, drawing its stage progress.
+fn watch_until_done(client: &ServiceClient, run: &RunRef, watch: &Watch) -> anyhow::Result<Value> {
+    let mut bar = ProgressBar::new(watch.progress);
     let status = loop {
-        let status = client.run_status(&project, &run, &token)?;
+        let status = client.run_status(&run.project, &run.run, &run.token)?;
         let state = status["state"].as_str().unwrap_or_default();
-        if !watch || state == "completed" || state == "error" {
+        if state == "completed" || state == "error" {
             break status;
         }
         let stage = &status["current_stage"];
@@ -114,47 +97,43 @@ pub fn status(argv: &[String]) -> anyhow::Result<()> {
             stage["description"].as_str().unwrap_or_default()
         );
         bar.update((relative * 1000.0) as u64, 1000, &label);
-        std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
+        std::thread::sleep(watch.interval);
     };
-    if watch {
-        bar.finish();
+    bar.finish();
+    Ok(status)
+}
+
+pub struct ResultsOptions {
+    pub run: RunRef,
+    /// Wait for the run to finish first (anonlink-client's `results --watch`).
+    pub watch: Option<Watch>,
+    pub output: Option<PathBuf>,
+}
+
+/// Prints (or writes) the run's result: groups, similarity scores, or the permutation / mask the
+/// token is entitled to. With `--watch`, waits for the run first; a failed run is an error.
+pub fn results(client: &ServiceClient, o: ResultsOptions) -> anyhow::Result<()> {
+    let run = &o.run;
+    if let Some(watch) = &o.watch {
+        let status = watch_until_done(client, run, watch)?;
+        if status["state"] == "error" {
+            anyhow::bail!("the run failed: {}", status["message"]);
+        }
     }
-    println!("{}", serde_json::to_string_pretty(&status)?);
-    if watch && status["state"] == "error" {
-        anyhow::bail!("the run failed: {}", status["message"]);
-    }
+    let result = client.result(&run.project, &run.run, &run.token)?;
+    write_output(o.output.as_deref(), &serde_json::to_string(&result)?)
+}
+
+/// Deletes a run (its result with it).
+pub fn delete_run(client: &ServiceClient, project: &str, run: &str, token: &str) -> anyhow::Result<()> {
+    client.delete_run(project, run, token)?;
+    eprintln!("pprl: run {run} deleted");
     Ok(())
 }
 
-pub const RESULTS_USAGE: &str = "\
-Usage: pprl results --project ID --run RUN --token TOKEN [--output FILE] [--server URL]
-
-Prints (or writes to FILE) the run's result: groups, similarity scores, or the permutation /
-mask the token is entitled to.
-";
-
-pub fn results(argv: &[String]) -> anyhow::Result<()> {
-    if wants_help(argv) {
-        print!("{RESULTS_USAGE}");
-        return Ok(());
-    }
-    let mut args = Args::parse("results", argv, &[])?;
-    let server = server_arg(&mut args);
-    let project = required(&mut args, "results", "project")?;
-    let run = required(&mut args, "results", "run")?;
-    let token = required(&mut args, "results", "token")?;
-    let output = args.value("output");
-    args.finish()?;
-    let client = ServiceClient::new(&server)?;
-    let result = client.result(&project, &run, &token)?;
-    let text = serde_json::to_string(&result)?;
-    match output {
-        Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {path}"))?,
-        None => println!("{text}"),
-    }
+/// Deletes a project with everything in it.
+pub fn delete_project(client: &ServiceClient, project: &str, token: &str) -> anyhow::Result<()> {
+    client.delete_project(project, token)?;
+    eprintln!("pprl: project {project} deleted");
     Ok(())
-}
-
-fn required(args: &mut Args, command: &str, name: &str) -> Result<String, UsageError> {
-    args.value(name).ok_or_else(|| UsageError::new(command, format!("--{name} is required")))
 }

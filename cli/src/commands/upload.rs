@@ -8,41 +8,31 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::{server_arg, wants_help};
-use crate::args::{Args, UsageError};
+use super::write_output;
 use crate::client::{ServiceClient, UploadGrant};
 use crate::object_store::{Authorize, Body, Uploader};
 use crate::progress::ProgressBar;
 
-pub const USAGE: &str = "\
-Usage: pprl upload --project ID --token UPDATE_TOKEN [options] ENCODINGS
-
-Uploads one party's encodings. ENCODINGS is either a clkhash/anonlink-client JSON file
-({\"clks\": [base64, ...]}) or a binary file of fixed-size encodings, one after another (give
---encoding-size). The client asks the service for temporary credentials and uploads straight to
-the object store in parts (with retries and a progress bar), then tells the service where the
-data is. When the service has that feature disabled, it uploads through the REST API instead
-(limited to the API's request size).
-
-Options:
-  --server URL            the service (default $API_URL, else http://127.0.0.1:8851)
-  --project ID            the project
-  --token TOKEN           the party's update token
-  --blocks FILE           the blocks of these encodings (projects with blocking): blocklib's
-                          JSON ({\"blocks\": {\"<record>\": [ids]}}) or, named *.ndjson, one
-                          {\"<record>\": [ids]} per line. Checked as a stream (every record once,
-                          the record named when the file is malformed) and sent as NDJSON
-  --encoding-size BYTES   bytes per encoding, for binary files (e.g. 128)
-  --part-size MIB         multipart part size in MiB (default 64; grown for files over 640 GB)
-  --concurrency N         parts in flight at once (default 4; memory = N x part size)
-  --endpoint HOST[:PORT]  reach the object store by this address instead of the announced one
-  --renew-before SECS     ask the service for new credentials when the current ones have less
-                          than SECS left (default 300); a long upload continues with them
-  --direct                upload through the REST API even when the object store is offered
-  --progress              draw the progress bar even when stderr is not a terminal
-
-Prints {\"receipt_token\": ...} on success.
-";
+/// One party's upload: where to, with which token, and how.
+pub struct UploadOptions {
+    pub client: ServiceClient,
+    /// A second client: renewing credentials asks the service again, on its own connection.
+    pub renewer: ServiceClient,
+    pub project: String,
+    /// The party's update token.
+    pub token: String,
+    pub blocks: Option<PathBuf>,
+    pub encoding_size: Option<usize>,
+    pub part_mib: u64,
+    pub concurrency: usize,
+    pub endpoint: Option<String>,
+    pub renew_before: Option<u64>,
+    pub direct: bool,
+    pub progress: bool,
+    /// Where the receipt goes (`None`: stdout).
+    pub output: Option<PathBuf>,
+    pub file: PathBuf,
+}
 
 /// The encodings, ready to go: binary, with their count and size.
 struct Encodings {
@@ -70,39 +60,16 @@ fn load_encodings(path: &Path, encoding_size: Option<usize>) -> anyhow::Result<E
     Ok(Encodings { count: decoded.len() as u64, size: decoded.encoding_size, body: Body::Memory(bytes::Bytes::from(decoded.data)) })
 }
 
-pub fn run(argv: &[String]) -> anyhow::Result<()> {
-    if wants_help(argv) {
-        print!("{USAGE}");
-        return Ok(());
-    }
-    let mut args = Args::parse("upload", argv, &["direct", "progress"])?;
-    let server = server_arg(&mut args);
-    let project = args.value("project").ok_or_else(|| UsageError::new("upload", "--project is required"))?;
-    let token = args.value("token").ok_or_else(|| UsageError::new("upload", "--token is required (the party's update token)"))?;
-    let blocks = args.value("blocks").map(PathBuf::from);
-    let encoding_size: Option<usize> = args.parsed("encoding-size", "a number of bytes")?;
-    let part_mib: u64 = args.parsed("part-size", "a number of MiB")?.unwrap_or(64);
-    let concurrency: usize = args.parsed("concurrency", "a positive number")?.unwrap_or(4);
-    let endpoint = args.value("endpoint");
-    let renew_before: Option<u64> = args.parsed("renew-before", "a number of seconds")?;
-    let direct = args.flag("direct")?;
-    let force_progress = args.flag("progress")?;
-    let files = args.finish()?;
-    let [file] = files.as_slice() else {
-        return Err(UsageError::new("upload", "give exactly one encodings file").into());
-    };
-
-    let encodings = load_encodings(Path::new(file), encoding_size)?;
+pub fn run(o: UploadOptions) -> anyhow::Result<()> {
+    let UploadOptions { client, renewer, project, token, blocks, encoding_size, part_mib, concurrency, endpoint, renew_before, direct, progress: force_progress, output, file } = o;
+    let encodings = load_encodings(&file, encoding_size)?;
     let blocks = match &blocks {
         Some(path) => Some(BlocksFile::checked(path, encodings.count)?),
         None => None,
     };
-    let client = ServiceClient::new(&server)?;
     let grant = if direct { None } else { client.authorize_external_upload(&project, &token)? };
     let receipt = match grant {
         Some(grant) => {
-            // Renewing asks for credentials again with the same token, on its own connection.
-            let renewer = ServiceClient::new(&server)?;
             let (project_id, update_token) = (project.clone(), token.clone());
             let authorize: Authorize = Arc::new(move || {
                 renewer.authorize_external_upload(&project_id, &update_token)?.context("the service no longer offers object-store uploads")
@@ -120,8 +87,7 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
             via_api(&client, &project, &token, encodings, blocks.as_ref())?
         }
     };
-    println!("{}", json!({"receipt_token": receipt}));
-    Ok(())
+    write_output(output.as_deref(), &json!({"receipt_token": receipt}).to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -138,7 +104,7 @@ fn via_object_store(
     let target = &grant.upload;
     let encodings_key = format!("{}/encodings.bin", target.path);
     let metadata = [("hash-count", encodings.count.to_string()), ("hash-size", encodings.size.to_string())];
-    let mut progress = ProgressBar::new(force_progress);
+    let mut progress = ProgressBar::bytes(force_progress);
     let label = format!("{} encodings of {} bytes", encodings.count, encodings.size);
     uploader.upload(&encodings_key, encodings.body, &metadata, &mut progress, &label)?;
     let file = |path: &str| json!({"file": {"bucket": target.bucket, "path": path}});
