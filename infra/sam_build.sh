@@ -8,9 +8,9 @@
 #   - debug mode (SAM_BUILD_MODE=debug: `cargo lambda build` without --release). A deploy's
 #     release build (cargo-lambda adds thin LTO, codegen-units=1, panic=abort, strip) takes
 #     ~13 min of 2 cores; the debug build shares the dev profile's settings with the tests.
-#   - the host's architecture (x86_64 here) instead of the template's arm64: these machines
+#   - the host's architecture (x86_64 here, which is also the template's): these machines
 #     have no aarch64 Rust standard library and cannot fetch one. infra/sam_ci_template.py
-#     writes the template with only Globals.Function.Architectures changed.
+#     writes the template with only Globals.Function.Architectures set to the host's.
 # and cargo is the compiler (CARGO_LAMBDA_COMPILER=cargo), so zig is not needed.
 #
 #   infra/sam_build.sh                 as CI runs it

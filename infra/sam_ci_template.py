@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Write the template that CI's `sam build` uses: infra/template.yaml for the host's architecture.
 
-The deployed functions are arm64 (Globals.Function.Architectures). CI machines are x86_64 and
-have only the x86_64 Rust standard library (no aarch64 target can be fetched), so CI builds
-the same functions, with the same `BuildMethod: rust-cargolambda`, for the host's architecture.
+The deployed functions are x86_64 (Globals.Function.Architectures; compare's fast Dice kernel
+exists only there). CI builds the same functions, with the same `BuildMethod: rust-cargolambda`,
+for the host's architecture (x86_64 on CI machines, which have only the x86_64 Rust standard
+library), so on an arm64 host the architecture is the one thing that changes.
 Nothing else changes: CodeUris become absolute (the output lives in infra/.build/), and the
 script fails if a function sets its own Architectures (the override would not reach it).
 

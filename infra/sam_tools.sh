@@ -4,8 +4,8 @@
 # that it is a file check. The venv is rebuilt only when a version changes.
 #
 # ziglang is NOT installed: CI builds for the host with cargo as the compiler
-# (CARGO_LAMBDA_COMPILER=cargo, see sam_build.sh). Cross-compiling to arm64 for a deploy needs
-# zig and the aarch64 Rust target (infra/README.md, "Deploy").
+# (CARGO_LAMBDA_COMPILER=cargo, see sam_build.sh). A deploy's build uses zig, which links
+# against the Lambda runtime's glibc (infra/README.md, "Deploy").
 
 SAM_CLI_VERSION="${SAM_CLI_VERSION:-1.170.0}"
 CARGO_LAMBDA_VERSION="${CARGO_LAMBDA_VERSION:-1.9.2}"
