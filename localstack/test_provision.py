@@ -222,12 +222,30 @@ class TemplateDrivesLocalStack(unittest.TestCase):
         api = next(p for p in self.plan["functions"] if p["name"] == "api")
         self.assertEqual(provision.function_env(api, self.ctx, local)["UPLOAD_ROLE_ARN"], self.plan["sts_roles"][0]["arn"])
 
+    def test_memory_and_timeout_come_from_globals_when_a_function_has_none(self):
+        # The runner enforces these as hard limits: they must be what Lambda would apply.
+        tpl = provision.load_template(TEMPLATE)
+        solve = tpl["Resources"]["SolveFunction"]["Properties"]
+        del solve["MemorySize"], solve["Timeout"]
+        plan, _ = provision.build_plan(tpl, provision.Context(tpl, overrides={}))
+        self.assertEqual({k: next(p for p in plan["functions"] if p["name"] == "solve")[k]
+                          for k in ("memory_mb", "timeout_secs")}, {"memory_mb": 128, "timeout_secs": 3})
+        tpl["Globals"]["Function"].update({"MemorySize": 2048, "Timeout": 120})
+        plan, _ = provision.build_plan(tpl, provision.Context(tpl, overrides={}))
+        by_name = {p["name"]: p for p in plan["functions"]}
+        self.assertEqual((by_name["solve"]["memory_mb"], by_name["solve"]["timeout_secs"]), (2048, 120))
+        unchanged = next(p for p in self.plan["functions"] if p["name"] == "fan-out")
+        self.assertEqual((by_name["fan-out"]["memory_mb"], by_name["fan-out"]["timeout_secs"]),
+                         (unchanged["memory_mb"], unchanged["timeout_secs"]), "a function's own values win")
+
     def test_parameter_overrides(self):
         tpl = provision.load_template(TEMPLATE)
         plan, ctx = provision.build_plan(tpl, provision.Context(tpl, overrides={
-            "LOCAL_PARAM_ShardTargetComparisons": "1000", "LOCAL_PARAM_FunctionTimeoutSeconds": "60"}))
+            "LOCAL_PARAM_ShardTargetComparisons": "1000", "LOCAL_PARAM_FunctionTimeoutSeconds": "60",
+            "LOCAL_PARAM_CompareMemorySize": "4096"}))
         compare = next(p for p in plan["functions"] if p["name"] == "compare")
         self.assertEqual(compare["timeout_secs"], 60)
+        self.assertEqual(compare["memory_mb"], 4096)
         self.assertEqual(provision.function_env(compare, ctx, {})["SHARD_TARGET_COMPARISONS"], "1000")
         with self.assertRaises(SystemExit):
             provision.Context(tpl, overrides={"LOCAL_PARAM_LogLevel": "verbose"})

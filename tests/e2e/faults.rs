@@ -255,10 +255,6 @@ mod restarts {
         Ok(())
     }
 
-    fn runner_log() -> String {
-        std::fs::read_to_string(repo_root().join("localstack/.state/logs/runner.log")).unwrap_or_default()
-    }
-
     /// The queues lose their messages while the workers are down (LocalStack keeps SQS in
     /// memory, so restarting it does exactly this): first an upload's S3 event and a run's start
     /// request, later the run's shards, whose compare instances die mid-shard. Nothing can be

@@ -253,6 +253,65 @@ impl Api {
     }
 }
 
+// ---- the local runner's log -----------------------------------------------------------------
+
+/// The local runner's log: its own lines, Lambda's START/END/REPORT lines of every invocation,
+/// and what fan-out, compare and solve log.
+pub fn runner_log() -> String {
+    std::fs::read_to_string(repo_root().join("localstack/.state/logs/runner.log")).unwrap_or_default()
+}
+
+/// Every invocation of `functions` that has started since the runner last started gets
+/// Lambda's REPORT line (waiting for those still running), and each REPORT line of theirs shows
+/// a peak within the function's Memory Size. Returns the number of REPORT lines checked.
+pub async fn assert_every_invocation_reported(functions: &[&str], limit: Duration) -> anyhow::Result<usize> {
+    fn since_start(log: &str) -> &str {
+        log.rfind("local-runner: memory limits").map(|i| &log[i..]).unwrap_or(log)
+    }
+    fn ids<'a>(log: &'a str, function: &str, kind: &str) -> Vec<&'a str> {
+        let prefix = format!("{function} {kind} RequestId: ");
+        log.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.split(['\t', ' ']).next())
+            .collect()
+    }
+    let log = runner_log();
+    let started: Vec<(String, String)> = functions
+        .iter()
+        .flat_map(|f| ids(since_start(&log), f, "START").into_iter().map(move |id| (f.to_string(), id.to_string())))
+        .collect();
+    let deadline = Instant::now() + limit;
+    let log = loop {
+        let log = runner_log();
+        let section = since_start(&log);
+        let missing: Vec<&(String, String)> =
+            started.iter().filter(|(f, id)| !ids(section, f, "REPORT").contains(&id.as_str())).collect();
+        if missing.is_empty() {
+            break log;
+        }
+        if Instant::now() > deadline {
+            bail!("{} invocation(s) without a REPORT line after {limit:?}: {missing:?}", missing.len());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let field = |line: &str, name: &str| -> anyhow::Result<u64> {
+        let value = line.split(name).nth(1).and_then(|r| r.trim_start().split(' ').next());
+        value.and_then(|v| v.parse().ok()).with_context(|| format!("no {name} in {line:?}"))
+    };
+    let mut checked = 0;
+    for function in functions {
+        let prefix = format!("{function} REPORT RequestId: ");
+        let reports: Vec<&str> = since_start(&log).lines().filter(|l| l.starts_with(&prefix)).collect();
+        anyhow::ensure!(!reports.is_empty(), "no REPORT line for {function}");
+        for line in reports {
+            let (size, used) = (field(line, "Memory Size:")?, field(line, "Max Memory Used:")?);
+            anyhow::ensure!(used <= size, "{function} used more than its memory: {line:?}");
+            checked += 1;
+        }
+    }
+    Ok(checked)
+}
+
 // ---- sample data ---------------------------------------------------------------------------
 
 pub fn febrl4_file(name: &str) -> PathBuf {

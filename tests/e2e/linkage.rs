@@ -33,6 +33,9 @@ async fn febrl4_groups_equal_anonlink_at_the_hard_threshold() -> anyhow::Result<
     assert_eq!(code, 200, "{result}");
     let expected: Value = serde_json::from_str(&read("greedy_solution_t0.7.json"))?;
     assert_eq!(canonical_groups(&result["groups"]), canonical_groups(&expected));
+    // The runner reported every invocation as Lambda does, each within its function's memory.
+    let reports = assert_every_invocation_reported(&["fan-out", "compare", "solve"], Duration::from_secs(120)).await?;
+    assert!(reports >= 3, "{reports} REPORT lines");
     Ok(())
 }
 

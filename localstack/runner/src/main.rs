@@ -5,12 +5,20 @@
 //! here, and polls the function's SQS queues the way an event-source mapping does: receive a
 //! batch, invoke, delete what succeeded (honouring `batchItemFailures`), leave failures to
 //! reappear after the visibility timeout, and let the queue's redrive policy move a message to
-//! its dead-letter queue after N receives. An instance that crashes or overruns its timeout is
-//! replaced and its batch counts as failed, as in Lambda. Schedules (EventBridge rules) invoke
-//! the function with a `Scheduled Event` at their rate.
+//! its dead-letter queue after N receives. Each instance is held to its function's template
+//! `MemorySize` (a memory cgroup per instance, or an RSS watchdog: `limits`) and `Timeout`; an
+//! instance that crashes, is killed for its memory or overruns its timeout is replaced and its
+//! batch counts as failed, as in Lambda. Every invocation ends with Lambda's `REPORT` line on
+//! stdout (`report`). Schedules (EventBridge rules) invoke the function with a `Scheduled Event`
+//! at their rate.
+//!
+//! `LOCAL_RUNNER_MEMORY_LIMIT` = `auto` (default) | `cgroup-v1` | `cgroup-v2` | `watchdog`
+//! chooses the memory mechanism; the runner's first line says which one is active.
 
 mod config;
 mod instance;
+mod limits;
+mod report;
 mod runtime_api;
 mod sqs_source;
 
@@ -33,6 +41,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let path = config_path.context("--config runner.json is required")?;
     let config = config::RunnerConfig::load(&path)?;
+    let limiter = limits::Limiter::detect(std::env::var("LOCAL_RUNNER_MEMORY_LIMIT").ok().as_deref())?;
+    limiter.remove_stale_groups();
+    // A plain line (not JSON like the rest of the runner's own logging) that tests and people grep for.
+    report::emit(&format!(
+        "local-runner: {}; timeouts: an invocation past its function's Timeout is killed",
+        limiter.describe()
+    ));
     let sdk = shared::aws::sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
 
@@ -42,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         for n in 0..function.concurrency.max(1) {
-            let instance = instance::Instance::start(function.clone(), n).await?;
+            let instance = instance::Instance::start(function.clone(), n, &limiter).await?;
             tasks.spawn(instance.serve(sqs.clone()));
         }
     }
@@ -54,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(?res, "an instance loop ended");
         }
     }
-    // Dropping the join set aborts the loops; their children are killed on drop.
+    // Aborting the loops drops the instances: each kills its process, then removes its cgroup.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     Ok(())

@@ -32,9 +32,10 @@ struct ApiState {
     in_flight: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
 }
 
-/// Serves the Runtime API on an ephemeral loopback port; returns the address and the sender
-/// that queues invocations.
-pub async fn serve() -> anyhow::Result<(std::net::SocketAddr, mpsc::Sender<Invocation>)> {
+/// Serves the Runtime API on an ephemeral loopback port; returns the address, the sender that
+/// queues invocations, and the server task (aborted when its process is replaced, so an
+/// invocation can never reach a dead process's API).
+pub async fn serve() -> anyhow::Result<(std::net::SocketAddr, mpsc::Sender<Invocation>, tokio::task::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(1);
     let state = Arc::new(ApiState { next: Mutex::new(rx), in_flight: Mutex::new(HashMap::new()) });
     let app = Router::new()
@@ -45,12 +46,12 @@ pub async fn serve() -> anyhow::Result<(std::net::SocketAddr, mpsc::Sender<Invoc
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "runtime API server stopped");
         }
     });
-    Ok((addr, tx))
+    Ok((addr, tx, server))
 }
 
 async fn next(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
