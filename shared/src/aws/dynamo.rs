@@ -6,6 +6,13 @@
 //! is the normal outcome of a duplicate delivery and is reported as `false`/`Conflict`, never as
 //! a backend error. Reads that decide anything are strongly consistent; only the project list
 //! (a GSI) is eventually consistent.
+//!
+//! The items themselves are laid out in [`crate::service::table`]. Before the SDK call, every
+//! Put is checked against DynamoDB's 400 KB item limit and every transaction against its 100
+//! items ([`crate::service::aws_limits`]). A transaction cancelled by a concurrent one
+//! (`TransactionConflict`), and a single write refused because its item is in a transaction
+//! (`TransactionConflictException`), are retried in process ([`crate::service::retry`]) and
+//! otherwise reported as the retryable [`MetaError::TransactionConflict`].
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -14,10 +21,12 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::error::TransactionCanceledException;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 
+use crate::service::aws_limits::{self, DYNAMODB_MAX_BATCH_WRITE};
 use crate::service::memory::compute_micros;
 use crate::service::model::{
     IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
@@ -25,6 +34,8 @@ use crate::service::model::{
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use crate::service::ports::{MetaError, MetaStore};
+use crate::service::retry;
+use crate::service::table::{self, Attr, Attrs, COUNTER_INFIX, PROJECT_SK, PROJECTS_GSI_PK, counter_sk, party_sk, project_pk, run_sk, shard_prefix, shard_sk};
 use crate::service::tokens::TokenHash;
 
 type Item = HashMap<String, AttributeValue>;
@@ -58,54 +69,25 @@ impl DynamoMeta {
     }
 
     /// `expires_at` of an item written at `written_secs`.
-    fn expires_at(&self, written_secs: u64) -> AttributeValue {
-        n(written_secs.saturating_add(self.item_lifetime_secs).saturating_add(TTL_GRACE_SECS))
+    fn expires_at(&self, written_secs: u64) -> Attr {
+        table::n(written_secs.saturating_add(self.item_lifetime_secs).saturating_add(TTL_GRACE_SECS))
     }
 
-    fn expires_now(&self) -> AttributeValue {
+    fn expires_now(&self) -> Attr {
         self.expires_at(crate::service::time::now_secs())
     }
 }
 
 // ---- keys -------------------------------------------------------------------------------------
 
-const PROJECT_SK: &str = "PROJECT";
 const PROJECTS_GSI: &str = "gsi1";
-const PROJECTS_GSI_PK: &str = "PROJECTS";
 /// The index partition of deleted projects not yet purged (their tombstones).
 const TOMBSTONES_GSI_PK: &str = "DELETED";
-const STATS: &str = "STATS";
 /// `live` condition on a project item: it exists and is not being deleted.
 const PROJECT_LIVE: &str = "attribute_exists(pk) AND deleted = :false";
 
-fn project_pk(project_id: &str) -> String {
-    format!("P#{project_id}")
-}
-fn party_sk(index: u32) -> String {
-    format!("PARTY#{index:05}")
-}
-fn run_sk(run_id: &str) -> String {
-    format!("RUN#{run_id}")
-}
-/// Shard counter `k` of a run (`model::SHARD_COUNTERS`): under the run's own sort key, so the
-/// run and its counters are one query.
-fn counter_sk(run_id: &str, k: u32) -> String {
-    format!("RUN#{run_id}{COUNTER_INFIX}{k:03}")
-}
-const COUNTER_INFIX: &str = "#COUNT#";
-fn shard_prefix(run_id: &str) -> String {
-    format!("SHARD#{run_id}#")
-}
-fn shard_sk(run_id: &str, shard: u32) -> String {
-    format!("SHARD#{run_id}#{shard:08}")
-}
-
 fn watch_key(project_id: &str, target: &WatchTarget) -> Item {
-    let sk = match target {
-        WatchTarget::Run(run_id) => run_sk(run_id),
-        WatchTarget::Upload(party) => party_sk(*party),
-    };
-    key(project_pk(project_id), sk)
+    key(project_pk(project_id), table::watch_sk(target))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -114,14 +96,24 @@ fn s(v: impl Into<String>) -> AttributeValue {
 fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
+fn value(a: Attr) -> AttributeValue {
+    match a {
+        Attr::S(v) => AttributeValue::S(v),
+        Attr::N(v) => AttributeValue::N(v),
+        Attr::Bool(v) => AttributeValue::Bool(v),
+    }
+}
+fn item(attrs: Attrs) -> Item {
+    attrs.into_iter().map(|(name, a)| (name, value(a))).collect()
+}
 fn key(pk: String, sk: String) -> Item {
-    HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+    item(table::key(pk, sk))
 }
 fn project_key(project_id: &str) -> Item {
-    key(project_pk(project_id), PROJECT_SK.into())
+    item(table::project_key(project_id))
 }
 fn stats_key() -> Item {
-    key(STATS.into(), STATS.into())
+    item(table::stats_key())
 }
 
 // ---- reading items ----------------------------------------------------------------------------
@@ -150,25 +142,6 @@ fn get_bool(item: &Item, name: &str) -> bool {
     item.get(name).and_then(|v| v.as_bool().ok()).copied().unwrap_or(false)
 }
 
-fn project_item(p: &Project) -> Item {
-    let mut item = project_key(&p.project_id);
-    item.extend([
-        ("project_id".into(), s(&p.project_id)),
-        ("result_type".into(), s(p.result_type.as_str())),
-        ("number_parties".into(), n(p.number_parties)),
-        ("name".into(), s(&p.name)),
-        ("notes".into(), s(&p.notes)),
-        ("schema".into(), s(p.schema.to_string())),
-        ("uses_blocking".into(), AttributeValue::Bool(p.uses_blocking)),
-        ("time_added".into(), s(&p.time_added)),
-        ("result_token_hash".into(), s(&p.result_token_hash.0)),
-        ("deleted".into(), AttributeValue::Bool(false)),
-        ("gsi1pk".into(), s(PROJECTS_GSI_PK)),
-        ("gsi1sk".into(), s(format!("{}#{}", p.time_added, p.project_id))),
-    ]);
-    item
-}
-
 fn project_from(item: &Item) -> Result<Project, MetaError> {
     Ok(Project {
         project_id: get_s(item, "project_id")?,
@@ -181,37 +154,6 @@ fn project_from(item: &Item) -> Result<Project, MetaError> {
         time_added: get_s(item, "time_added")?,
         result_token_hash: TokenHash(get_s(item, "result_token_hash")?),
     })
-}
-
-fn party_item(project_id: &str, p: &Party) -> Item {
-    let mut item = key(project_pk(project_id), party_sk(p.index));
-    item.extend([
-        ("party_index".into(), n(p.index)),
-        ("update_token_hash".into(), s(&p.update_token_hash.0)),
-        ("upload_state".into(), s(p.upload_state.as_str())),
-    ]);
-    if let Some(v) = &p.upload_id {
-        item.insert("upload_id".into(), s(v));
-    }
-    if let Some(v) = &p.receipt_token_hash {
-        item.insert("receipt_token_hash".into(), s(&v.0));
-    }
-    if let Some(v) = &p.error {
-        item.insert("error".into(), s(v));
-    }
-    if let Some(i) = &p.ingested {
-        item.extend(ingested_attrs(i));
-    }
-    item
-}
-
-fn ingested_attrs(i: &IngestedParty) -> [(String, AttributeValue); 4] {
-    [
-        ("record_count".into(), n(i.record_count)),
-        ("encoding_size".into(), n(i.encoding_size)),
-        ("entry_count".into(), n(i.entry_count)),
-        ("block_count".into(), n(i.block_count)),
-    ]
 }
 
 fn party_from(item: &Item) -> Result<Party, MetaError> {
@@ -233,31 +175,6 @@ fn party_from(item: &Item) -> Result<Party, MetaError> {
         error: opt_s(item, "error"),
         ingested,
     })
-}
-
-fn run_item(r: &Run) -> Item {
-    let mut item = key(project_pk(&r.project_id), run_sk(&r.run_id));
-    item.extend([
-        ("project_id".into(), s(&r.project_id)),
-        ("run_id".into(), s(&r.run_id)),
-        ("threshold".into(), n(r.threshold)),
-        ("name".into(), s(&r.name)),
-        ("notes".into(), s(&r.notes)),
-        ("state".into(), s(r.state.as_str())),
-        ("stage".into(), n(r.stage)),
-        ("time_added".into(), s(&r.time_added)),
-        ("total_comparisons".into(), n(r.total_comparisons)),
-        ("comparisons_done".into(), n(r.comparisons_done)),
-        ("shards_total".into(), n(r.shards_total)),
-        ("shards_done".into(), n(r.shards_done)),
-        ("candidate_count".into(), n(r.candidate_count)),
-    ]);
-    for (name, value) in [("time_started", &r.time_started), ("time_completed", &r.time_completed), ("error", &r.error)] {
-        if let Some(v) = value {
-            item.insert(name.into(), s(v));
-        }
-    }
-    item
 }
 
 fn run_from(item: &Item) -> Result<Run, MetaError> {
@@ -321,6 +238,10 @@ fn update_outcome<R: std::fmt::Debug>(op: &str, r: Result<R, SdkError<UpdateItem
         Err(SdkError::ServiceError(se)) if se.err().is_conditional_check_failed_exception() => {
             Ok(Written::ConditionFailed(vec![0]))
         }
+        // The item is in a transaction that is in progress.
+        Err(SdkError::ServiceError(se)) if se.err().is_transaction_conflict_exception() => {
+            Err(MetaError::TransactionConflict(format!("{op}: {}", se.err())))
+        }
         Err(e) => Err(backend(op, e)),
     }
 }
@@ -329,25 +250,28 @@ fn transaction_outcome<R: std::fmt::Debug>(op: &str, r: Result<R, SdkError<Trans
     match r {
         Ok(_) => Ok(Written::Done),
         Err(SdkError::ServiceError(se)) => match se.err() {
-            TransactWriteItemsError::TransactionCanceledException(tc) => {
-                let reasons = tc.cancellation_reasons();
-                let failed: Vec<usize> = reasons
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
-                    .map(|(i, _)| i)
-                    .collect();
-                if failed.is_empty() {
-                    // Cancelled for another reason (a concurrent transaction, throttling): retryable.
-                    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).collect();
-                    Err(MetaError::Backend(format!("{op}: transaction cancelled ({})", codes.join(", "))))
-                } else {
-                    Ok(Written::ConditionFailed(failed))
-                }
-            }
+            TransactWriteItemsError::TransactionCanceledException(tc) => cancelled(op, tc),
             other => Err(MetaError::Backend(format!("{op}: {other}"))),
         },
         Err(e) => Err(backend(op, e)),
+    }
+}
+
+/// What a cancelled transaction means, from its per-item reasons: a condition that did not hold
+/// is an answer; a concurrent transaction on one of the items is a retryable conflict.
+fn cancelled(op: &str, tc: &TransactionCanceledException) -> Result<Written, MetaError> {
+    let reasons = tc.cancellation_reasons();
+    let failed: Vec<usize> =
+        reasons.iter().enumerate().filter(|(_, r)| r.code() == Some("ConditionalCheckFailed")).map(|(i, _)| i).collect();
+    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).collect();
+    if !failed.is_empty() {
+        Ok(Written::ConditionFailed(failed))
+    } else if codes.contains(&"TransactionConflict") {
+        // Another transaction was changing one of the items: nothing was written.
+        Err(MetaError::TransactionConflict(format!("{op}: transaction cancelled ({})", codes.join(", "))))
+    } else {
+        // Cancelled for another reason (throttling, validation).
+        Err(MetaError::Backend(format!("{op}: transaction cancelled ({})", codes.join(", "))))
     }
 }
 
@@ -358,8 +282,10 @@ fn build<T>(what: &str, r: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Re
 // ---- requests ---------------------------------------------------------------------------------
 
 impl DynamoMeta {
-    fn put(&self, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, MetaError> {
-        let put = Put::builder().table_name(&self.table).set_item(Some(item)).set_condition_expression(condition.map(Into::into));
+    /// A Put of `attrs`, refused here if DynamoDB would refuse the item as too large.
+    fn put(&self, attrs: Attrs, condition: Option<&str>) -> Result<TransactWriteItem, MetaError> {
+        table::check_item(&attrs)?;
+        let put = Put::builder().table_name(&self.table).set_item(Some(item(attrs))).set_condition_expression(condition.map(Into::into));
         Ok(TransactWriteItem::builder().put(build("put", put.build())?).build())
     }
 
@@ -394,9 +320,11 @@ impl DynamoMeta {
         Ok(TransactWriteItem::builder().update(build("update", u.build())?).build())
     }
 
+    /// TransactWriteItems, refused here over DynamoDB's 100 items, conflicts retried.
     async fn transact(&self, op: &str, items: Vec<TransactWriteItem>) -> Result<Written, MetaError> {
-        let r = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
-        transaction_outcome(op, r)
+        aws_limits::check_dynamo_transaction(items.len())?;
+        let request = self.client.transact_write_items().set_transact_items(Some(items));
+        retry::on_conflict(op, || async { transaction_outcome(op, request.clone().send().await) }).await
     }
 
     /// A single conditional UpdateItem.
@@ -422,7 +350,7 @@ impl DynamoMeta {
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
         }
-        update_outcome(op, req.send().await)
+        retry::on_conflict(op, || async { update_outcome(op, req.clone().send().await) }).await
     }
 
     async fn get_item(&self, op: &str, key: Item) -> Result<Option<Item>, MetaError> {
@@ -468,9 +396,9 @@ impl DynamoMeta {
         }
     }
 
-    /// Deletes items by key, 25 at a time, resubmitting what DynamoDB leaves unprocessed.
+    /// Deletes items by key, as many at a time as BatchWriteItem takes, resubmitting what DynamoDB leaves unprocessed.
     async fn delete_keys(&self, op: &str, keys: Vec<Item>) -> Result<(), MetaError> {
-        for chunk in keys.chunks(25) {
+        for chunk in keys.chunks(DYNAMODB_MAX_BATCH_WRITE) {
             let mut requests = Vec::with_capacity(chunk.len());
             for k in chunk {
                 let delete = build("delete request", DeleteRequest::builder().set_key(Some(k.clone())).build())?;
@@ -529,13 +457,13 @@ fn keys_of(items: &[Item]) -> Vec<Item> {
 impl MetaStore for DynamoMeta {
     async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
         let added = crate::service::time::parse_iso(&project.time_added).map_or_else(crate::service::time::now_secs, |m| (m / 1_000_000).max(0) as u64);
-        let expiring = |mut item: Item| {
-            item.insert("expires_at".into(), self.expires_at(added));
+        let expiring = |mut item: Attrs| {
+            item.push(("expires_at".into(), self.expires_at(added)));
             item
         };
-        let mut items = vec![self.put(expiring(project_item(project)), Some("attribute_not_exists(pk)"))?];
+        let mut items = vec![self.put(expiring(table::project_item(project)), Some("attribute_not_exists(pk)"))?];
         for p in parties {
-            items.push(self.put(expiring(party_item(&project.project_id, p)), Some("attribute_not_exists(pk)"))?);
+            items.push(self.put(expiring(table::party_item(&project.project_id, p)), Some("attribute_not_exists(pk)"))?);
         }
         items.push(self.update(stats_key(), "ADD project_count :one", None, &[], vec![(":one", n(1))])?);
         match self.transact("create project", items).await? {
@@ -721,7 +649,7 @@ impl MetaStore for DynamoMeta {
             (":done", s(UploadState::Done.as_str())),
             (":u", s(upload_id)),
         ];
-        let [(_, rc), (_, es), (_, ec), (_, bc)] = ingested_attrs(ingested);
+        let [(_, rc), (_, es), (_, ec), (_, bc)] = table::ingested_attrs(ingested).map(|(name, a)| (name, value(a)));
         values.extend([(":rc", rc), (":es", es), (":ec", ec), (":bc", bc)]);
         let w = self
             .update_one(
@@ -773,8 +701,8 @@ impl MetaStore for DynamoMeta {
     }
 
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
-        let mut item = run_item(run);
-        item.insert("expires_at".into(), self.expires_now());
+        let mut item = table::run_item(run);
+        item.push(("expires_at".into(), self.expires_now()));
         let items = vec![self.live_project_check(&run.project_id)?, self.put(item, Some("attribute_not_exists(pk)"))?];
         match self.transact("create run", items).await? {
             Written::Done => Ok(()),
@@ -862,8 +790,8 @@ impl MetaStore for DynamoMeta {
         // changes nothing). 2 + SHARD_COUNTERS items: inside DynamoDB's 100 per transaction.
         let mut items = items;
         for k in 0..SHARD_COUNTERS {
-            let mut counter = key(project_pk(project_id), counter_sk(run_id, k));
-            counter.extend([("shards_done".into(), n(0)), ("comparisons_done".into(), n(0)), ("candidate_count".into(), n(0))]);
+            let mut counter = table::key(project_pk(project_id), counter_sk(run_id, k));
+            counter.extend([("shards_done".into(), table::n(0)), ("comparisons_done".into(), table::n(0)), ("candidate_count".into(), table::n(0))]);
             items.push(self.put(counter, None)?);
         }
         Ok(matches!(self.transact("start run", items).await?, Written::Done))
@@ -872,8 +800,8 @@ impl MetaStore for DynamoMeta {
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
         // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes it exactly
         // once, the counter's existence says the run started and was not deleted.
-        let mut marker = key(project_pk(project_id), shard_sk(run_id, shard));
-        marker.insert("expires_at".into(), self.expires_now());
+        let mut marker = table::key(project_pk(project_id), shard_sk(run_id, shard));
+        marker.push(("expires_at".into(), self.expires_now()));
         let items = vec![
             self.put(marker, Some("attribute_not_exists(pk)"))?,
             self.update(
@@ -1016,5 +944,69 @@ impl MetaStore for DynamoMeta {
             completed_comparisons: counter(&item, "completed_comparisons")?,
             completed_seconds: counter(&item, "completed_micros")? as f64 / 1e6,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::aws_limits::{DYNAMODB_MAX_ITEM_BYTES, LimitExceeded};
+    use crate::aws::{dynamodb_client, unreachable_config};
+    use aws_sdk_dynamodb::types::CancellationReason;
+
+    fn offline() -> DynamoMeta {
+        DynamoMeta::new(dynamodb_client(&unreachable_config()), "table")
+    }
+
+    fn project(schema_bytes: usize) -> Project {
+        Project {
+            project_id: "p".into(),
+            result_type: ResultType::Groups,
+            number_parties: 2,
+            name: String::new(),
+            notes: String::new(),
+            schema: serde_json::Value::String("s".repeat(schema_bytes)),
+            uses_blocking: false,
+            time_added: "t".into(),
+            result_token_hash: TokenHash::of("r"),
+        }
+    }
+
+    #[tokio::test]
+    async fn items_and_transactions_dynamodb_would_refuse_are_refused_before_the_call() {
+        let meta = offline();
+        let parties: Vec<Party> = (0..99).map(|i| Party::new(i, TokenHash::of("u"))).collect();
+        let r = meta.create_project(&project(10), &parties).await;
+        assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoTransaction { items: 101 }))), "{r:?}");
+
+        let r = meta.create_project(&project(DYNAMODB_MAX_ITEM_BYTES), &parties[..2]).await;
+        assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+
+        let mut run = Run::created("p".into(), "r".into(), 0.8, "n".repeat(DYNAMODB_MAX_ITEM_BYTES), String::new(), "t".into());
+        let r = meta.create_run(&run).await;
+        assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+
+        // Within the limits the request does go out (and fails here: nothing listens).
+        run.name = String::new();
+        assert!(matches!(meta.create_run(&run).await, Err(MetaError::Backend(_))));
+    }
+
+    #[test]
+    fn a_transaction_cancelled_by_a_conflict_is_a_retryable_conflict() {
+        let reason = |code: &str| CancellationReason::builder().code(code).build();
+        let conflict = TransactionCanceledException::builder()
+            .cancellation_reasons(reason("None"))
+            .cancellation_reasons(reason("TransactionConflict"))
+            .build();
+        assert!(matches!(cancelled("record shard", &conflict), Err(MetaError::TransactionConflict(_))));
+
+        let condition = TransactionCanceledException::builder()
+            .cancellation_reasons(reason("ConditionalCheckFailed"))
+            .cancellation_reasons(reason("TransactionConflict"))
+            .build();
+        assert!(matches!(cancelled("record shard", &condition), Ok(Written::ConditionFailed(f)) if f == [0]));
+
+        let throttled = TransactionCanceledException::builder().cancellation_reasons(reason("ThrottlingError")).build();
+        assert!(matches!(cancelled("record shard", &throttled), Err(MetaError::Backend(_))));
     }
 }

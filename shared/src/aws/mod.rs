@@ -115,3 +115,19 @@ pub fn run_pipeline_function(
         .await
     })
 }
+
+/// SDK configuration for unit tests of the adapters' own checks: a dead endpoint, no retries,
+/// so a request that is not refused before the SDK call fails fast with a backend error.
+#[cfg(test)]
+pub(crate) fn unreachable_config() -> SdkConfig {
+    use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
+    let credentials = Credentials::new("test-key", "test-secret", None, None, "test");
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .endpoint_url("http://127.0.0.1:9")
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(aws_config::timeout::TimeoutConfig::builder().connect_timeout(std::time::Duration::from_secs(2)).build())
+        .build()
+}

@@ -9,6 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 
+use crate::service::aws_limits;
 use crate::service::ports::{BlobError, BlobReader, BlobStore, Metadata};
 
 #[derive(Clone, Debug)]
@@ -155,6 +156,7 @@ impl BlobReader for S3Blobs {
 
 impl BlobStore for S3Blobs {
     async fn put(&self, key: &str, body: Bytes, metadata: &Metadata) -> Result<(), BlobError> {
+        aws_limits::check_s3_put(key, body.len() as u64)?;
         let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
         for (k, v) in metadata {
             req = req.metadata(k, v);
@@ -256,7 +258,8 @@ impl BlobStore for S3Blobs {
     }
 
     async fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes) -> Result<String, BlobError> {
-        let number = i32::try_from(number).map_err(|_| BlobError::Backend(format!("{key}: part number {number} too large")))?;
+        aws_limits::check_s3_part(key, number, body.len() as u64)?;
+        let number = number as i32; // at most 10,000
         let out = self
             .client
             .upload_part()
@@ -272,6 +275,11 @@ impl BlobStore for S3Blobs {
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<(), BlobError> {
+        // Part sizes were checked as they went up (and S3 refuses a short part that is not the
+        // last); the numbers are checked again here.
+        for (number, _) in parts {
+            aws_limits::check_s3_part(key, *number, 0)?;
+        }
         let parts = parts
             .iter()
             .map(|(number, etag)| CompletedPart::builder().part_number(*number as i32).e_tag(etag).build())
@@ -313,5 +321,32 @@ impl S3Blobs {
             .await
             .map_err(|e| map_err(prefix, e))?;
         Ok(out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::{unreachable_config, work_s3_client};
+    use crate::service::aws_limits::{LimitExceeded, S3_MAX_PUT_BYTES};
+
+    /// A body one byte over S3's single-request limit. Zeroed memory is mapped lazily, so this
+    /// costs address space, not 5 GiB of RAM, as long as nobody reads it.
+    pub(crate) fn oversized_body() -> Bytes {
+        Bytes::from(vec![0u8; S3_MAX_PUT_BYTES as usize + 1])
+    }
+
+    #[tokio::test]
+    async fn puts_and_parts_s3_would_refuse_are_refused_before_the_call() {
+        let s3 = S3Blobs::new(work_s3_client(&unreachable_config()), "bucket");
+        let body = oversized_body();
+        let r = s3.put("k", body.clone(), &Vec::new()).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3Put { .. }))), "{r:?}");
+        let r = s3.upload_part("k", "u", 1, body).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3PartSize { .. }))), "{r:?}");
+        let r = s3.upload_part("k", "u", 10_001, Bytes::from_static(b"x")).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3PartNumber { number: 10_001, .. }))), "{r:?}");
+        // Within the limits the request does go out (and fails here: nothing listens).
+        assert!(matches!(s3.put("k", Bytes::from_static(b"x"), &Vec::new()).await, Err(BlobError::Backend(_))));
     }
 }

@@ -1,11 +1,16 @@
 //! [`WorkQueue`] on SQS.
+//!
+//! Bodies go out in SendMessageBatch requests planned and checked against SQS's limits (10
+//! entries and 256 KiB per request, 256 KiB per message: [`aws_limits`]) before the SDK call.
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 
+use crate::service::aws_limits;
 use crate::service::ports::{QueueError, WorkQueue};
 
-/// SQS takes at most 10 messages per batch.
-const SQS_BATCH: usize = 10;
+fn backend<E: std::error::Error + 'static, R: std::fmt::Debug>(e: aws_sdk_sqs::error::SdkError<E, R>) -> QueueError {
+    QueueError::Backend(format!("{}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+}
 
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
@@ -20,7 +25,9 @@ impl SqsQueue {
 
 impl WorkQueue for SqsQueue {
     async fn send(&self, queue_url: &str, bodies: Vec<String>) -> Result<(), QueueError> {
-        for chunk in bodies.chunks(SQS_BATCH) {
+        for batch in aws_limits::plan_sqs_batches(&bodies)? {
+            let chunk = &bodies[batch];
+            aws_limits::check_sqs_batch(chunk)?;
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -29,7 +36,7 @@ impl WorkQueue for SqsQueue {
                         .id(i.to_string())
                         .message_body(body)
                         .build()
-                        .map_err(|e| QueueError(e.to_string()))
+                        .map_err(|e| QueueError::Backend(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let out = self
@@ -39,9 +46,9 @@ impl WorkQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| QueueError(format!("{}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+                .map_err(backend)?;
             if let Some(failed) = out.failed().first() {
-                return Err(QueueError(format!(
+                return Err(QueueError::Backend(format!(
                     "{} of {} messages not sent, e.g. {}: {}",
                     out.failed().len(),
                     chunk.len(),
@@ -66,16 +73,46 @@ impl WorkQueue for SqsQueue {
             .set_attribute_names(Some(counts.to_vec()))
             .send()
             .await
-            .map_err(|e| QueueError(format!("{}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+            .map_err(backend)?;
         let attributes = out.attributes.unwrap_or_default();
         let mut depth = 0u64;
         for name in &counts {
             let value = attributes.get(name).map(String::as_str).unwrap_or("0");
             let count: u64 = value
                 .parse()
-                .map_err(|_| QueueError(format!("{queue_url}: {} is {value:?}, not a count", name.as_str())))?;
+                .map_err(|_| QueueError::Backend(format!("{queue_url}: {} is {value:?}, not a count", name.as_str())))?;
             depth = depth.saturating_add(count);
         }
         Ok(depth)
+    }
+
+    async fn change_visibility(&self, queue_url: &str, receipt_handle: &str, visibility_secs: u32) -> Result<(), QueueError> {
+        let secs = i32::try_from(visibility_secs).unwrap_or(i32::MAX);
+        self.client
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(secs)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::{sqs_client, unreachable_config};
+    use crate::service::aws_limits::{LimitExceeded, SQS_MAX_MESSAGE_BYTES};
+
+    #[tokio::test]
+    async fn a_message_sqs_would_refuse_is_refused_before_the_call() {
+        let sqs = SqsQueue::new(sqs_client(&unreachable_config()));
+        let r = sqs.send("https://sqs.eu-west-1.amazonaws.com/1/q", vec!["x".repeat(SQS_MAX_MESSAGE_BYTES + 1)]).await;
+        assert!(matches!(r, Err(QueueError::Limit(LimitExceeded::SqsMessage { .. }))), "{r:?}");
+        // Within the limits the request does go out (and fails here: nothing listens).
+        let r = sqs.send("https://sqs.eu-west-1.amazonaws.com/1/q", vec!["x".repeat(SQS_MAX_MESSAGE_BYTES)]).await;
+        assert!(matches!(r, Err(QueueError::Backend(_))), "{r:?}");
     }
 }

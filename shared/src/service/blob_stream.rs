@@ -9,9 +9,9 @@ use bytes::Bytes;
 use super::ports::{BlobError, BlobReader, BlobStore};
 
 /// S3's smallest part (except the last one).
-pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+pub const MIN_PART_BYTES: usize = super::aws_limits::S3_MIN_PART_BYTES as usize;
 /// S3's largest part number.
-pub const MAX_PARTS: u32 = 10_000;
+pub const MAX_PARTS: u32 = super::aws_limits::S3_MAX_PARTS;
 
 /// Writes one object part by part. Parts are `part_bytes` long (the last one shorter); the
 /// multipart upload is only started once a first part is full, so a small object is one plain

@@ -1,30 +1,84 @@
 //! Lambda glue for the SQS-triggered functions: one record at a time, failures reported per
 //! record (`ReportBatchItemFailures`) so one bad message never makes a batch's good ones rerun.
+//!
+//! A failed message normally reappears when the queue's visibility timeout ends: 6 × the
+//! function's timeout (5,400 s for compare in AWS), which gives a crashed or timed-out
+//! invocation's work time to be abandoned. A failure that a prompt retry may cure
+//! ([`PipelineError::retry_soon`]: a transaction conflict that outlasted the in-process
+//! retries) should not wait that long, so its message is made visible again within a few
+//! seconds (ChangeMessageVisibility, jittered so that messages which failed together are not
+//! redelivered together), after the whole batch is handled.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use tracing::{error, Instrument};
+use tracing::{error, warn, Instrument};
 
 use super::pipeline::events::s3_event_keys;
 use super::pipeline::{Pipeline, PipelineError, ShardQueueMessage};
 use super::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
+use super::retry::jitter;
 
-async fn for_each_record<F, Fut>(event: SqsEvent, mut handle: F) -> SqsBatchResponse
+/// When a message whose failure is worth retrying soon becomes visible again.
+pub const RETRY_SOON: RangeInclusive<Duration> = Duration::from_secs(2)..=Duration::from_secs(8);
+
+async fn for_each_record<M, B, U, Q: WorkQueue, C, F, Fut>(pipeline: &Pipeline<M, B, U, Q, C>, event: SqsEvent, mut handle: F) -> SqsBatchResponse
 where
     F: FnMut(SqsMessage) -> Fut,
     Fut: std::future::Future<Output = Result<(), PipelineError>>,
 {
     let mut response = SqsBatchResponse::default();
+    let mut retry_soon = Vec::new();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
+        let source = (record.event_source_arn.clone(), record.receipt_handle.clone());
         let span = tracing::info_span!("message", message_id = %id);
         if let Err(e) = handle(record).instrument(span).await {
-            error!(message_id = %id, error = %e, "message failed; it will be retried");
+            error!(message_id = %id, error = %e, retry_soon = e.retry_soon(), "message failed; it will be retried");
+            if e.retry_soon() {
+                retry_soon.push((id.clone(), source));
+            }
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = id;
             response.batch_item_failures.push(failure);
         }
     }
+    for (id, (arn, receipt_handle)) in retry_soon {
+        make_visible_soon(pipeline, &id, arn.as_deref(), receipt_handle.as_deref()).await;
+    }
     response
+}
+
+/// Best effort: if it fails, the message waits for the visibility timeout as it would anyway.
+async fn make_visible_soon<M, B, U, Q: WorkQueue, C>(pipeline: &Pipeline<M, B, U, Q, C>, id: &str, arn: Option<&str>, receipt_handle: Option<&str>) {
+    let s = &pipeline.settings;
+    let known = [s.shard_queue_url.as_str(), s.solve_queue_url.as_str(), s.watchdog.ingest_queue_url.as_str()];
+    let (Some(queue_url), Some(receipt_handle)) = (arn.and_then(|arn| queue_url_of(arn, &known)), receipt_handle) else {
+        warn!(message_id = %id, arn, "no queue URL or receipt handle; the message waits for the visibility timeout");
+        return;
+    };
+    let delay = jitter(RETRY_SOON).as_secs() as u32;
+    match pipeline.queue.change_visibility(&queue_url, receipt_handle, delay).await {
+        Ok(()) => tracing::info!(message_id = %id, delay_secs = delay, "message visible again soon"),
+        Err(e) => warn!(message_id = %id, error = %e, "could not shorten the message's visibility; it waits for the visibility timeout"),
+    }
+}
+
+/// The URL of the queue `arn` names (`arn:aws:sqs:{region}:{account}:{name}`): one of the
+/// `known` URLs of this deployment (which locally point at the emulator) when one is the
+/// queue's, otherwise SQS's own URL for it.
+pub fn queue_url_of(arn: &str, known: &[&str]) -> Option<String> {
+    let [_, partition, "sqs", region, account, name] = arn.split(':').collect::<Vec<_>>()[..] else { return None };
+    if region.is_empty() || account.is_empty() || name.is_empty() {
+        return None;
+    }
+    let path = format!("/{account}/{name}");
+    if let Some(url) = known.iter().find(|u| u.ends_with(&path)) {
+        return Some(url.to_string());
+    }
+    let domain = if partition == "aws-cn" { "amazonaws.com.cn" } else { "amazonaws.com" };
+    Some(format!("https://sqs.{region}.{domain}{path}"))
 }
 
 /// Whether a Lambda payload is an EventBridge schedule's event (fan-out's watchdog timer)
@@ -82,7 +136,7 @@ pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: 
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    for_each_record(event, |record| async move {
+    for_each_record(pipeline, event, |record| async move {
         let body = body(&record)?;
         let source = record.event_source_arn.as_deref().unwrap_or_default();
         if pipeline.settings.dead_letter_queue_arns.iter().any(|arn| arn == source) {
@@ -101,7 +155,7 @@ pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    for_each_record(event, |record| async move {
+    for_each_record(pipeline, event, |record| async move {
         let message: ShardQueueMessage = serde_json::from_str(body(&record)?)
             .map_err(|e| PipelineError::Event(format!("not a shard or dispatch message: {e}")))?;
         match message {
@@ -117,5 +171,23 @@ pub async fn solve<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    for_each_record(event, |record| async move { pipeline.on_solve_queue(body(&record)?).await }).await
+    for_each_record(pipeline, event, |record| async move { pipeline.on_solve_queue(body(&record)?).await }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_urls_come_from_the_event_source_arn() {
+        let arn = "arn:aws:sqs:eu-west-1:123456789012:pprl-shards";
+        assert_eq!(queue_url_of(arn, &[]).as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/123456789012/pprl-shards"));
+        // Locally the deployment's own URLs point at the emulator: they win when they name the queue.
+        let local = "http://sqs.eu-west-1.localhost.localstack.cloud:4566/123456789012/pprl-shards";
+        let other = "http://sqs.eu-west-1.localhost.localstack.cloud:4566/123456789012/pprl-shards-dlq";
+        assert_eq!(queue_url_of(arn, &[other, local]).as_deref(), Some(local));
+        assert_eq!(queue_url_of("arn:aws-cn:sqs:cn-north-1:1:q", &[]).as_deref(), Some("https://sqs.cn-north-1.amazonaws.com.cn/1/q"));
+        assert_eq!(queue_url_of("arn:aws:s3:::bucket", &[]), None);
+        assert_eq!(queue_url_of("", &[]), None);
+    }
 }

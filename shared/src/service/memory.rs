@@ -5,14 +5,22 @@
 //! conditional semantics of the DynamoDB adapter (`aws::dynamo`): a transition that DynamoDB
 //! guards with a condition expression is refused here under the same condition, with the same
 //! `MetaError` or `false`. All state sits behind one mutex per adapter; clones share it.
+//!
+//! They are not kinder than AWS either: every request is checked against AWS's limits
+//! ([`super::aws_limits`]: item and transaction sizes, PUT and part sizes, SQS batches), and the
+//! metadata store can cancel transactions that touch the same item at the same time, as
+//! DynamoDB does ([`ConflictInjection`]), with the DynamoDB adapter's in-process retries
+//! ([`super::retry`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::aws_limits;
 use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
@@ -23,7 +31,8 @@ use super::ports::{
     BlobError, BlobReader, BlobStore, ClientStores, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
     TemporaryCredentials, WorkQueue,
 };
-use super::time;
+use super::table::{self, Attrs};
+use super::{retry, time};
 
 /// Locks a mutex, recovering the data if a panicking test thread poisoned it (the state itself
 /// is always left consistent: every mutation below completes before the guard drops).
@@ -101,15 +110,126 @@ impl MetaTables {
     }
 }
 
+/// When [`MemoryMeta`] cancels transactions with `TransactionConflict`, as DynamoDB cancels a
+/// transaction that touches an item another transaction is changing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictInjection {
+    /// Never (the default).
+    #[default]
+    Off,
+    /// Each transaction holds its items for `hold` before it commits; one that touches an item
+    /// held by another is cancelled. Concurrent transactions on one item (shards of a run
+    /// finishing together) then really conflict, deterministically for overlapping calls.
+    Overlapping { hold: Duration },
+    /// Every transaction is cancelled: contention that outlasts the in-process retries.
+    Always,
+}
+
+#[derive(Debug, Default)]
+struct Conflicts {
+    mode: ConflictInjection,
+    /// Items (`pk/sk`) held by transactions in progress, with how many hold each.
+    held: BTreeMap<String, usize>,
+    injected: u64,
+}
+
+/// Releases a transaction's items when it commits or is dropped halfway.
+struct Holding {
+    conflicts: Arc<Mutex<Conflicts>>,
+    items: Vec<String>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut c = lock(&self.conflicts);
+        for item in &self.items {
+            if let Some(count) = c.held.get_mut(item) {
+                *count -= 1;
+                if *count == 0 {
+                    c.held.remove(item);
+                }
+            }
+        }
+    }
+}
+
+/// The name of an item in a transaction (DynamoDB's key), for conflict detection.
+fn item_name(pk: String, sk: String) -> String {
+    format!("{pk}/{sk}")
+}
+
+/// Refuses an item DynamoDB would refuse (over 400 KB as DynamoDB counts).
+fn fits(item: &Attrs) -> Result<(), MetaError> {
+    Ok(table::check_item(item)?)
+}
+
 /// [`MetaStore`] in memory, with DynamoDB's conditional semantics.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryMeta {
     tables: Arc<Mutex<MetaTables>>,
+    conflicts: Arc<Mutex<Conflicts>>,
 }
 
 impl MemoryMeta {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, cancels transactions as `mode` says.
+    pub fn inject_conflicts(&self, mode: ConflictInjection) {
+        lock(&self.conflicts).mode = mode;
+    }
+
+    /// How many transactions were cancelled with an injected conflict so far.
+    pub fn conflicts_injected(&self) -> u64 {
+        lock(&self.conflicts).injected
+    }
+
+    /// Runs one transaction on `items` (their names, [`item_name`]) as the DynamoDB adapter runs
+    /// TransactWriteItems: at most 100 items, conflicts (when injected) retried in process.
+    async fn transaction<T: Send>(
+        &self,
+        op: &str,
+        items: &[String],
+        apply: impl Fn(&mut MetaTables) -> Result<T, MetaError> + Send + Sync,
+    ) -> Result<T, MetaError> {
+        aws_limits::check_dynamo_transaction(items.len())?;
+        let apply = &apply;
+        retry::on_conflict(op, || self.attempt(op, items, apply)).await
+    }
+
+    async fn attempt<T>(
+        &self,
+        op: &str,
+        items: &[String],
+        apply: &(impl Fn(&mut MetaTables) -> Result<T, MetaError> + Sync),
+    ) -> Result<T, MetaError> {
+        let holding = {
+            let mut c = lock(&self.conflicts);
+            match c.mode {
+                ConflictInjection::Off => None,
+                ConflictInjection::Always => {
+                    c.injected += 1;
+                    return Err(MetaError::TransactionConflict(format!("{op}: injected (always)")));
+                }
+                ConflictInjection::Overlapping { hold } => {
+                    if let Some(busy) = items.iter().find(|i| c.held.contains_key(*i)) {
+                        c.injected += 1;
+                        return Err(MetaError::TransactionConflict(format!("{op}: {busy} is in another transaction")));
+                    }
+                    for item in items {
+                        *c.held.entry(item.clone()).or_default() += 1;
+                    }
+                    Some((Holding { conflicts: self.conflicts.clone(), items: items.to_vec() }, hold))
+                }
+            }
+        };
+        if let Some((_, hold)) = &holding {
+            tokio::time::sleep(*hold).await;
+        }
+        let result = apply(&mut lock(&self.tables));
+        drop(holding);
+        result
     }
 
     /// Every later read of the project fails with a backend error, as a corrupt item does.
@@ -126,23 +246,32 @@ impl MemoryMeta {
 
 impl MetaStore for MemoryMeta {
     async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
-        let mut t = lock(&self.tables);
-        if t.projects.contains_key(&project.project_id) {
-            return Err(MetaError::Conflict(format!("project {} already exists", project.project_id)));
+        fits(&table::project_item(project))?;
+        for p in parties {
+            fits(&table::party_item(&project.project_id, p))?;
         }
-        t.projects.insert(
-            project.project_id.clone(),
-            ProjectEntry {
-                project: project.clone(),
-                parties: parties.to_vec(),
-                runs: BTreeMap::new(),
-                watches: BTreeMap::new(),
-                deleted: false,
-                deleted_secs: 0,
-            },
-        );
-        t.project_count += 1;
-        Ok(())
+        let mut items = vec![project_item_name(&project.project_id)];
+        items.extend(parties.iter().map(|p| party_item_name(&project.project_id, p.index)));
+        items.push(stats_item_name());
+        self.transaction("create project", &items, |t| {
+            if t.projects.contains_key(&project.project_id) {
+                return Err(MetaError::Conflict(format!("project {} already exists", project.project_id)));
+            }
+            t.projects.insert(
+                project.project_id.clone(),
+                ProjectEntry {
+                    project: project.clone(),
+                    parties: parties.to_vec(),
+                    runs: BTreeMap::new(),
+                    watches: BTreeMap::new(),
+                    deleted: false,
+                    deleted_secs: 0,
+                },
+            );
+            t.project_count += 1;
+            Ok(())
+        })
+        .await
     }
 
     async fn list_projects(&self) -> Result<Vec<ProjectSummary>, MetaError> {
@@ -188,12 +317,15 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn mark_project_deleted(&self, project_id: &str) -> Result<bool, MetaError> {
-        let mut t = lock(&self.tables);
-        let Some(entry) = t.live_project_mut(project_id) else { return Ok(false) };
-        entry.deleted = true;
-        entry.deleted_secs = time::now_secs();
-        t.project_count = t.project_count.saturating_sub(1);
-        Ok(true)
+        let items = [project_item_name(project_id), stats_item_name()];
+        self.transaction("mark project deleted", &items, |t| {
+            let Some(entry) = t.live_project_mut(project_id) else { return Ok(false) };
+            entry.deleted = true;
+            entry.deleted_secs = time::now_secs();
+            t.project_count = t.project_count.saturating_sub(1);
+            Ok(true)
+        })
+        .await
     }
 
     async fn purge_project(&self, project_id: &str) -> Result<(), MetaError> {
@@ -202,22 +334,25 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
-        let mut t = lock(&self.tables);
-        let entry = t.live_project_mut(project_id).ok_or_else(|| MetaError::NotFound(format!("project {project_id}")))?;
-        let p = entry
-            .parties
-            .iter_mut()
-            .find(|p| p.index == party)
-            .ok_or_else(|| MetaError::NotFound(format!("party {party} of project {project_id}")))?;
-        if !matches!(p.upload_state, UploadState::NotStarted | UploadState::Error) {
-            return Err(MetaError::Conflict(format!("party {party} upload is {}", p.upload_state.as_str())));
-        }
-        p.upload_state = UploadState::Pending;
-        p.upload_id = Some(upload.upload_id.clone());
-        p.receipt_token_hash = Some(upload.receipt_token_hash.clone());
-        p.error = None;
-        p.ingested = None;
-        Ok(())
+        let items = [project_item_name(project_id), party_item_name(project_id, party)];
+        self.transaction("begin upload", &items, |t| {
+            let entry = t.live_project_mut(project_id).ok_or_else(|| MetaError::NotFound(format!("project {project_id}")))?;
+            let p = entry
+                .parties
+                .iter_mut()
+                .find(|p| p.index == party)
+                .ok_or_else(|| MetaError::NotFound(format!("party {party} of project {project_id}")))?;
+            if !matches!(p.upload_state, UploadState::NotStarted | UploadState::Error) {
+                return Err(MetaError::Conflict(format!("party {party} upload is {}", p.upload_state.as_str())));
+            }
+            p.upload_state = UploadState::Pending;
+            p.upload_id = Some(upload.upload_id.clone());
+            p.receipt_token_hash = Some(upload.receipt_token_hash.clone());
+            p.error = None;
+            p.ingested = None;
+            Ok(())
+        })
+        .await
     }
 
     async fn abort_upload(&self, project_id: &str, party: u32, upload_id: &str, error: Option<&str>) -> Result<(), MetaError> {
@@ -227,10 +362,7 @@ impl MetaStore for MemoryMeta {
             && p.upload_id.as_deref() == Some(upload_id)
         {
             match error {
-                Some(message) => {
-                    p.upload_state = UploadState::Error;
-                    p.error = Some(message.to_string());
-                }
+                Some(message) => set_party_error(project_id, p, message)?,
                 None => {
                     p.upload_state = UploadState::NotStarted;
                     p.upload_id = None;
@@ -261,8 +393,7 @@ impl MetaStore for MemoryMeta {
             && p.upload_state == UploadState::Pending
             && p.upload_id.as_deref() == Some(upload_id)
         {
-            p.upload_state = UploadState::Error;
-            p.error = Some(message.to_string());
+            set_party_error(project_id, p, message)?;
         }
         Ok(())
     }
@@ -273,22 +404,25 @@ impl MetaStore for MemoryMeta {
             && p.upload_state == UploadState::Done
             && p.upload_id.as_deref() == Some(upload_id)
         {
-            p.upload_state = UploadState::Error;
-            p.error = Some(message.to_string());
+            set_party_error(project_id, p, message)?;
         }
         Ok(())
     }
 
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
-        let mut t = lock(&self.tables);
-        let entry = t
-            .live_project_mut(&run.project_id)
-            .ok_or_else(|| MetaError::Conflict(format!("project {} is gone", run.project_id)))?;
-        if entry.runs.contains_key(&run.run_id) {
-            return Err(MetaError::Conflict(format!("run {} already exists", run.run_id)));
-        }
-        entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new(), counters: BTreeMap::new(), secret: None });
-        Ok(())
+        fits(&table::run_item(run))?;
+        let items = [project_item_name(&run.project_id), run_item_name(&run.project_id, &run.run_id)];
+        self.transaction("create run", &items, |t| {
+            let entry = t
+                .live_project_mut(&run.project_id)
+                .ok_or_else(|| MetaError::Conflict(format!("project {} is gone", run.project_id)))?;
+            if entry.runs.contains_key(&run.run_id) {
+                return Err(MetaError::Conflict(format!("run {} already exists", run.run_id)));
+            }
+            entry.runs.insert(run.run_id.clone(), RunEntry { run: run.clone(), counted_shards: BTreeSet::new(), counters: BTreeMap::new(), secret: None });
+            Ok(())
+        })
+        .await
     }
 
     async fn list_runs(&self, project_id: &str) -> Result<Vec<Run>, MetaError> {
@@ -312,20 +446,23 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn claim_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
-        let mut t = lock(&self.tables);
-        match t.live_run_mut(project_id, run_id) {
+        let items = [project_item_name(project_id), run_item_name(project_id, run_id)];
+        self.transaction("claim run", &items, |t| match t.live_run_mut(project_id, run_id) {
             Some(r) if r.run.state == RunState::Created => {
                 r.run.state = RunState::Queued;
                 r.run.stage = 2;
                 Ok(true)
             }
             _ => Ok(false),
-        }
+        })
+        .await
     }
 
     async fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> Result<bool, MetaError> {
-        let mut t = lock(&self.tables);
-        match t.live_run_mut(project_id, run_id) {
+        // DynamoDB: [project is live, run Queued -> Running, put each shard counter]: 66 items.
+        let mut items = vec![project_item_name(project_id), run_item_name(project_id, run_id)];
+        items.extend((0..SHARD_COUNTERS).map(|k| item_name(table::project_pk(project_id), table::counter_sk(run_id, k))));
+        self.transaction("start run", &items, |t| match t.live_run_mut(project_id, run_id) {
             Some(r) if r.run.state == RunState::Queued => {
                 r.run.state = RunState::Running;
                 r.run.stage = 2;
@@ -336,25 +473,30 @@ impl MetaStore for MemoryMeta {
                 Ok(true)
             }
             _ => Ok(false),
-        }
+        })
+        .await
     }
 
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
-        let mut t = lock(&self.tables);
-        let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(ShardOutcome { counted: false, run: None }) };
         // DynamoDB: one transaction of [put marker if absent, add to counter `shard mod K` if it
         // exists]; the run item is not written (no hot item), so a failed run still counts.
         let counter = shard % SHARD_COUNTERS;
-        let counted = r.counters.contains_key(&counter) && !r.counted_shards.contains(&shard);
-        if counted {
-            r.counted_shards.insert(shard);
-            if let Some(c) = r.counters.get_mut(&counter) {
-                c.shards += 1;
-                c.comparisons += comparisons;
-                c.candidates += candidates;
+        let marker = item_name(table::project_pk(project_id), table::shard_sk(run_id, shard));
+        let items = [marker, item_name(table::project_pk(project_id), table::counter_sk(run_id, counter))];
+        self.transaction("record shard", &items, |t| {
+            let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(ShardOutcome { counted: false, run: None }) };
+            let counted = r.counters.contains_key(&counter) && !r.counted_shards.contains(&shard);
+            if counted {
+                r.counted_shards.insert(shard);
+                if let Some(c) = r.counters.get_mut(&counter) {
+                    c.shards += 1;
+                    c.comparisons += comparisons;
+                    c.candidates += candidates;
+                }
             }
-        }
-        Ok(ShardOutcome { counted, run: Some(r.folded()) })
+            Ok(ShardOutcome { counted, run: Some(r.folded()) })
+        })
+        .await
     }
 
     async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
@@ -369,26 +511,32 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
-        let mut t = lock(&self.tables);
-        let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
-        if r.run.state != RunState::Running {
-            return Ok(false);
-        }
-        r.run.state = RunState::Completed;
-        r.run.time_completed = Some(time_completed.to_string());
-        let comparisons = r.run.total_comparisons;
-        let micros = compute_micros(r.run.time_started.as_deref(), time_completed);
-        t.completed_comparisons += comparisons;
-        t.completed_micros += micros;
-        Ok(true)
+        let items = [run_item_name(project_id, run_id), stats_item_name()];
+        self.transaction("complete run", &items, |t| {
+            let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
+            if r.run.state != RunState::Running {
+                return Ok(false);
+            }
+            r.run.state = RunState::Completed;
+            r.run.time_completed = Some(time_completed.to_string());
+            let comparisons = r.run.total_comparisons;
+            let micros = compute_micros(r.run.time_started.as_deref(), time_completed);
+            t.completed_comparisons += comparisons;
+            t.completed_micros += micros;
+            Ok(true)
+        })
+        .await
     }
 
     async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
         let mut t = lock(&self.tables);
         match t.live_run_mut(project_id, run_id) {
             Some(r) if !r.run.state.is_final() => {
-                r.run.state = RunState::Error;
-                r.run.error = Some(message.to_string());
+                let mut failed = r.run.clone();
+                failed.state = RunState::Error;
+                failed.error = Some(message.to_string());
+                fits(&table::run_item(&failed))?;
+                r.run = failed;
                 Ok(true)
             }
             _ => Ok(false),
@@ -419,6 +567,9 @@ impl MetaStore for MemoryMeta {
             WatchTarget::Upload(party) => entry.parties.iter().any(|p| p.index == *party),
         };
         if exists {
+            let mut item = table::key(table::project_pk(project_id), table::watch_sk(target));
+            item.extend(table::watch_attrs(watch).map(|(name, value)| (name.to_string(), value)));
+            fits(&item)?;
             entry.watches.insert(target.clone(), watch.clone());
         }
         Ok(exists)
@@ -432,6 +583,29 @@ impl MetaStore for MemoryMeta {
             completed_seconds: t.completed_micros as f64 / 1e6,
         })
     }
+}
+
+fn project_item_name(project_id: &str) -> String {
+    item_name(table::project_pk(project_id), table::PROJECT_SK.into())
+}
+fn party_item_name(project_id: &str, party: u32) -> String {
+    item_name(table::project_pk(project_id), table::party_sk(party))
+}
+fn run_item_name(project_id: &str, run_id: &str) -> String {
+    item_name(table::project_pk(project_id), table::run_sk(run_id))
+}
+fn stats_item_name() -> String {
+    item_name(table::STATS.into(), table::STATS.into())
+}
+
+/// Puts the party's upload in `error` with `message`, if the party item still fits.
+fn set_party_error(project_id: &str, p: &mut Party, message: &str) -> Result<(), MetaError> {
+    let mut failed = p.clone();
+    failed.upload_state = UploadState::Error;
+    failed.error = Some(message.to_string());
+    fits(&table::party_item(project_id, &failed))?;
+    *p = failed;
+    Ok(())
 }
 
 /// Microseconds a run computed for (`time_started` → `time_completed`); 0 when unknown.
@@ -542,6 +716,7 @@ impl BlobStore for MemoryBlobs {
         if self.inner.failing_puts.load(Ordering::SeqCst) {
             return Err(BlobError::Backend(format!("injected failure storing {key}")));
         }
+        aws_limits::check_s3_put(key, body.len() as u64)?;
         lock(&self.inner.objects).insert(key.to_string(), (body, metadata.clone()));
         Ok(())
     }
@@ -584,9 +759,7 @@ impl BlobStore for MemoryBlobs {
         if self.inner.failing_puts.load(Ordering::SeqCst) {
             return Err(BlobError::Backend(format!("injected failure storing part {number} of {key}")));
         }
-        if !(1..=10_000).contains(&number) {
-            return Err(BlobError::Backend(format!("part number {number} of {key} is out of range")));
-        }
+        aws_limits::check_s3_part(key, number, body.len() as u64)?;
         let mut uploads = lock(&self.inner.multipart);
         match uploads.get_mut(upload_id) {
             Some((k, parts)) if k.as_str() == key => {
@@ -604,13 +777,14 @@ impl BlobStore for MemoryBlobs {
         if k != key || parts.is_empty() {
             return Err(BlobError::Backend(format!("{key}: completing multipart upload {upload_id} with no parts")));
         }
+        let chosen = parts
+            .iter()
+            .map(|(number, _)| stored.get(number).map(|part| (*number, part)).ok_or_else(|| BlobError::Backend(format!("{key}: part {number} was never uploaded"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sizes: Vec<(u32, u64)> = chosen.iter().map(|(number, part)| (*number, part.len() as u64)).collect();
+        aws_limits::check_s3_parts(key, &sizes)?;
         let mut body = Vec::new();
-        for (i, (number, _)) in parts.iter().enumerate() {
-            let part = stored.get(number).ok_or_else(|| BlobError::Backend(format!("{key}: part {number} was never uploaded")))?;
-            // S3's EntityTooSmall: every part but the last must be at least 5 MiB.
-            if i + 1 < parts.len() && part.len() < 5 * 1024 * 1024 {
-                return Err(BlobError::Backend(format!("{key}: part {number} is smaller than 5 MiB")));
-            }
+        for (_, part) in chosen {
             body.extend_from_slice(part);
         }
         lock(&self.inner.objects).insert(key.to_string(), (Bytes::from(body), Vec::new()));
@@ -655,10 +829,22 @@ impl ClientStores for MemoryClientStores {
 
 // ---- queues -----------------------------------------------------------------------------------
 
-/// [`WorkQueue`] that records what was sent, per queue URL, in order.
+/// A ChangeMessageVisibility request, as [`MemoryQueue`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VisibilityChange {
+    pub queue_url: String,
+    pub receipt_handle: String,
+    pub visibility_secs: u32,
+}
+
+/// [`WorkQueue`] that records what was sent, per queue URL, in order; sends in the
+/// SendMessageBatch requests SQS would take and refuses what SQS would refuse.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryQueue {
     sent: Arc<Mutex<Vec<(String, String)>>>,
+    /// Every SendMessageBatch as (entries, bytes).
+    batches: Arc<Mutex<Vec<(usize, usize)>>>,
+    visibility_changes: Arc<Mutex<Vec<VisibilityChange>>>,
 }
 
 impl MemoryQueue {
@@ -678,11 +864,35 @@ impl MemoryQueue {
         *sent = kept;
         taken.into_iter().map(|(_, body)| body).collect()
     }
+
+    /// Every SendMessageBatch request so far, as (entries, bytes).
+    pub fn batches(&self) -> Vec<(usize, usize)> {
+        lock(&self.batches).clone()
+    }
+
+    /// Every ChangeMessageVisibility request so far, in order.
+    pub fn visibility_changes(&self) -> Vec<VisibilityChange> {
+        lock(&self.visibility_changes).clone()
+    }
 }
 
 impl WorkQueue for MemoryQueue {
     async fn send(&self, queue_url: &str, bodies: Vec<String>) -> Result<(), QueueError> {
-        lock(&self.sent).extend(bodies.into_iter().map(|b| (queue_url.to_string(), b)));
+        for batch in aws_limits::plan_sqs_batches(&bodies)? {
+            let batch = &bodies[batch];
+            aws_limits::check_sqs_batch(batch)?;
+            lock(&self.batches).push((batch.len(), batch.iter().map(String::len).sum()));
+            lock(&self.sent).extend(batch.iter().map(|b| (queue_url.to_string(), b.clone())));
+        }
+        Ok(())
+    }
+
+    async fn change_visibility(&self, queue_url: &str, receipt_handle: &str, visibility_secs: u32) -> Result<(), QueueError> {
+        lock(&self.visibility_changes).push(VisibilityChange {
+            queue_url: queue_url.to_string(),
+            receipt_handle: receipt_handle.to_string(),
+            visibility_secs,
+        });
         Ok(())
     }
 
@@ -892,6 +1102,83 @@ mod tests {
         b.delete("b/1").await.unwrap();
         b.fail_puts(true);
         assert!(b.put("c", Bytes::new(), &vec![]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_adapters_refuse_what_aws_would_refuse() {
+        use crate::service::aws_limits::*;
+
+        // SQS: ten blocked shard messages of 60 KiB go out in three batches, never one of 600 KiB.
+        let q = MemoryQueue::new();
+        q.send("q", (0..10).map(|_| "x".repeat(60 * 1024)).collect()).await.unwrap();
+        assert_eq!(q.batches(), [(4, 240 * 1024), (4, 240 * 1024), (2, 120 * 1024)]);
+        assert_eq!(q.take("q").len(), 10);
+        let r = q.send("q", vec!["y".repeat(SQS_MAX_MESSAGE_BYTES + 1)]).await;
+        assert!(matches!(r, Err(QueueError::Limit(LimitExceeded::SqsMessage { .. }))), "{r:?}");
+        assert!(q.sent().is_empty());
+
+        // DynamoDB: a transaction of more than 100 items, an item over 400 KB.
+        let m = MemoryMeta::new();
+        let parties: Vec<Party> = (0..99).map(party).collect();
+        let r = m.create_project(&project("p", "t"), &parties).await;
+        assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoTransaction { items: 101 }))), "{r:?}");
+        let mut big = project("p", "t");
+        big.schema = serde_json::json!("s".repeat(DYNAMODB_MAX_ITEM_BYTES));
+        let r = m.create_project(&big, &parties[..2]).await;
+        assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+        assert!(!m.has_project_items("p"));
+        m.create_project(&project("p", "t"), &parties[..98]).await.unwrap();
+        m.create_run(&run("p", "r")).await.unwrap();
+        let r = m.fail_run("p", "r", &"e".repeat(DYNAMODB_MAX_ITEM_BYTES)).await;
+        assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+        assert_eq!(m.get_run("p", "r").await.unwrap().unwrap().state, RunState::Created, "nothing written");
+
+        // S3: a single PUT over 5 GiB (zeroed memory is mapped lazily: address space, not RAM),
+        // a part over 5 GiB or numbered past 10,000, a short part that is not the last.
+        let b = MemoryBlobs::new();
+        let huge = Bytes::from(vec![0u8; S3_MAX_PUT_BYTES as usize + 1]);
+        let r = b.put("k", huge.clone(), &vec![]).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3Put { .. }))), "{r:?}");
+        let id = b.start_multipart("k").await.unwrap();
+        let r = b.upload_part("k", &id, 1, huge).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3PartSize { .. }))), "{r:?}");
+        let r = b.upload_part("k", &id, 10_001, Bytes::from_static(b"x")).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3PartNumber { .. }))), "{r:?}");
+        let e1 = b.upload_part("k", &id, 1, Bytes::from_static(b"short")).await.unwrap();
+        let e2 = b.upload_part("k", &id, 2, Bytes::from_static(b"last")).await.unwrap();
+        let r = b.complete_multipart("k", &id, &[(1, e1), (2, e2)]).await;
+        assert!(matches!(r, Err(BlobError::Limit(LimitExceeded::S3PartSize { number: 1, .. }))), "{r:?}");
+        assert!(b.keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_transactions_on_one_item_conflict_and_are_retried() {
+        let m = MemoryMeta::new();
+        m.create_project(&project("p", "t"), &[party(0), party(1)]).await.unwrap();
+        m.create_run(&run("p", "r")).await.unwrap();
+        m.claim_run("p", "r").await.unwrap();
+        // More shards than counters: shards k and k + SHARD_COUNTERS share a counter item.
+        let total = SHARD_COUNTERS + 20;
+        let plan = RunPlan { shards_total: total, total_comparisons: 10 * u64::from(total), time_started: "t".into() };
+        m.start_run("p", "r", &plan).await.unwrap();
+
+        m.inject_conflicts(ConflictInjection::Overlapping { hold: Duration::from_millis(5) });
+        let shards = (0..total).map(|i| m.record_shard("p", "r", i, 10, 1));
+        let outcomes = futures::future::join_all(shards).await;
+        assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(|o| o.counted)), "{outcomes:?}");
+        assert!(m.conflicts_injected() > 0, "the shards' transactions overlapped");
+        let r = m.get_run("p", "r").await.unwrap().unwrap();
+        assert_eq!((r.shards_done, r.comparisons_done, r.candidate_count), (total, 10 * u64::from(total), u64::from(total)));
+
+        // Contention that outlasts the retries surfaces as the retryable conflict, writing nothing.
+        m.inject_conflicts(ConflictInjection::Always);
+        let before = m.conflicts_injected();
+        let r = m.complete_run("p", "r", "t2").await;
+        assert!(matches!(r, Err(MetaError::TransactionConflict(_))), "{r:?}");
+        assert_eq!(m.conflicts_injected() - before, u64::from(retry::CONFLICT_ATTEMPTS), "bounded retries");
+        assert_eq!(m.get_run("p", "r").await.unwrap().unwrap().state, RunState::Running);
+        m.inject_conflicts(ConflictInjection::Off);
+        assert!(m.complete_run("p", "r", "t2").await.unwrap());
     }
 
     #[tokio::test]

@@ -7,8 +7,13 @@
 //!   publish) and the dead-letter handler.
 //! - [`client_store`]: the rules for pulling uploads from object stores that clients name.
 //! - [`keys`]: the object-key layout of the working bucket, in one place.
+//! - [`table`]: the metadata table's items, in one place (written by `aws::dynamo`, sized by both
+//!   metadata adapters).
+//! - [`aws_limits`]: AWS's request limits, checked by every adapter where requests are built.
+//! - [`retry`]: in-process retries of DynamoDB transaction conflicts.
 
 pub mod api;
+pub mod aws_limits;
 pub mod blob_stream;
 pub mod client_store;
 pub mod config;
@@ -18,7 +23,9 @@ pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod ports;
+pub mod retry;
 pub mod stored_upload;
+pub mod table;
 pub mod telemetry;
 pub mod time;
 pub mod tokens;

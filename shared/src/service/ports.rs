@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::aws_limits::LimitExceeded;
 use super::client_store::{ClientEndpoint, ClientStore};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, ShardOutcome, StatusCounters,
@@ -23,6 +24,14 @@ pub enum MetaError {
     NotFound(String),
     #[error("metadata store error: {0}")]
     Backend(String),
+    /// DynamoDB cancelled a transaction (or refused a write) because another transaction was
+    /// changing one of its items at the same moment, and the in-process retries
+    /// ([`super::retry::on_conflict`]) did not get through. Retryable: nothing was written.
+    #[error("transaction conflict: {0}")]
+    TransactionConflict(String),
+    /// The write is one DynamoDB would refuse (item over 400 KB, transaction over 100 items).
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
 }
 
 /// Project, party and run metadata (DynamoDB in AWS). Every state change that could race is a
@@ -118,6 +127,9 @@ pub enum BlobError {
     /// message is for that client and never contains its credentials.
     #[error("{0}")]
     ClientStore(String),
+    /// The request is one S3 would refuse (a PUT over 5 GiB, a part out of range).
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
 }
 
 /// User metadata of an object (S3 `x-amz-meta-*`), lower-case keys.
@@ -178,17 +190,26 @@ pub trait ClientStores: Send + Sync + Clone + 'static {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("queue error: {0}")]
-pub struct QueueError(pub String);
+pub enum QueueError {
+    #[error("queue error: {0}")]
+    Backend(String),
+    /// A message SQS would refuse (over 256 KiB).
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+}
 
 /// Sends messages to the work queues (SQS in AWS).
 pub trait WorkQueue: Send + Sync + Clone + 'static {
-    /// Sends all bodies (batched as the queue allows); an error means some may not have been sent,
-    /// and the caller retries the whole send (consumers are idempotent).
+    /// Sends all bodies, in SendMessageBatch requests as full as SQS's limits allow (count and
+    /// bytes: [`super::aws_limits::plan_sqs_batches`]); an error means some may not have been
+    /// sent, and the caller retries the whole send (consumers are idempotent).
     fn send(&self, queue_url: &str, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// How many messages the queue holds: waiting, delayed or being processed. (SQS's counts
     /// are approximate and lag by about a minute; the watchdog waits far longer.)
     fn depth(&self, queue_url: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
+    /// Makes a received message (by its receipt handle) visible again after `visibility_secs`
+    /// instead of at the end of the queue's visibility timeout (ChangeMessageVisibility).
+    fn change_visibility(&self, queue_url: &str, receipt_handle: &str, visibility_secs: u32) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
 /// Temporary credentials a data provider uses to upload straight to the upload bucket.

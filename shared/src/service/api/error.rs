@@ -88,6 +88,9 @@ impl From<MetaError> for ApiError {
             MetaError::NotFound(_) => ApiError::InvalidAccess,
             MetaError::Conflict(what) => ApiError::Conflict(format!("A concurrent request changed this resource ({what}); please retry.")),
             MetaError::Backend(cause) => ApiError::Unavailable(format!("metadata store: {cause}")),
+            // Contention that outlasted the in-process retries: the client may retry at once.
+            MetaError::TransactionConflict(cause) => ApiError::Unavailable(format!("metadata store: {cause}")),
+            MetaError::Limit(limit) => ApiError::BadRequest(format!("The request is too large to store: {limit}.")),
         }
     }
 }

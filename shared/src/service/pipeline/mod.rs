@@ -80,6 +80,16 @@ pub enum PipelineError {
     Worker(String),
 }
 
+impl PipelineError {
+    /// Whether retrying within seconds may succeed where this attempt failed: a DynamoDB
+    /// transaction conflict that outlasted the in-process retries (contention passes quickly).
+    /// Everything else keeps the queue's visibility timeout: a throttled or unavailable service
+    /// needs time (and the SDK already retried), and a corrupt message fails again anyway.
+    pub fn retry_soon(&self) -> bool {
+        matches!(self, PipelineError::Meta(MetaError::TransactionConflict(_)))
+    }
+}
+
 /// Everything the pipeline functions share: the ports and the settings.
 #[derive(Clone)]
 pub struct Pipeline<M, B, U, Q, C> {

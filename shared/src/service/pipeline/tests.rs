@@ -1175,3 +1175,109 @@ async fn an_upload_announced_after_the_purge_leaves_no_packed_data() {
     assert!(p.work.keys().iter().all(|k| !k.contains(&project)), "{:?}", p.work.keys());
     assert!(!p.meta.has_project_items(&project));
 }
+
+/// The SQS event Lambda delivers for one message of the shard queue.
+fn shard_event(message_id: &str, receipt_handle: &str, body: &str) -> aws_lambda_events::event::sqs::SqsEvent {
+    serde_json::from_value(serde_json::json!({"Records": [{
+        "messageId": message_id,
+        "receiptHandle": receipt_handle,
+        "body": body,
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:shards",
+    }]}))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn equal_shards_finishing_at_once_under_conflicts_are_each_counted_once() {
+    use crate::service::lambda::{self, Step, RETRY_SOON};
+    use crate::service::memory::ConflictInjection;
+
+    // 2 × 100 records at 100 comparisons a shard: 100 shards of 10 × 10 records each, more than
+    // the run's shard counters, so shards finishing together share counter items.
+    let p = pipeline(100);
+    let data = parties(21, 2, 100, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "run1", 0.6).await;
+    let shards = p.queue.take(SHARDS);
+    assert!(shards.len() as u32 > SHARD_COUNTERS, "{} shards", shards.len());
+
+    // Every transaction holds its items for a moment, so shards whose counting transactions
+    // share a counter item conflict when they run at the same time.
+    p.meta.inject_conflicts(ConflictInjection::Overlapping { hold: std::time::Duration::from_millis(5) });
+    let mut pending: Vec<(usize, &String)> = shards.iter().enumerate().collect();
+    let mut delivery = 0;
+    while !pending.is_empty() {
+        delivery += 1;
+        assert!(delivery <= 3, "shards still failing after {delivery} deliveries");
+        let changes_before = p.queue.visibility_changes().len();
+        let invocations = pending.iter().map(|(i, body)| {
+            lambda::handle(Step::Compare, &p, shard_event(&format!("m{i}"), &format!("r{i}.{delivery}"), body))
+        });
+        let failed: Vec<String> = futures::future::join_all(invocations)
+            .await
+            .into_iter()
+            .flat_map(|r| r.batch_item_failures.into_iter().map(|f| f.item_identifier))
+            .collect();
+        // A conflict that outlasted the retries comes back within seconds, not after the
+        // visibility timeout.
+        let changes = &p.queue.visibility_changes()[changes_before..];
+        assert_eq!(changes.len(), failed.len(), "{changes:?}");
+        for change in changes {
+            assert_eq!(change.queue_url, "https://sqs.eu-west-1.amazonaws.com/123456789012/shards");
+            assert!(RETRY_SOON.contains(&std::time::Duration::from_secs(change.visibility_secs.into())), "{change:?}");
+        }
+        pending.retain(|(i, _)| failed.contains(&format!("m{i}")));
+    }
+    assert!(p.meta.conflicts_injected() > 0, "the shards' transactions conflicted");
+
+    let solves = p.queue.sent();
+    assert_eq!(solves.iter().filter(|(q, _)| q == SOLVES).count(), 1, "only the last shard counted sends solve");
+    drain(&p, 1).await;
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Completed, "{run:?}");
+    assert_eq!((run.shards_done, run.shards_total), (shards.len() as u32, shards.len() as u32));
+    assert_eq!(run.comparisons_done, run.total_comparisons);
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.6, 100).unwrap();
+    assert_eq!(run.candidate_count, expected.candidates.len() as u64);
+    let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
+    assert_eq!(&got[..], output::groups_json(&solver::greedy_solve(expected.candidates)).as_bytes());
+}
+
+#[tokio::test]
+async fn a_conflict_that_outlasts_the_retries_makes_the_message_visible_again_soon() {
+    use crate::service::lambda::{self, Step, RETRY_SOON};
+    use crate::service::memory::ConflictInjection;
+
+    let p = pipeline(1000);
+    let data = parties(22, 2, 20, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    post_run(&p, &project, "r", 0.6).await;
+    let shards = p.queue.take(SHARDS);
+    assert_eq!(shards.len(), 1);
+
+    p.meta.inject_conflicts(ConflictInjection::Always);
+    let response = lambda::handle(Step::Compare, &p, shard_event("m0", "receipt-1", &shards[0])).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let changes = p.queue.visibility_changes();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].receipt_handle, "receipt-1");
+    assert!(RETRY_SOON.contains(&std::time::Duration::from_secs(changes[0].visibility_secs.into())));
+    assert_eq!(p.meta.get_run(&project, "r").await.unwrap().unwrap().shards_done, 0, "nothing counted");
+
+    // Redelivered once the contention is over, the shard counts once and the run completes.
+    p.meta.inject_conflicts(ConflictInjection::Off);
+    let response = lambda::handle(Step::Compare, &p, shard_event("m0", "receipt-2", &shards[0])).await;
+    assert!(response.batch_item_failures.is_empty());
+    drain(&p, 1).await;
+    let run = p.meta.get_run(&project, "r").await.unwrap().unwrap();
+    assert_eq!((run.state, run.shards_done), (RunState::Completed, 1));
+    assert_eq!(p.queue.visibility_changes().len(), 1, "a success changes no visibility");
+}
