@@ -10,3 +10,4 @@ mod uploads;
 mod pulls;
 mod secrets;
 mod api_contract;
+mod cli_sequence;
