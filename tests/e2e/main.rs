@@ -11,3 +11,4 @@ mod pulls;
 mod secrets;
 mod api_contract;
 mod limits;
+mod cli_sequence;
