@@ -66,16 +66,16 @@ pub(super) fn metadata_of(map: Option<&std::collections::HashMap<String, String>
     m
 }
 
+/// The whole body of a GET answer (a failure while reading it names the key).
+async fn read_body(key: &str, body: ByteStream) -> Result<Bytes, BlobError> {
+    Ok(body.collect().await.map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?.into_bytes())
+}
+
 impl BlobReader for S3Blobs {
     async fn get(&self, key: &str) -> Result<(Bytes, Metadata), BlobError> {
         let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_err(key, e))?;
         let metadata = metadata_of(out.metadata());
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?
-            .into_bytes();
+        let body = read_body(key, out.body).await?;
         Ok((body, metadata))
     }
 
@@ -92,12 +92,7 @@ impl BlobReader for S3Blobs {
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?
-            .into_bytes();
+        let body = read_body(key, out.body).await?;
         if body.len() as u64 != range.end - range.start {
             return Err(BlobError::Backend(format!(
                 "{key}: asked for {} bytes at {}, got {}",
@@ -121,12 +116,7 @@ impl BlobReader for S3Blobs {
         };
         // "bytes a-b/len"; without it the store ignored the range and sent the whole object.
         let total = out.content_range().and_then(|r| r.rsplit_once('/')).and_then(|(_, len)| len.parse::<u64>().ok());
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?
-            .into_bytes();
+        let body = read_body(key, out.body).await?;
         match total {
             Some(total) => {
                 let expected = total.saturating_sub(start).min(max_len);
