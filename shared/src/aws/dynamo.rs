@@ -23,13 +23,13 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::error::TransactionCanceledException;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, ConditionCheck, DeleteRequest, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
 
 use crate::service::aws_limits::{self, DYNAMODB_MAX_BATCH_WRITE};
 use crate::service::memory::compute_micros;
 use crate::service::model::{
-    IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
+    self, IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
@@ -791,7 +791,12 @@ impl MetaStore for DynamoMeta {
         let mut items = items;
         for k in 0..SHARD_COUNTERS {
             let mut counter = table::key(project_pk(project_id), counter_sk(run_id, k));
-            counter.extend([("shards_done".into(), table::n(0)), ("comparisons_done".into(), table::n(0)), ("candidate_count".into(), table::n(0))]);
+            counter.extend([
+                ("shards_expected".into(), table::n(model::shards_on_counter(plan.shards_total, k))),
+                ("shards_done".into(), table::n(0)),
+                ("comparisons_done".into(), table::n(0)),
+                ("candidate_count".into(), table::n(0)),
+            ]);
             items.push(self.put(counter, None)?);
         }
         Ok(matches!(self.transact("start run", items).await?, Written::Done))
@@ -799,22 +804,77 @@ impl MetaStore for DynamoMeta {
 
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
         // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes it exactly
-        // once, the counter's existence says the run started and was not deleted.
+        // once, the counter's existence says the run started and was not deleted, the project
+        // check that its project was not deleted (a purge starts after that mark, so it removes
+        // whatever this shard wrote before).
+        let counter_key = key(project_pk(project_id), counter_sk(run_id, shard % SHARD_COUNTERS));
         let mut marker = table::key(project_pk(project_id), shard_sk(run_id, shard));
         marker.push(("expires_at".into(), self.expires_now()));
         let items = vec![
+            self.live_project_check(project_id)?,
             self.put(marker, Some("attribute_not_exists(pk)"))?,
             self.update(
-                key(project_pk(project_id), counter_sk(run_id, shard % SHARD_COUNTERS)),
+                counter_key.clone(),
                 "ADD shards_done :one, comparisons_done :c, candidate_count :k",
                 Some("attribute_exists(pk)"),
                 &[],
                 vec![(":one", n(1)), (":c", n(comparisons)), (":k", n(candidates))],
             )?,
         ];
-        let counted = matches!(self.transact("record shard", items).await?, Written::Done);
-        let run = self.get_run(project_id, run_id).await?;
-        Ok(ShardOutcome { counted, run })
+        if let Written::ConditionFailed(_) = self.transact("record shard", items).await? {
+            // Counted before, not started, or deleted: the run says which.
+            let run = match self.get_run(project_id, run_id).await? {
+                Some(run) => RunAfterShard::Read(run),
+                None => RunAfterShard::Deleted,
+            };
+            return Ok(ShardOutcome { counted: false, run });
+        }
+        // Counted. One strongly consistent read of the counter says whether the run can be
+        // complete (or is due for a look); only then the run and all its counters are read.
+        let read = match self.get_item("record shard", counter_key).await? {
+            Some(c) => model::counter_wants_run_read(counter(&c, "shards_done")?, counter(&c, "shards_expected")?),
+            None => true,
+        };
+        let run = if !read {
+            RunAfterShard::Unread
+        } else {
+            match self.get_run(project_id, run_id).await? {
+                Some(run) => RunAfterShard::Read(run),
+                None => RunAfterShard::Deleted,
+            }
+        };
+        Ok(ShardOutcome { counted: true, run })
+    }
+
+    async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
+        // The project's item and the run's, in one strongly consistent batch read.
+        let keys = KeysAndAttributes::builder()
+            .keys(project_key(project_id))
+            .keys(key(project_pk(project_id), run_sk(run_id)))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| MetaError::Backend(format!("get run head: {e}")))?;
+        let mut pending = Some(keys);
+        let mut items = Vec::new();
+        while let Some(keys) = pending.take() {
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys)
+                .send()
+                .await
+                .map_err(|e| backend("get run head", e))?;
+            items.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
+            // Unprocessed keys (throttling) are asked for again, as the SDK's docs advise.
+            pending = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).filter(|k| !k.keys.is_empty());
+        }
+        let live = items.iter().any(|i| opt_s(i, "sk").as_deref() == Some(PROJECT_SK) && !get_bool(i, "deleted"));
+        let Some(run) = items.iter().find(|i| opt_s(i, "sk").is_some_and(|sk| sk == run_sk(run_id))) else { return Ok(None) };
+        if !live {
+            return Ok(None);
+        }
+        let state = RunState::parse(&get_s(run, "state")?).ok_or_else(|| corrupt("state", run))?;
+        Ok(Some(RunHead { state, threshold: get_n(run, "threshold")? }))
     }
 
     async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {

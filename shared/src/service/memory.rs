@@ -23,7 +23,7 @@ use bytes::Bytes;
 use super::aws_limits;
 use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
 use super::model::{
-    IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
+    self, IngestedParty, Party, Project, ProjectSummary, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
@@ -57,6 +57,8 @@ struct RunEntry {
 /// What one shard counter holds.
 #[derive(Clone, Copy, Debug, Default)]
 struct ShardCount {
+    /// Shards this counter counts in all ([`model::shards_on_counter`]), set at start.
+    expected: u32,
     shards: u32,
     comparisons: u64,
     candidates: u64,
@@ -469,7 +471,9 @@ impl MetaStore for MemoryMeta {
                 r.run.shards_total = plan.shards_total;
                 r.run.total_comparisons = plan.total_comparisons;
                 r.run.time_started = Some(plan.time_started.clone());
-                r.counters = (0..SHARD_COUNTERS).map(|k| (k, ShardCount::default())).collect();
+                r.counters = (0..SHARD_COUNTERS)
+                    .map(|k| (k, ShardCount { expected: model::shards_on_counter(plan.shards_total, k), ..ShardCount::default() }))
+                    .collect();
                 Ok(true)
             }
             _ => Ok(false),
@@ -478,25 +482,38 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
-        // DynamoDB: one transaction of [put marker if absent, add to counter `shard mod K` if it
-        // exists]; the run item is not written (no hot item), so a failed run still counts.
+        // DynamoDB: one transaction of [project is live, put marker if absent, add to counter
+        // `shard mod K` if it exists]; the run item is not written (no hot item), so a failed run
+        // still counts. Then, as there: the counter is read, and the whole run only when
+        // `counter_wants_run_read` (or when nothing was counted).
         let counter = shard % SHARD_COUNTERS;
         let marker = item_name(table::project_pk(project_id), table::shard_sk(run_id, shard));
-        let items = [marker, item_name(table::project_pk(project_id), table::counter_sk(run_id, counter))];
+        let items = [project_item_name(project_id), marker, item_name(table::project_pk(project_id), table::counter_sk(run_id, counter))];
         self.transaction("record shard", &items, |t| {
-            let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(ShardOutcome { counted: false, run: None }) };
-            let counted = r.counters.contains_key(&counter) && !r.counted_shards.contains(&shard);
-            if counted {
-                r.counted_shards.insert(shard);
-                if let Some(c) = r.counters.get_mut(&counter) {
-                    c.shards += 1;
-                    c.comparisons += comparisons;
-                    c.candidates += candidates;
-                }
+            let Some(r) = t.live_run_mut(project_id, run_id) else {
+                return Ok(ShardOutcome { counted: false, run: RunAfterShard::Deleted });
+            };
+            let Some(c) = r.counters.get_mut(&counter) else {
+                // Not started: DynamoDB's condition on the counter fails and the run is read.
+                return Ok(ShardOutcome { counted: false, run: RunAfterShard::Read(r.folded()) });
+            };
+            if r.counted_shards.contains(&shard) {
+                return Ok(ShardOutcome { counted: false, run: RunAfterShard::Read(r.folded()) });
             }
-            Ok(ShardOutcome { counted, run: Some(r.folded()) })
+            c.shards += 1;
+            c.comparisons += comparisons;
+            c.candidates += candidates;
+            let read = model::counter_wants_run_read(u64::from(c.shards), u64::from(c.expected));
+            r.counted_shards.insert(shard);
+            let run = if read { RunAfterShard::Read(r.folded()) } else { RunAfterShard::Unread };
+            Ok(ShardOutcome { counted: true, run })
         })
         .await
+    }
+
+    async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
+        let mut t = lock(&self.tables);
+        Ok(t.live_run_mut(project_id, run_id).map(|r| RunHead { state: r.run.state, threshold: r.run.threshold }))
     }
 
     async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
@@ -1060,8 +1077,10 @@ mod tests {
         assert!(first.counted);
         let twin = m.record_shard("p", "r", 0, 5, 1).await.unwrap();
         assert!(!twin.counted);
-        assert_eq!(twin.run.as_ref().map(|r| r.comparisons_done), Some(5));
-        let last = m.record_shard("p", "r", 1, 5, 2).await.unwrap().run.unwrap();
+        assert_eq!(twin.run.run().map(|r| r.comparisons_done), Some(5));
+        let RunAfterShard::Read(last) = m.record_shard("p", "r", 1, 5, 2).await.unwrap().run else {
+            panic!("the last shard of its counter reads the run")
+        };
         assert_eq!((last.shards_done, last.comparisons_done, last.candidate_count), (2, 10, 3));
 
         m.enter_output_stage("p", "r").await.unwrap();
@@ -1077,7 +1096,7 @@ mod tests {
         assert_eq!(m.get_run("p", "r2").await.unwrap().unwrap().error.as_deref(), Some("boom"));
         assert!(m.delete_run("p", "r2").await.unwrap());
         assert!(!m.delete_run("p", "r2").await.unwrap());
-        assert_eq!(m.record_shard("p", "r2", 0, 1, 1).await.unwrap(), ShardOutcome { counted: false, run: None });
+        assert_eq!(m.record_shard("p", "r2", 0, 1, 1).await.unwrap(), ShardOutcome { counted: false, run: RunAfterShard::Deleted });
         assert_eq!(m.list_runs("p").await.unwrap().len(), 1);
     }
 
@@ -1169,6 +1188,11 @@ mod tests {
         assert!(m.conflicts_injected() > 0, "the shards' transactions overlapped");
         let r = m.get_run("p", "r").await.unwrap().unwrap();
         assert_eq!((r.shards_done, r.comparisons_done, r.candidate_count), (total, 10 * u64::from(total), u64::from(total)));
+        // The run was read only when a counter filled up (or was due a look), and the last
+        // counted shard always read it complete.
+        let read = outcomes.iter().filter_map(|o| o.as_ref().ok()?.run.run().cloned()).collect::<Vec<_>>();
+        assert!(read.len() < total as usize, "not every shard reads the whole run");
+        assert!(read.iter().any(|r| r.shards_done == total), "the last shard sees the run complete");
 
         // Contention that outlasts the retries surfaces as the retryable conflict, writing nothing.
         m.inject_conflicts(ConflictInjection::Always);

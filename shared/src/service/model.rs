@@ -256,13 +256,59 @@ pub struct RunPlan {
 /// the run item and the project check, in one 100-item transaction at start.
 pub const SHARD_COUNTERS: u32 = 64;
 
+/// Shards counted on counter `k` of a run of `shards_total` shards (shard `n` goes to counter
+/// `n mod SHARD_COUNTERS`). Stored on each counter at start, so a counter knows when it is full.
+pub fn shards_on_counter(shards_total: u32, k: u32) -> u32 {
+    shards_total / SHARD_COUNTERS + u32::from(k < shards_total % SHARD_COUNTERS)
+}
+
+/// A counted shard reads the whole run (its item and every counter) only when its counter
+/// became full — only then can the run be complete — or every this many shards of a counter,
+/// so the candidate limit is checked every ~`RUN_READ_EVERY` shards of the run. Reading the run
+/// after every shard was two requests and a 65-item query per shard: more than the shard's
+/// compute at a small shard target (bench/README.md, "Many shards").
+pub const RUN_READ_EVERY: u64 = 8;
+
+/// Whether a counter now at `done` of its `expected` shards makes the run worth reading.
+pub fn counter_wants_run_read(done: u64, expected: u64) -> bool {
+    done >= expected || done % RUN_READ_EVERY == 0
+}
+
 /// Result of `record_shard`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardOutcome {
     /// False when this shard had been counted before (a redelivery or a concurrent twin).
     pub counted: bool,
-    /// The run after the update; `None` if it was deleted meanwhile.
-    pub run: Option<Run>,
+    pub run: RunAfterShard,
+}
+
+/// The run as `record_shard` left it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunAfterShard {
+    /// Deleted (or its project deleted) while the shard was computed: nothing was counted.
+    Deleted,
+    /// The run, counters summed: read when this shard's counter became full or on the
+    /// counter's every [`RUN_READ_EVERY`]th shard, and whenever the shard was not counted.
+    Read(Run),
+    /// Not read: this shard's counter still expects more, so the run is not complete yet.
+    Unread,
+}
+
+impl RunAfterShard {
+    pub fn run(&self) -> Option<&Run> {
+        match self {
+            RunAfterShard::Read(run) => Some(run),
+            RunAfterShard::Deleted | RunAfterShard::Unread => None,
+        }
+    }
+}
+
+/// What compare needs before it computes a shard: whether the run still wants it and at which
+/// threshold. One read of the run's item and its project's, not of the run's counters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunHead {
+    pub state: RunState,
+    pub threshold: f64,
 }
 
 /// Inputs of `/status`.
@@ -288,4 +334,24 @@ pub struct Watch {
     pub fingerprint: String,
     pub since_secs: u64,
     pub redrives: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_share_the_shards_and_the_last_of_each_reads_the_run() {
+        for total in [0, 1, 63, 64, 65, 20_022, 50_000] {
+            let per_counter: Vec<u32> = (0..SHARD_COUNTERS).map(|k| shards_on_counter(total, k)).collect();
+            assert_eq!(per_counter.iter().sum::<u32>(), total);
+            for (k, &expected) in per_counter.iter().enumerate() {
+                let on_k = (0..total).filter(|n| n % SHARD_COUNTERS == k as u32).count() as u32;
+                assert_eq!(expected, on_k, "counter {k} of {total}");
+                assert!(expected == 0 || counter_wants_run_read(u64::from(expected), u64::from(expected)));
+            }
+        }
+        let reads = (1..=313u64).filter(|&d| counter_wants_run_read(d, 313)).count();
+        assert_eq!(reads, 313 / RUN_READ_EVERY as usize + 1, "every RUN_READ_EVERY-th shard and the last");
+    }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::aws_limits::LimitExceeded;
 use super::client_store::{ClientEndpoint, ClientStore};
 use super::model::{
-    IngestedParty, Party, Project, ProjectSummary, Run, RunPlan, ShardOutcome, StatusCounters,
+    IngestedParty, Party, Project, ProjectSummary, Run, RunHead, RunPlan, ShardOutcome, StatusCounters,
     Tombstone, UploadStart, Watch, WatchTarget,
 };
 
@@ -79,6 +79,8 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     fn create_run(&self, run: &Run) -> impl Future<Output = Result<(), MetaError>> + Send;
     fn list_runs(&self, project_id: &str) -> impl Future<Output = Result<Vec<Run>, MetaError>> + Send;
     fn get_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<Option<Run>, MetaError>> + Send;
+    /// The run's state and threshold without its counters (compare's check before a shard).
+    fn get_run_head(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<Option<RunHead>, MetaError>> + Send;
     /// Deletes the run and its shard markers. False if it did not exist.
     fn delete_run(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// `created` → `queued` (stage 2). False if another invocation already claimed it.
@@ -87,9 +89,11 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     /// counters. False if not queued.
     fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// Counts shard `shard` of a started run exactly once (its marker + one of the run's
-    /// [`SHARD_COUNTERS`](super::model::SHARD_COUNTERS) counter items in one transaction; the
-    /// run item is not written) and returns the run as it stands afterwards, counters summed.
-    /// A run deleted meanwhile counts nothing (its counters are gone).
+    /// [`SHARD_COUNTERS`](super::model::SHARD_COUNTERS) counter items, with a check that the
+    /// project is live, in one transaction; the run item is not written). Returns the run as it
+    /// stands afterwards, counters summed, when it may be complete or is due for a look
+    /// ([`RunAfterShard`](super::model::RunAfterShard)). A run or project deleted meanwhile counts
+    /// nothing (its counters are gone, its project item says so).
     fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> impl Future<Output = Result<ShardOutcome, MetaError>> + Send;
     /// `running` stage 2 → stage 3 ("compute output"); no-op if already there.
     fn enter_output_stage(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;

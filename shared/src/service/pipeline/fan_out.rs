@@ -357,6 +357,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         info!(project_id, run_id, shards = estimate.shards, shard_target = estimate.shard_target_comparisons,
               shard_cap = estimate.shard_cap, max_shard_seconds = estimate.max_shard_seconds,
               dispatch_messages = estimate.dispatch_messages, "run sized");
+        let encoding_sizes = super::compare::encoding_sizes(parties);
         let mut messages = Vec::with_capacity(plan.shards.len());
         for s in plan.shards {
             let index = s.index;
@@ -367,7 +368,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 self.work.put(&keys::shard(project_id, run_id, index), Bytes::from(inline), &Vec::new()).await?;
                 None
             };
-            let message = ShardMessage { project_id: project_id.into(), run_id: run_id.into(), shard_index: index, shard };
+            let message = ShardMessage {
+                project_id: project_id.into(),
+                run_id: run_id.into(),
+                shard_index: index,
+                shard,
+                encoding_sizes: encoding_sizes.clone(),
+            };
             messages.push((index, serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?));
         }
         Ok(PlannedShards { total_comparisons: plan.total_comparisons, messages })

@@ -41,6 +41,10 @@ pub struct ShardMessage {
     pub shard_index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// Bytes per record of each party, by party index (0: no data), so compare need not read
+    /// the project. Empty in messages planned before it was added: compare reads the project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encoding_sizes: Vec<u32>,
 }
 
 /// What arrives on the shard queue: a shard, or a range of a run's shard pages to dispatch.
