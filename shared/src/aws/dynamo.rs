@@ -14,7 +14,7 @@
 //! (`TransactionConflictException`), are retried in process ([`crate::service::retry`]) and
 //! otherwise reported as the retryable [`MetaError::TransactionConflict`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use aws_sdk_dynamodb::Client;
@@ -27,9 +27,9 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::service::aws_limits::{self, DYNAMODB_MAX_BATCH_WRITE};
-use crate::service::memory::compute_micros;
+use crate::service::memory::{compute_micros, distinct_shards};
 use crate::service::model::{
-    self, IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
+    self, IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
@@ -364,6 +364,36 @@ impl DynamoMeta {
             .await
             .map_err(|e| backend(op, e))?;
         Ok(out.item)
+    }
+
+    /// Items by key (at most 100), strongly consistent, in one BatchGetItem where the service
+    /// answers them all; keys it leaves unprocessed (throttling) are asked for again.
+    async fn batch_get(&self, op: &str, keys: Vec<Item>) -> Result<Vec<Item>, MetaError> {
+        let mut items = Vec::new();
+        let mut pending = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| MetaError::Backend(format!("{op}: {e}")))?,
+        );
+        while let Some(keys) = pending.take() {
+            let out = self.client.batch_get_item().request_items(&self.table, keys).send().await.map_err(|e| backend(op, e))?;
+            items.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
+            pending = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).filter(|k| !k.keys.is_empty());
+        }
+        Ok(items)
+    }
+
+    /// Adds shards to counter `k` of a run, if the counter exists (the run started, not deleted).
+    fn count_on(&self, pk: &str, run_id: &str, k: u32, shards: u64, comparisons: u64, candidates: u64) -> Result<TransactWriteItem, MetaError> {
+        self.update(
+            key(pk.to_string(), counter_sk(run_id, k)),
+            "ADD shards_done :one, comparisons_done :c, candidate_count :k",
+            Some("attribute_exists(pk)"),
+            &[],
+            vec![(":one", n(shards)), (":c", n(comparisons)), (":k", n(candidates))],
+        )
     }
 
     /// Every item of a partition whose sort key matches `sort_keys`, consistently.
@@ -802,39 +832,65 @@ impl MetaStore for DynamoMeta {
         Ok(matches!(self.transact("start run", items).await?, Written::Done))
     }
 
-    async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
-        // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes it exactly
-        // once, the counter's existence says the run started and was not deleted, the project
-        // check that its project was not deleted (a purge starts after that mark, so it removes
-        // whatever this shard wrote before).
-        let counter_key = key(project_pk(project_id), counter_sk(run_id, shard % SHARD_COUNTERS));
-        let mut marker = table::key(project_pk(project_id), shard_sk(run_id, shard));
-        marker.push(("expires_at".into(), self.expires_now()));
-        let items = vec![
-            self.live_project_check(project_id)?,
-            self.put(marker, Some("attribute_not_exists(pk)"))?,
-            self.update(
-                counter_key.clone(),
-                "ADD shards_done :one, comparisons_done :c, candidate_count :k",
-                Some("attribute_exists(pk)"),
-                &[],
-                vec![(":one", n(1)), (":c", n(comparisons)), (":k", n(candidates))],
-            )?,
-        ];
-        if let Written::ConditionFailed(_) = self.transact("record shard", items).await? {
-            // Counted before, not started, or deleted: the run says which.
-            let run = match self.get_run(project_id, run_id).await? {
-                Some(run) => RunAfterShard::Read(run),
-                None => RunAfterShard::Deleted,
-            };
-            return Ok(ShardOutcome { counted: false, run });
+    async fn record_shards(&self, project_id: &str, run_id: &str, shards: &[ShardTally]) -> Result<ShardsOutcome, MetaError> {
+        // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes a shard
+        // exactly once, the counter's existence says the run started and was not deleted, the
+        // project check that its project was not deleted (a purge starts after that mark, so it
+        // removes whatever these shards wrote before). A batch is one transaction (≤ 1 + 2 × 10
+        // items); if any condition fails (a redelivered shard), one transaction per shard.
+        let pk = project_pk(project_id);
+        let batch = distinct_shards(shards);
+        let mut counted = vec![false; shards.len()];
+        let mut by_counter: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
+        for (_, t) in &batch {
+            let c = by_counter.entry(t.shard % SHARD_COUNTERS).or_default();
+            *c = (c.0 + 1, c.1 + t.comparisons, c.2 + t.candidates);
         }
-        // Counted. One strongly consistent read of the counter says whether the run can be
-        // complete (or is due for a look); only then the run and all its counters are read.
-        let read = match self.get_item("record shard", counter_key).await? {
-            Some(c) => model::counter_wants_run_read(counter(&c, "shards_done")?, counter(&c, "shards_expected")?),
-            None => true,
-        };
+        let mut items = vec![self.live_project_check(project_id)?];
+        for (_, t) in &batch {
+            let mut marker = table::key(pk.clone(), shard_sk(run_id, t.shard));
+            marker.push(("expires_at".into(), self.expires_now()));
+            items.push(self.put(marker, Some("attribute_not_exists(pk)"))?);
+        }
+        for (&k, &(shards_added, comparisons, candidates)) in &by_counter {
+            items.push(self.count_on(&pk, run_id, k, shards_added, comparisons, candidates)?);
+        }
+        let mut touched: BTreeMap<u32, u64> = BTreeMap::new();
+        if !batch.is_empty() && matches!(self.transact("record shards", items).await?, Written::Done) {
+            for (i, t) in &batch {
+                counted[*i] = true;
+                *touched.entry(t.shard % SHARD_COUNTERS).or_default() += 1;
+            }
+        } else if batch.len() > 1 {
+            for (i, t) in &batch {
+                let k = t.shard % SHARD_COUNTERS;
+                let mut marker = table::key(pk.clone(), shard_sk(run_id, t.shard));
+                marker.push(("expires_at".into(), self.expires_now()));
+                let items = vec![
+                    self.live_project_check(project_id)?,
+                    self.put(marker, Some("attribute_not_exists(pk)"))?,
+                    self.count_on(&pk, run_id, k, 1, t.comparisons, t.candidates)?,
+                ];
+                if matches!(self.transact("record shard", items).await?, Written::Done) {
+                    counted[*i] = true;
+                    *touched.entry(k).or_default() += 1;
+                }
+            }
+        }
+        // Counted ones: one strongly consistent read of the counters touched says whether the run
+        // can be complete (or is due for a look); only then the run and all its counters are read.
+        // A shard not counted (a redelivery, or the run deleted or not started) reads the run.
+        let mut read = counted.iter().filter(|&&c| c).count() < batch.len();
+        if !read && !touched.is_empty() {
+            let keys: Vec<Item> = touched.keys().map(|&k| key(pk.clone(), counter_sk(run_id, k))).collect();
+            let found = self.batch_get("record shards", keys).await?;
+            read = found.len() < touched.len()
+                || found.iter().try_fold(false, |any, c| -> Result<bool, MetaError> {
+                    let k = opt_s(c, "sk").and_then(|sk| sk.rsplit(COUNTER_INFIX).next().and_then(|k| k.parse::<u32>().ok()));
+                    let added = k.and_then(|k| touched.get(&k)).copied().unwrap_or(0);
+                    Ok(any || model::counter_wants_run_read(counter(c, "shards_done")?, added, counter(c, "shards_expected")?))
+                })?;
+        }
         let run = if !read {
             RunAfterShard::Unread
         } else {
@@ -843,31 +899,12 @@ impl MetaStore for DynamoMeta {
                 None => RunAfterShard::Deleted,
             }
         };
-        Ok(ShardOutcome { counted: true, run })
+        Ok(ShardsOutcome { counted, run })
     }
 
     async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
         // The project's item and the run's, in one strongly consistent batch read.
-        let keys = KeysAndAttributes::builder()
-            .keys(project_key(project_id))
-            .keys(key(project_pk(project_id), run_sk(run_id)))
-            .consistent_read(true)
-            .build()
-            .map_err(|e| MetaError::Backend(format!("get run head: {e}")))?;
-        let mut pending = Some(keys);
-        let mut items = Vec::new();
-        while let Some(keys) = pending.take() {
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, keys)
-                .send()
-                .await
-                .map_err(|e| backend("get run head", e))?;
-            items.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
-            // Unprocessed keys (throttling) are asked for again, as the SDK's docs advise.
-            pending = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).filter(|k| !k.keys.is_empty());
-        }
+        let items = self.batch_get("get run head", vec![project_key(project_id), key(project_pk(project_id), run_sk(run_id))]).await?;
         let live = items.iter().any(|i| opt_s(i, "sk").as_deref() == Some(PROJECT_SK) && !get_bool(i, "deleted"));
         let Some(run) = items.iter().find(|i| opt_s(i, "sk").is_some_and(|sk| sk == run_sk(run_id))) else { return Ok(None) };
         if !live {

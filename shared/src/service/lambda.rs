@@ -1,5 +1,6 @@
-//! Lambda glue for the SQS-triggered functions: one record at a time, failures reported per
-//! record (`ReportBatchItemFailures`) so one bad message never makes a batch's good ones rerun.
+//! Lambda glue for the SQS-triggered functions: one record at a time (compare: a batch's shards
+//! of one run together, see `Pipeline::compare_batch`), failures reported per record
+//! (`ReportBatchItemFailures`) so one bad message never makes a batch's good ones rerun.
 //!
 //! A failed message normally reappears when the queue's visibility timeout ends: 6 × the
 //! function's timeout (5,400 s for compare in AWS), which gives a crashed or timed-out
@@ -28,16 +29,29 @@ where
     F: FnMut(SqsMessage) -> Fut,
     Fut: std::future::Future<Output = Result<(), PipelineError>>,
 {
-    let mut response = SqsBatchResponse::default();
-    let mut retry_soon = Vec::new();
+    let mut outcomes = Vec::with_capacity(event.records.len());
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
-        let source = (record.event_source_arn.clone(), record.receipt_handle.clone());
         let span = tracing::info_span!("message", message_id = %id);
-        if let Err(e) = handle(record).instrument(span).await {
+        let source = (id, record.event_source_arn.clone(), record.receipt_handle.clone());
+        outcomes.push((source, handle(record).instrument(span).await));
+    }
+    report(pipeline, outcomes).await
+}
+
+/// Where a record came from: its message id, source ARN and receipt handle.
+type RecordSource = (String, Option<String>, Option<String>);
+
+/// The batch response for handled records: failed ones are reported (and those worth a prompt
+/// retry made visible again soon); the rest are deleted by Lambda.
+async fn report<M, B, U, Q: WorkQueue, C>(pipeline: &Pipeline<M, B, U, Q, C>, outcomes: Vec<(RecordSource, Result<(), PipelineError>)>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut retry_soon = Vec::new();
+    for ((id, arn, receipt_handle), outcome) in outcomes {
+        if let Err(e) = outcome {
             error!(message_id = %id, error = %e, retry_soon = e.retry_soon(), "message failed; it will be retried");
             if e.retry_soon() {
-                retry_soon.push((id.clone(), source));
+                retry_soon.push((id.clone(), (arn, receipt_handle)));
             }
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = id;
@@ -151,19 +165,38 @@ pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: 
 }
 
 /// compare: shard messages, and the range messages of a run's dispatch (`pipeline::dispatch`).
+/// The batch's shard messages are computed together; range messages and unreadable records one
+/// at a time.
 pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    for_each_record(pipeline, event, |record| async move {
-        let message: ShardQueueMessage = serde_json::from_str(body(&record)?)
-            .map_err(|e| PipelineError::Event(format!("not a shard or dispatch message: {e}")))?;
+    let mut outcomes = Vec::with_capacity(event.records.len());
+    let (mut shard_sources, mut shards) = (Vec::new(), Vec::new());
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let source = (id.clone(), record.event_source_arn.clone(), record.receipt_handle.clone());
+        let message = body(&record).and_then(|body| {
+            serde_json::from_str::<ShardQueueMessage>(body).map_err(|e| PipelineError::Event(format!("not a shard or dispatch message: {e}")))
+        });
         match message {
-            ShardQueueMessage::Shard(message) => pipeline.compare(&message).await,
-            ShardQueueMessage::Dispatch(message) => pipeline.dispatch(&message).await,
+            Ok(ShardQueueMessage::Shard(message)) => {
+                shard_sources.push(source);
+                shards.push(message);
+            }
+            Ok(ShardQueueMessage::Dispatch(message)) => {
+                let span = tracing::info_span!("message", message_id = %id);
+                outcomes.push((source, pipeline.dispatch(&message).instrument(span).await));
+            }
+            Err(e) => outcomes.push((source, Err(e))),
         }
-    })
-    .await
+    }
+    if !shards.is_empty() {
+        let span = tracing::info_span!("shards", messages = shards.len());
+        let results = pipeline.compare_batch(&shards).instrument(span).await;
+        outcomes.extend(shard_sources.into_iter().zip(results));
+    }
+    report(pipeline, outcomes).await
 }
 
 /// solve: solve messages and merge steps.

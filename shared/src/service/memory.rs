@@ -23,7 +23,7 @@ use bytes::Bytes;
 use super::aws_limits;
 use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
 use super::model::{
-    self, IngestedParty, Party, Project, ProjectSummary, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardOutcome, StatusCounters,
+    self, IngestedParty, Party, Project, ProjectSummary, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
@@ -62,6 +62,22 @@ struct ShardCount {
     shards: u32,
     comparisons: u64,
     candidates: u64,
+}
+
+/// The distinct shards of a batch with their first position (a batch may carry a shard twice:
+/// SQS delivers at least once).
+pub(crate) fn distinct_shards(shards: &[ShardTally]) -> Vec<(usize, &ShardTally)> {
+    let mut seen = BTreeSet::new();
+    shards.iter().enumerate().filter(|(_, t)| seen.insert(t.shard)).collect()
+}
+
+fn count_shard(r: &mut RunEntry, s: &ShardTally) {
+    if let Some(c) = r.counters.get_mut(&(s.shard % SHARD_COUNTERS)) {
+        c.shards += 1;
+        c.comparisons += s.comparisons;
+        c.candidates += s.candidates;
+    }
+    r.counted_shards.insert(s.shard);
 }
 
 impl RunEntry {
@@ -481,34 +497,66 @@ impl MetaStore for MemoryMeta {
         .await
     }
 
-    async fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> Result<ShardOutcome, MetaError> {
-        // DynamoDB: one transaction of [project is live, put marker if absent, add to counter
-        // `shard mod K` if it exists]; the run item is not written (no hot item), so a failed run
-        // still counts. Then, as there: the counter is read, and the whole run only when
-        // `counter_wants_run_read` (or when nothing was counted).
-        let counter = shard % SHARD_COUNTERS;
-        let marker = item_name(table::project_pk(project_id), table::shard_sk(run_id, shard));
-        let items = [project_item_name(project_id), marker, item_name(table::project_pk(project_id), table::counter_sk(run_id, counter))];
-        self.transaction("record shard", &items, |t| {
-            let Some(r) = t.live_run_mut(project_id, run_id) else {
-                return Ok(ShardOutcome { counted: false, run: RunAfterShard::Deleted });
-            };
-            let Some(c) = r.counters.get_mut(&counter) else {
-                // Not started: DynamoDB's condition on the counter fails and the run is read.
-                return Ok(ShardOutcome { counted: false, run: RunAfterShard::Read(r.folded()) });
-            };
-            if r.counted_shards.contains(&shard) {
-                return Ok(ShardOutcome { counted: false, run: RunAfterShard::Read(r.folded()) });
+    async fn record_shards(&self, project_id: &str, run_id: &str, shards: &[ShardTally]) -> Result<ShardsOutcome, MetaError> {
+        // DynamoDB: one transaction of [project is live, put each marker if absent, add to each
+        // counter `shard mod K` if it exists]; if any condition fails, one such transaction per
+        // shard. The run item is not written (no hot item), so a failed run still counts. Then,
+        // as there: the counters are read, and the whole run only when one wants it read.
+        let pk = table::project_pk(project_id);
+        let batch = distinct_shards(shards);
+        let mut counted = vec![false; shards.len()];
+        let counters: BTreeMap<u32, Vec<&ShardTally>> = batch.iter().fold(BTreeMap::new(), |mut m, (_, t)| {
+            m.entry(t.shard % SHARD_COUNTERS).or_insert_with(Vec::new).push(*t);
+            m
+        });
+        let mut items = vec![project_item_name(project_id)];
+        items.extend(batch.iter().map(|(_, t)| item_name(pk.clone(), table::shard_sk(run_id, t.shard))));
+        items.extend(counters.keys().map(|&k| item_name(pk.clone(), table::counter_sk(run_id, k))));
+        let all = self
+            .transaction("record shards", &items, |t| {
+                let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
+                let fits = batch.iter().all(|(_, s)| r.counters.contains_key(&(s.shard % SHARD_COUNTERS)) && !r.counted_shards.contains(&s.shard));
+                if fits {
+                    for (_, s) in &batch {
+                        count_shard(r, s);
+                    }
+                }
+                Ok(fits)
+            })
+            .await?;
+        let mut touched: BTreeMap<u32, u64> = BTreeMap::new();
+        if all {
+            for (i, s) in &batch {
+                counted[*i] = true;
+                *touched.entry(s.shard % SHARD_COUNTERS).or_default() += 1;
             }
-            c.shards += 1;
-            c.comparisons += comparisons;
-            c.candidates += candidates;
-            let read = model::counter_wants_run_read(u64::from(c.shards), u64::from(c.expected));
-            r.counted_shards.insert(shard);
-            let run = if read { RunAfterShard::Read(r.folded()) } else { RunAfterShard::Unread };
-            Ok(ShardOutcome { counted: true, run })
-        })
-        .await
+        } else if batch.len() > 1 {
+            for (i, s) in &batch {
+                let k = s.shard % SHARD_COUNTERS;
+                let items = [project_item_name(project_id), item_name(pk.clone(), table::shard_sk(run_id, s.shard)), item_name(pk.clone(), table::counter_sk(run_id, k))];
+                counted[*i] = self
+                    .transaction("record shard", &items, |t| {
+                        let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
+                        let fits = r.counters.contains_key(&k) && !r.counted_shards.contains(&s.shard);
+                        if fits {
+                            count_shard(r, s);
+                        }
+                        Ok(fits)
+                    })
+                    .await?;
+                if counted[*i] {
+                    *touched.entry(k).or_default() += 1;
+                }
+            }
+        }
+        let mut t = lock(&self.tables);
+        let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(ShardsOutcome { counted, run: RunAfterShard::Deleted }) };
+        let read = counted.iter().filter(|&&c| c).count() < batch.len()
+            || touched.iter().any(|(k, &added)| {
+                r.counters.get(k).is_none_or(|c| model::counter_wants_run_read(u64::from(c.shards), added, u64::from(c.expected)))
+            });
+        let run = if read { RunAfterShard::Read(r.folded()) } else { RunAfterShard::Unread };
+        Ok(ShardsOutcome { counted, run })
     }
 
     async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
@@ -976,6 +1024,7 @@ impl CredentialIssuer for MemoryCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::model::ShardOutcome;
     use crate::service::model::ResultType;
     use crate::service::tokens::TokenHash;
 

@@ -269,9 +269,18 @@ pub fn shards_on_counter(shards_total: u32, k: u32) -> u32 {
 /// compute at a small shard target (bench/README.md, "Many shards").
 pub const RUN_READ_EVERY: u64 = 8;
 
-/// Whether a counter now at `done` of its `expected` shards makes the run worth reading.
-pub fn counter_wants_run_read(done: u64, expected: u64) -> bool {
-    done >= expected || done % RUN_READ_EVERY == 0
+/// Whether a counter that `added` shards brought to `done` of its `expected` makes the run
+/// worth reading: it is full, or it passed a multiple of [`RUN_READ_EVERY`].
+pub fn counter_wants_run_read(done: u64, added: u64, expected: u64) -> bool {
+    done >= expected || done / RUN_READ_EVERY != done.saturating_sub(added) / RUN_READ_EVERY
+}
+
+/// One computed shard, to be counted: `record_shards`' input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardTally {
+    pub shard: u32,
+    pub comparisons: u64,
+    pub candidates: u64,
 }
 
 /// Result of `record_shard`.
@@ -282,15 +291,23 @@ pub struct ShardOutcome {
     pub run: RunAfterShard,
 }
 
-/// The run as `record_shard` left it.
+/// Result of `record_shards`: which of the shards were counted now (in input order; a shard
+/// given twice is counted at most once), and the run afterwards.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardsOutcome {
+    pub counted: Vec<bool>,
+    pub run: RunAfterShard,
+}
+
+/// The run as `record_shards` left it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunAfterShard {
-    /// Deleted (or its project deleted) while the shard was computed: nothing was counted.
+    /// Deleted (or its project deleted) while the shards were computed: nothing was counted.
     Deleted,
-    /// The run, counters summed: read when this shard's counter became full or on the
-    /// counter's every [`RUN_READ_EVERY`]th shard, and whenever the shard was not counted.
+    /// The run, counters summed: read when a counter the shards touched became full or passed a
+    /// multiple of [`RUN_READ_EVERY`], and whenever a shard was not counted.
     Read(Run),
-    /// Not read: this shard's counter still expects more, so the run is not complete yet.
+    /// Not read: every counter the shards touched still expects more, so the run is not complete.
     Unread,
 }
 
@@ -348,10 +365,12 @@ mod tests {
             for (k, &expected) in per_counter.iter().enumerate() {
                 let on_k = (0..total).filter(|n| n % SHARD_COUNTERS == k as u32).count() as u32;
                 assert_eq!(expected, on_k, "counter {k} of {total}");
-                assert!(expected == 0 || counter_wants_run_read(u64::from(expected), u64::from(expected)));
+                assert!(expected == 0 || counter_wants_run_read(u64::from(expected), 1, u64::from(expected)));
             }
         }
-        let reads = (1..=313u64).filter(|&d| counter_wants_run_read(d, 313)).count();
+        let reads = (1..=313u64).filter(|&d| counter_wants_run_read(d, 1, 313)).count();
         assert_eq!(reads, 313 / RUN_READ_EVERY as usize + 1, "every RUN_READ_EVERY-th shard and the last");
+        // Several shards on one counter at once: read when they pass a multiple, not only land on it.
+        assert!(counter_wants_run_read(9, 3, 313) && !counter_wants_run_read(12, 3, 313) && counter_wants_run_read(16, 3, 313));
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::aws_limits::LimitExceeded;
 use super::client_store::{ClientEndpoint, ClientStore};
 use super::model::{
-    IngestedParty, Party, Project, ProjectSummary, Run, RunHead, RunPlan, ShardOutcome, StatusCounters,
+    IngestedParty, Party, Project, ProjectSummary, Run, RunHead, RunPlan, ShardOutcome, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone, UploadStart, Watch, WatchTarget,
 };
 
@@ -88,13 +88,20 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     /// `queued` → `running` with the plan's totals and `time_started`, creating the run's shard
     /// counters. False if not queued.
     fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> impl Future<Output = Result<bool, MetaError>> + Send;
-    /// Counts shard `shard` of a started run exactly once (its marker + one of the run's
+    /// Counts computed shards of a started run, each exactly once (its marker + one of the run's
     /// [`SHARD_COUNTERS`](super::model::SHARD_COUNTERS) counter items, with a check that the
-    /// project is live, in one transaction; the run item is not written). Returns the run as it
-    /// stands afterwards, counters summed, when it may be complete or is due for a look
-    /// ([`RunAfterShard`](super::model::RunAfterShard)). A run or project deleted meanwhile counts
-    /// nothing (its counters are gone, its project item says so).
-    fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> impl Future<Output = Result<ShardOutcome, MetaError>> + Send;
+    /// project is live, in one transaction for the batch where it can; the run item is not
+    /// written). Returns the run as it stands afterwards, counters summed, when it may be
+    /// complete or is due for a look ([`RunAfterShard`](super::model::RunAfterShard)). A run or
+    /// project deleted meanwhile counts nothing (its counters are gone, its project item says so).
+    fn record_shards(&self, project_id: &str, run_id: &str, shards: &[ShardTally]) -> impl Future<Output = Result<ShardsOutcome, MetaError>> + Send;
+    /// [`record_shards`](Self::record_shards) of one shard.
+    fn record_shard(&self, project_id: &str, run_id: &str, shard: u32, comparisons: u64, candidates: u64) -> impl Future<Output = Result<ShardOutcome, MetaError>> + Send {
+        async move {
+            let outcome = self.record_shards(project_id, run_id, &[ShardTally { shard, comparisons, candidates }]).await?;
+            Ok(ShardOutcome { counted: outcome.counted.first().copied().unwrap_or(false), run: outcome.run })
+        }
+    }
     /// `running` stage 2 → stage 3 ("compute output"); no-op if already there.
     fn enter_output_stage(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// `running` → `completed` with `time_completed`; adds the run to the `/status` rate. False

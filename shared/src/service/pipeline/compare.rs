@@ -16,9 +16,12 @@
 //! Memory: the shard's spans (≤ target comparisons' worth of rows of each party, e.g. two spans
 //! of ~17k records × (8 + 128) bytes at the default target) plus its candidates (24 bytes each).
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
 use tracing::info;
 
 use crate::engine::candidates;
@@ -26,22 +29,53 @@ use crate::engine::dice;
 use crate::engine::packed::Entries;
 use crate::engine::shard::{self, Shard};
 use crate::service::keys;
-use crate::service::model::{RunAfterShard, RunState};
+use crate::service::model::{RunAfterShard, RunState, ShardTally};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
 use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the global limit of candidate pairs.";
 
+/// Ranged GETs in flight while a batch's spans are read.
+const SPAN_GETS_IN_FLIGHT: usize = 8;
+
+/// One party's entry span of one shard: (party, first entry, encoding size, its bytes).
+type Span = (u32, u64, usize, Bytes);
+
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+    /// One shard message (a batch of one).
     pub async fn compare(&self, message: &ShardMessage) -> Result<(), PipelineError> {
-        // Per-shard costs go into the "shard compared" log line: the benchmarks and the scale
+        self.compare_batch(std::slice::from_ref(message)).await.pop().unwrap_or(Ok(()))
+    }
+
+    /// A batch of shard messages as SQS delivers them (up to
+    /// [`COMPARE_BATCH_SIZE`](crate::engine::sizing::COMPARE_BATCH_SIZE)), one result per message.
+    /// Messages of one run are computed together (one read of the run, spans read once, one
+    /// counting transaction); a failure fails that run's messages, which SQS delivers again.
+    pub async fn compare_batch(&self, messages: &[ShardMessage]) -> Vec<Result<(), PipelineError>> {
+        let mut runs: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+        for (i, m) in messages.iter().enumerate() {
+            runs.entry((m.project_id.as_str(), m.run_id.as_str())).or_default().push(i);
+        }
+        let mut results: Vec<Result<(), PipelineError>> = messages.iter().map(|_| Ok(())).collect();
+        for ((project_id, run_id), positions) in runs {
+            let group: Vec<&ShardMessage> = positions.iter().map(|&i| &messages[i]).collect();
+            if let Err(e) = self.compare_run_shards(project_id, run_id, &group).await {
+                for &i in &positions[1..] {
+                    results[i] = Err(e.shared_with_batch());
+                }
+                results[positions[0]] = Err(e);
+            }
+        }
+        results
+    }
+
+    async fn compare_run_shards(&self, project_id: &str, run_id: &str, messages: &[&ShardMessage]) -> Result<(), PipelineError> {
+        // Per-shard costs go into the "shard compared" log lines: the benchmarks and the scale
         // model (docs/scale-model.md) are built from them.
         let started = Instant::now();
-        let mut fetched_bytes = 0u64;
-        let (project_id, run_id) = (message.project_id.as_str(), message.run_id.as_str());
         let Some(head) = self.meta.get_run_head(project_id, run_id).await? else {
-            info!(project_id, run_id, "run deleted; dropping shard");
+            info!(project_id, run_id, shards = messages.len(), "run deleted; dropping shards");
             return Ok(());
         };
         if head.state.is_final() {
@@ -50,65 +84,75 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         if head.state != RunState::Running {
             return Err(PipelineError::Event(format!("run {run_id} is {} , not running", head.state.as_str())));
         }
-        let Some(sizes) = self.encoding_sizes(project_id, message).await? else { return Ok(()) };
-        let shard: Shard = match &message.shard {
-            Some(s) => s.clone(),
-            None => {
-                let (bytes, _) = self.work.get(&keys::shard(project_id, run_id, message.shard_index)).await?;
-                serde_json::from_slice(&bytes).map_err(|e| PipelineError::Corrupt(format!("shard description: {e}")))?
-            }
-        };
-        let mut spans = Vec::new();
-        for (party, span) in shard.entry_spans() {
-            let size = sizes
-                .get(party as usize)
-                .map(|&s| s as usize)
-                .filter(|&s| s > 0)
-                .ok_or_else(|| PipelineError::Corrupt(format!("party {party} has no ingested data")))?;
-            let bytes = match self.work.get_range(&keys::party_data(project_id, party), shard::byte_range(&span, size)).await {
-                Ok(bytes) => bytes,
-                // Purged with its run or project since the check above: nothing left to do.
-                Err(BlobError::NotFound(_)) if self.meta.get_run_head(project_id, run_id).await?.is_none() => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            fetched_bytes += bytes.len() as u64;
-            spans.push((party, span.start, size, bytes));
+        let Some(first) = messages.first() else { return Ok(()) };
+        let Some(sizes) = self.encoding_sizes(project_id, first).await? else { return Ok(()) };
+        let mut shards = Vec::with_capacity(messages.len());
+        for message in messages {
+            shards.push(match &message.shard {
+                Some(s) => s.clone(),
+                None => {
+                    let (bytes, _) = self.work.get(&keys::shard(project_id, run_id, message.shard_index)).await?;
+                    serde_json::from_slice(&bytes).map_err(|e| PipelineError::Corrupt(format!("shard description: {e}")))?
+                }
+            });
         }
+        let Some((spans, fetched_bytes)) = self.read_spans(project_id, run_id, &shards, &sizes).await? else { return Ok(()) };
         let threshold = head.threshold;
-        let shard_for_worker = shard.clone();
-        let kernel_started = Instant::now();
-        let found = tokio::task::spawn_blocking(move || -> Result<Vec<candidates::Candidate>, PipelineError> {
-            let inputs = spans
+        let to_compute = shards.clone();
+        let computed = tokio::task::spawn_blocking(move || -> Result<Vec<(Vec<candidates::Candidate>, Duration)>, PipelineError> {
+            to_compute
                 .iter()
-                .map(|(party, first, size, bytes)| Entries::new(bytes, *size, *first).map(|e| (*party, e)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            dice::compare_shard(&shard_for_worker, threshold, &inputs).map_err(|e| PipelineError::Corrupt(e.to_string()))
+                .zip(spans)
+                .map(|(shard, spans)| {
+                    let kernel_started = Instant::now();
+                    let inputs = spans
+                        .iter()
+                        .map(|(party, first, size, bytes)| Entries::new(bytes, *size, *first).map(|e| (*party, e)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+                    let found = dice::compare_shard(shard, threshold, &inputs).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+                    Ok((found, kernel_started.elapsed()))
+                })
+                .collect()
         })
         .await
         .map_err(|e| PipelineError::Worker(e.to_string()))??;
-        let kernel_time: Duration = kernel_started.elapsed();
-        let count = found.len() as u64;
         // Every counted shard has its file (solve reads one per shard), empty ones included.
-        let candidates_key = keys::shard_candidates(project_id, run_id, shard.index);
-        self.work.put(&candidates_key, Bytes::from(candidates::encode(&found)), &Vec::new()).await?;
-        let outcome = self.meta.record_shard(project_id, run_id, shard.index, shard.comparisons, count).await?;
+        let candidate_keys: Vec<String> = shards.iter().map(|s| keys::shard_candidates(project_id, run_id, s.index)).collect();
+        let no_metadata = Vec::new();
+        stream::iter(candidate_keys.iter().zip(&computed))
+            .map(|(key, (found, _))| self.work.put(key, Bytes::from(candidates::encode(found)), &no_metadata))
+            .buffer_unordered(SPAN_GETS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let tallies: Vec<ShardTally> = shards
+            .iter()
+            .zip(&computed)
+            .map(|(s, (found, _))| ShardTally { shard: s.index, comparisons: s.comparisons, candidates: found.len() as u64 })
+            .collect();
+        let outcome = self.meta.record_shards(project_id, run_id, &tallies).await?;
         let run = match outcome.run {
             RunAfterShard::Deleted => {
                 // Deleted while we computed: leave nothing behind.
-                match self.work.delete(&candidates_key).await {
-                    Ok(()) | Err(BlobError::NotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
+                for key in &candidate_keys {
+                    match self.work.delete(key).await {
+                        Ok(()) | Err(BlobError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 return Ok(());
             }
             RunAfterShard::Unread => None,
             RunAfterShard::Read(run) => Some(run),
         };
-        info!(project_id, run_id, shard = shard.index, candidates = count, counted = outcome.counted,
-              done = run.as_ref().map(|r| r.shards_done), total = run.as_ref().map(|r| r.shards_total),
-              comparisons = shard.comparisons, fetched_bytes, kernel_ms = kernel_time.as_millis() as u64,
-              elapsed_ms = started.elapsed().as_millis() as u64, "shard compared");
+        let batch_ms = started.elapsed().as_millis() as u64;
+        for ((tally, (_, kernel)), counted) in tallies.iter().zip(&computed).zip(&outcome.counted) {
+            info!(project_id, run_id, shard = tally.shard, candidates = tally.candidates, counted,
+                  done = run.as_ref().map(|r| r.shards_done), total = run.as_ref().map(|r| r.shards_total),
+                  comparisons = tally.comparisons, fetched_bytes = fetched_bytes / tallies.len() as u64,
+                  kernel_ms = kernel.as_millis() as u64, elapsed_ms = batch_ms / tallies.len() as u64,
+                  batch_shards = tallies.len(), batch_ms, "shard compared");
+        }
         let Some(run) = run.filter(|r| r.state == RunState::Running) else { return Ok(()) };
         if run.candidate_count > self.settings.limits.similarity_scores_max_candidate_pairs {
             self.meta.fail_run(project_id, run_id, CANDIDATE_LIMIT_MESSAGE).await?;
@@ -120,6 +164,63 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
         }
         Ok(())
+    }
+
+    /// The entry spans of every shard, by shard, and the bytes fetched. A party's ranges that
+    /// overlap or touch are read with one GET (shards of a batch are neighbours in the plan, so
+    /// ten shards usually share one party's span and read consecutive spans of the other).
+    /// `None` when the data is gone with its run or project.
+    async fn read_spans(&self, project_id: &str, run_id: &str, shards: &[Shard], sizes: &[u32]) -> Result<Option<(Vec<Vec<Span>>, u64)>, PipelineError> {
+        let mut wanted: Vec<Vec<(u32, u64, usize, Range<u64>)>> = Vec::with_capacity(shards.len());
+        let mut by_party: BTreeMap<u32, Vec<Range<u64>>> = BTreeMap::new();
+        for shard in shards {
+            let mut spans = Vec::new();
+            for (party, span) in shard.entry_spans() {
+                let size = sizes
+                    .get(party as usize)
+                    .map(|&s| s as usize)
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| PipelineError::Corrupt(format!("party {party} has no ingested data")))?;
+                let range = shard::byte_range(&span, size);
+                by_party.entry(party).or_default().push(range.clone());
+                spans.push((party, span.start, size, range));
+            }
+            wanted.push(spans);
+        }
+        let reads: Vec<(u32, Range<u64>)> =
+            by_party.into_iter().flat_map(|(party, ranges)| coalesce(ranges).into_iter().map(move |r| (party, r))).collect();
+        let fetched: Vec<(u32, Range<u64>, Bytes)> = match stream::iter(reads)
+            .map(|(party, range)| async move {
+                let bytes = self.work.get_range(&keys::party_data(project_id, party), range.clone()).await?;
+                Ok::<_, BlobError>((party, range, bytes))
+            })
+            .buffered(SPAN_GETS_IN_FLIGHT)
+            .try_collect()
+            .await
+        {
+            Ok(fetched) => fetched,
+            // Purged with its run or project since the check above: nothing left to do.
+            Err(BlobError::NotFound(_)) if self.meta.get_run_head(project_id, run_id).await?.is_none() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let fetched_bytes = fetched.iter().map(|(_, _, b)| b.len() as u64).sum();
+        let mut out = Vec::with_capacity(wanted.len());
+        for spans in wanted {
+            let mut shard_spans = Vec::with_capacity(spans.len());
+            for (party, first, size, range) in spans {
+                let (_, read, bytes) = fetched
+                    .iter()
+                    .find(|(p, r, _)| *p == party && r.start <= range.start && range.end <= r.end)
+                    .ok_or_else(|| PipelineError::Worker(format!("span {range:?} of party {party} was not read")))?;
+                let (from, to) = ((range.start - read.start) as usize, (range.end - read.start) as usize);
+                if to > bytes.len() {
+                    return Err(PipelineError::Corrupt(format!("party {party}'s data ends before byte {}", range.end)));
+                }
+                shard_spans.push((party, first, size, bytes.slice(from..to)));
+            }
+            out.push(shard_spans);
+        }
+        Ok(Some((out, fetched_bytes)))
     }
 
     /// Each party's encoding size (bytes per record, by party index; 0 for none): from the
@@ -144,4 +245,29 @@ pub(super) fn encoding_sizes(parties: &[crate::service::model::Party]) -> Vec<u3
         }
     }
     sizes
+}
+
+/// Byte ranges merged where they overlap or touch, ascending.
+fn coalesce(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coalesce;
+
+    #[test]
+    fn ranges_that_overlap_or_touch_are_read_once() {
+        assert_eq!(coalesce(vec![20..30, 0..10, 10..15, 5..8, 40..41, 29..35]), vec![0..15, 20..35, 40..41]);
+        assert_eq!(coalesce(vec![0..10, 0..10, 0..10]), vec![0..10]);
+        assert!(coalesce(Vec::new()).is_empty());
+    }
 }

@@ -82,6 +82,9 @@ pub enum PipelineError {
     Event(String),
     #[error("worker task failed: {0}")]
     Worker(String),
+    /// Another message of the same batch failed, and this one with it.
+    #[error("failed with its batch: {0}")]
+    Batch(String),
 }
 
 impl PipelineError {
@@ -91,6 +94,14 @@ impl PipelineError {
     /// needs time (and the SDK already retried), and a corrupt message fails again anyway.
     pub fn retry_soon(&self) -> bool {
         matches!(self, PipelineError::Meta(MetaError::TransactionConflict(_)))
+    }
+
+    /// This failure for the other messages of a batch that failed together (retried as soon).
+    pub fn shared_with_batch(&self) -> PipelineError {
+        match self {
+            PipelineError::Meta(MetaError::TransactionConflict(m)) => PipelineError::Meta(MetaError::TransactionConflict(m.clone())),
+            other => PipelineError::Batch(other.to_string()),
+        }
     }
 }
 
