@@ -55,7 +55,11 @@ pub fn plan_page(project: &str, run: &str, page: u32) -> String {
     format!("work/{project}/{run}/plan/{page}.json")
 }
 pub fn shard_candidates(project: &str, run: &str, shard: u32) -> String {
-    format!("work/{project}/{run}/candidates/{shard}.bin")
+    format!("{}{shard}.bin", shard_candidates_prefix(project, run))
+}
+/// Where compare writes the candidates of a run's shards (one file per shard with candidates).
+pub fn shard_candidates_prefix(project: &str, run: &str) -> String {
+    format!("work/{project}/{run}/candidates/")
 }
 /// Where solve's merge tree keeps the merged candidates of one level (see `pipeline::merge`).
 pub fn merged_candidates_prefix(project: &str, run: &str, level: u32) -> String {

@@ -7,8 +7,10 @@
 //!
 //! Requests per shard are the cost that matters at a national shard count (20,000–50,000
 //! shards, bench/README.md "Many shards"), so a shard makes few: one batch read of the run's and
-//! project's items (is it still wanted, at which threshold), the two ranged GETs, one PUT, the
-//! counting transaction and one read of its counter. The parties' encoding sizes travel in the
+//! project's items (is it still wanted, at which threshold), the two ranged GETs, one PUT when it
+//! found candidates, the counting transaction and one read of its counter — and compare takes
+//! shards in batches (`COMPARE_BATCH_SIZE`), whose shards of one run share the read of the run,
+//! their span reads and the transaction. The parties' encoding sizes travel in the
 //! shard message; the run with all its counters is read only when the shard's counter became
 //! full or is due for a look (`model::counter_wants_run_read`); a redelivered shard is computed
 //! again rather than probed for (its PUT writes the same bytes).
@@ -117,10 +119,12 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         })
         .await
         .map_err(|e| PipelineError::Worker(e.to_string()))??;
-        // Every counted shard has its file (solve reads one per shard), empty ones included.
+        // A shard with candidates has its file, written before it is counted; one without has
+        // none (solve lists the files, see `merge::present_shard_files`): at a high threshold
+        // most shards find nothing, and a PUT each was most of their requests.
         let candidate_keys: Vec<String> = shards.iter().map(|s| keys::shard_candidates(project_id, run_id, s.index)).collect();
         let no_metadata = Vec::new();
-        stream::iter(candidate_keys.iter().zip(&computed))
+        stream::iter(candidate_keys.iter().zip(&computed).filter(|(_, (found, _))| !found.is_empty()))
             .map(|(key, (found, _))| self.work.put(key, Bytes::from(candidates::encode(found)), &no_metadata))
             .buffer_unordered(SPAN_GETS_IN_FLIGHT)
             .try_collect::<Vec<()>>()
@@ -134,7 +138,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         let run = match outcome.run {
             RunAfterShard::Deleted => {
                 // Deleted while we computed: leave nothing behind.
-                for key in &candidate_keys {
+                for (key, _) in candidate_keys.iter().zip(&computed).filter(|(_, (found, _))| !found.is_empty()) {
                     match self.work.delete(key).await {
                         Ok(()) | Err(BlobError::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),

@@ -498,6 +498,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     /// Opens a merge's inputs. `None` when one is missing because the run is over (a twin
     /// finished it and cleaned up); a missing input of a running run is corrupt state.
     pub async fn open_run_inputs(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Option<Inputs>, PipelineError> {
+        let keys = self.present_shard_files(project_id, run_id, keys).await?;
         let chunk = SolveMemory::new(&self.settings.limits).chunk_bytes(keys.len());
         match open_inputs(&self.work, keys, chunk).await {
             Ok(inputs) => Ok(Some(inputs)),
@@ -510,6 +511,19 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `keys` without the shard files that do not exist: compare writes no file for a shard
+    /// without candidates (most shards of a run at a high threshold), so the shard files are
+    /// the listed ones (S3 lists are strongly consistent, and a shard is counted only after its
+    /// file is written). Merged files always exist and are kept.
+    async fn present_shard_files(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Vec<String>, PipelineError> {
+        let prefix = keys::shard_candidates_prefix(project_id, run_id);
+        if !keys.iter().any(|k| k.starts_with(&prefix)) {
+            return Ok(keys);
+        }
+        let present: std::collections::HashSet<String> = self.work.list(&prefix).await?.into_iter().collect();
+        Ok(keys.into_iter().filter(|k| !k.starts_with(&prefix) || present.contains(k)).collect())
     }
 
     /// One merge step of the tree: writes its file (unless a twin did), and sends the solve
