@@ -458,7 +458,12 @@ def function_env(fn, ctx, local):
     return env
 
 
-def local_settings(admin):
+def local_settings(admin, environ=os.environ):
+    # LOCAL_S3_ENDPOINT puts something between the functions and LocalStack's S3 (the work
+    # bucket): the e2e tests' fault-injecting proxy (tests/e2e/purge_faults.rs). Loopback only.
+    work_s3 = environ.get("LOCAL_S3_ENDPOINT") or LOCALSTACK
+    if not re.fullmatch(r"http://127\.0\.0\.1:\d{1,5}", work_s3):
+        raise SystemExit(f"LOCAL_S3_ENDPOINT must be http://127.0.0.1:<port>, got {work_s3!r}")
     return {
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
@@ -466,7 +471,7 @@ def local_settings(admin):
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_ENDPOINT_URL_DYNAMODB": DYNAMODB,
         "AWS_ENDPOINT_URL_SQS": LOCALSTACK,
-        "AWS_ENDPOINT_URL_S3": LOCALSTACK,
+        "AWS_ENDPOINT_URL_S3": work_s3,
         "AWS_ENDPOINT_URL_STS": LOCALSTACK,
         "S3_FORCE_PATH_STYLE": "true",
         "UPLOAD_S3_ENDPOINT": SEAWEEDFS,

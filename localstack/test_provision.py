@@ -252,6 +252,16 @@ class TemplateDrivesLocalStack(unittest.TestCase):
         with self.assertRaises(SystemExit):
             provision.Context(tpl, overrides={"LOCAL_PARAM_FunctionTimeoutSeconds": "901"})
 
+    def test_the_work_bucket_endpoint_can_be_redirected_on_loopback_only(self):
+        admin = {"accessKey": "AK", "secretKey": "SK"}
+        self.assertEqual(provision.local_settings(admin, {})["AWS_ENDPOINT_URL_S3"], provision.LOCALSTACK)
+        proxied = provision.local_settings(admin, {"LOCAL_S3_ENDPOINT": "http://127.0.0.1:40123"})
+        self.assertEqual(proxied["AWS_ENDPOINT_URL_S3"], "http://127.0.0.1:40123")
+        self.assertEqual(proxied["AWS_ENDPOINT_URL_SQS"], provision.LOCALSTACK, "only S3 goes through it")
+        for bad in ("http://example.com:80", "https://127.0.0.1:1", "http://127.0.0.1:1/x"):
+            with self.assertRaises(SystemExit):
+                provision.local_settings(admin, {"LOCAL_S3_ENDPOINT": bad})
+
     def test_watchdog_schedule(self):
         fan_out = next(f for f in self.plan["functions"] if f["name"] == "fan-out")
         self.assertEqual(fan_out["schedules"], [{"event": "Watchdog", "every_secs": 300}])

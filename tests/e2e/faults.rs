@@ -238,6 +238,9 @@ async fn deleting_a_run_while_it_computes_stops_it_and_leaves_nothing() -> anyho
 mod restarts {
     use std::process::{Command, Stdio};
 
+    // Deletes against a failing S3 (tests/e2e/faults/restarts/purge_faults.rs).
+    mod purge_faults;
+
     use super::*;
 
     fn local_stack(script: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -153,7 +153,7 @@ async fn deleting_a_project_while_its_run_computes_leaves_nothing_behind() -> an
 }
 
 /// Objects under the project's prefix in the upload bucket.
-async fn upload_bucket_leftovers(project: &str) -> anyhow::Result<usize> {
+pub(crate) async fn upload_bucket_leftovers(project: &str) -> anyhow::Result<usize> {
     let admin = crate::uploads::service_client();
     let bucket = function_env("fan-out")["UPLOAD_BUCKET"].clone();
     let listed = admin.list_objects_v2().bucket(&bucket).prefix(format!("{project}/")).send().await?;

@@ -853,6 +853,51 @@ async fn permutations_results_split_between_receipts_and_the_result_token() {
     api.get(&status).token(&other_receipt).send().await.problem(403);
 }
 
+/// A permutations run's secret (the seed of its permutations, drawn by solve) is kept on the
+/// run's item: no answer, to any token or none, carries it.
+#[tokio::test]
+async fn no_token_reads_the_permutation_secret() {
+    let api = Api::new();
+    let p = api.project("permutations").await;
+    let receipts = [api.receipt(&p, 0).await, api.receipt(&p, 1).await];
+    let run = api.run(&p).await;
+    let secret = "5ec7e7".repeat(10) + "abcd";
+    assert_eq!(api.meta.run_secret(&p.id, &run, &secret).await.unwrap(), Some(secret.clone()));
+    api.complete(&p, &run).await;
+    api.put(&keys::result_mask(&p.id, &run), r#"{"mask":[1,0]}"#).await;
+    api.put(&keys::result_permutation(&p.id, &run, 0), r#"{"permutation":[1,0],"rows":2}"#).await;
+    api.put(&keys::result_permutation(&p.id, &run, 1), r#"{"permutation":[0,1],"rows":2}"#).await;
+
+    let project = format!("/projects/{}", p.id);
+    let paths = [
+        "/status".to_string(),
+        "/version".to_string(),
+        "/projects".to_string(),
+        project.clone(),
+        format!("{project}/runs"),
+        format!("{project}/runs/{run}"),
+        format!("{project}/runs/{run}/status"),
+        format!("{project}/runs/{run}/result"),
+    ];
+    let tokens = [None, Some(&p.result_token), Some(&p.update_tokens[0]), Some(&p.update_tokens[1]), Some(&receipts[0]), Some(&receipts[1])];
+    let mut answered = 0;
+    for path in &paths {
+        for token in tokens {
+            let call = api.get(path);
+            let r = match token {
+                Some(token) => call.token(token),
+                None => call,
+            }
+            .send()
+            .await;
+            let text = String::from_utf8_lossy(&r.body).to_lowercase();
+            assert!(!text.contains(&secret), "GET {path} answered the secret");
+            answered += usize::from(r.status == StatusCode::OK);
+        }
+    }
+    assert!(answered >= 12, "the calls reached the run's answers ({answered} were 200)");
+}
+
 #[tokio::test]
 async fn similarity_scores_results_and_object_store_address() {
     let api = Api::new();

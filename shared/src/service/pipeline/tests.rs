@@ -1072,7 +1072,11 @@ async fn watchdog_sweeps_are_bounded_survive_a_poisoned_project_and_still_resend
         async move {
             let mut total = Sweep::default();
             for i in 0..sweeps_per_round {
+                let started = std::time::Instant::now();
                 let sweep = p.watchdog(now).await.expect("a sweep always finishes");
+                let took = started.elapsed();
+                assert!(took.as_secs() < p.settings.watchdog.sweep_budget_secs, "within its budget: {took:?}");
+                eprintln!("sweep {i}: {} projects in {took:?}", sweep.projects);
                 assert!(sweep.projects <= max, "bounded: {sweep:?}");
                 assert_eq!(sweep.reached_end, i + 1 == sweeps_per_round, "continues where it stopped: {sweep:?}");
                 total.projects += sweep.projects;
@@ -1105,6 +1109,32 @@ async fn watchdog_sweeps_are_bounded_survive_a_poisoned_project_and_still_resend
     // A sweep with no time left looks at nothing and keeps its place.
     p.settings.watchdog.sweep_budget_secs = 0;
     assert_eq!(p.watchdog(9_999).await.unwrap().projects, 0);
+}
+
+/// `MaxComparisonsPerProject` at planning time, when the api could not know the run's size (the
+/// data was not in): a run that would take the project over it ends in `error` naming the
+/// limit, sends no shard and leaves no work objects; runs within it are unaffected.
+#[tokio::test]
+async fn a_run_planned_beyond_the_comparisons_per_project_ends_in_error_naming_the_limit() {
+    let mut p = pipeline(300);
+    let data = parties(43, 2, 20, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    p.settings.limits.max_comparisons_per_project = 600; // 20 x 20 = 400 per run
+    post_run(&p, &project, "run1", 0.6).await;
+    drain(&p, 1).await;
+    let first = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!((first.state, first.total_comparisons), (RunState::Completed, 400));
+
+    post_run(&p, &project, "run2", 0.6).await;
+    let second = p.meta.get_run(&project, "run2").await.unwrap().unwrap();
+    assert_eq!(second.state, RunState::Error);
+    let message = second.error.unwrap_or_default();
+    assert!(message.contains("MaxComparisonsPerProject") && message.contains("600"), "{message}");
+    assert!(p.queue.take(SHARDS).is_empty(), "no shard of the refused run is sent");
+    assert!(p.work.list(&keys::run_work_prefix(&project, "run2")).await.unwrap().is_empty());
 }
 
 // ---- data that expires and deletes that complete ----------------------------------------------
