@@ -254,7 +254,8 @@ async fn run_status_carries_the_plan_before_and_while_it_runs() -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!seen.is_empty(), "the plan was seen before the run completed");
-    println!("plan seen in states {:?}", { seen.dedup(); seen });
+    seen.dedup();
+    println!("plan seen in states {seen:?}");
     Ok(())
 }
 
