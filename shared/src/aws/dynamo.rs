@@ -195,6 +195,7 @@ fn run_from(item: &Item) -> Result<Run, MetaError> {
         shards_done: get_n(item, "shards_done")?,
         candidate_count: counter(item, "candidate_count")?,
         error: opt_s(item, "error"),
+        group_scores: get_bool(item, "group_scores"),
     })
 }
 

@@ -62,17 +62,29 @@ fn write_group<W: Write>(w: &mut W, group: &[(u32, u32)]) -> io::Result<()> {
     w.write_all(b"]")
 }
 
+/// One `similarity_scores` entry: `[[d0,r0],[d1,r1],score]`.
+fn write_scored_pair<W: Write>(w: &mut W, c: &Candidate) -> io::Result<()> {
+    write!(w, "[[{},{}],[{},{}],{}]", c.d0, c.r0, c.d1, c.r1, format_score(c.score))
+}
+
 /// Streams `{"groups":[[[d,r],...],...]}` (groups in the order given). Buffer `w`.
 pub fn write_groups<W: Write, G: AsRef<[(u32, u32)]>>(mut w: W, groups: impl IntoIterator<Item = G>) -> io::Result<()> {
-    w.write_all(b"{\"groups\":[")?;
+    w.write_all(b"{\"groups\":")?;
+    write_group_list(&mut w, groups)?;
+    w.write_all(b"}")?;
+    w.flush()
+}
+
+/// `[[[d,r],...],...]`.
+fn write_group_list<W: Write, G: AsRef<[(u32, u32)]>>(w: &mut W, groups: impl IntoIterator<Item = G>) -> io::Result<()> {
+    w.write_all(b"[")?;
     for (i, g) in groups.into_iter().enumerate() {
         if i > 0 {
             w.write_all(b",")?;
         }
-        write_group(&mut w, g.as_ref())?;
+        write_group(w, g.as_ref())?;
     }
-    w.write_all(b"]}")?;
-    w.flush()
+    w.write_all(b"]")
 }
 
 /// The groups of two-party matches `(record of party 0, record of party 1)`, ascending, as
@@ -80,6 +92,28 @@ pub fn write_groups<W: Write, G: AsRef<[(u32, u32)]>>(mut w: W, groups: impl Int
 /// returns for the same matches.
 pub fn pair_groups(pairs: &[(u32, u32)]) -> impl Iterator<Item = [(u32, u32); 2]> + '_ {
     pairs.iter().map(|&(a, b)| [(0, a), (1, b)])
+}
+
+/// Streams `{"groups":[...],"group_scores":[[[[d0,r0],[d1,r1],score],...],...]}`: the groups as
+/// [`write_groups`] writes them, then for each group (same order) its edges in the
+/// `similarity_scores` entry format. The opt-in answer of a run posted with `group_scores`
+/// (docs/api-compatibility.md); clients that read only `groups` read the same groups. Buffer `w`.
+pub fn write_scored_groups<W: Write, G: AsRef<[(u32, u32)]>, E: AsRef<[Candidate]>>(mut w: W, groups: &[G], edges: &[E]) -> io::Result<()> {
+    w.write_all(b"{\"groups\":")?;
+    write_group_list(&mut w, groups)?;
+    w.write_all(b",\"group_scores\":[")?;
+    for (i, e) in edges.iter().enumerate() {
+        w.write_all(if i > 0 { b",[" } else { b"[" })?;
+        for (j, c) in e.as_ref().iter().enumerate() {
+            if j > 0 {
+                w.write_all(b",")?;
+            }
+            write_scored_pair(&mut w, c)?;
+        }
+        w.write_all(b"]")?;
+    }
+    w.write_all(b"]}")?;
+    w.flush()
 }
 
 /// `{"groups":[[[d,r],...],...]}`.
@@ -118,7 +152,8 @@ impl<W: Write> SimilarityScoresWriter<W> {
     pub fn write(&mut self, c: &Candidate) -> io::Result<()> {
         let sep = if self.written > 0 { "," } else { "" };
         self.written += 1;
-        write!(self.inner, "{sep}[[{},{}],[{},{}],{}]", c.d0, c.r0, c.d1, c.r1, format_score(c.score))
+        write!(self.inner, "{sep}")?;
+        write_scored_pair(&mut self.inner, c)
     }
 
     /// Closes the document and returns the underlying writer, flushed.
@@ -381,5 +416,12 @@ mod tests {
         let cands = [Candidate { score: 0.5, d0: 0, r0: 1, d1: 1, r1: 2 }];
         write_similarity_scores(&mut buf, cands.into_iter()).unwrap();
         assert_eq!(buf, br#"{"similarity_scores":[[[0,1],[1,2],0.5]]}"#);
+        let edges = vec![vec![Candidate { score: 0.9, d0: 0, r0: 1, d1: 1, r1: 2 }], vec![]];
+        let mut buf = Vec::new();
+        write_scored_groups(&mut buf, &groups, &edges).unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            r#"{"groups":[[[0,1],[1,2]],[[0,3],[1,0]]],"group_scores":[[[[0,1],[1,2],0.9]],[]]}"#
+        );
     }
 }

@@ -220,16 +220,24 @@ pub struct NotTwoParty {
 
 /// anonlink's greedy for two parties over a streamed, sorted, deduplicated candidate stream:
 /// greedy one-to-one matching with two bitsets (see the module docs for why this is exactly
-/// [`greedy_solve`]). Memory: a bit per record of each party plus 8 bytes per match.
+/// [`greedy_solve`]). Memory: a bit per record of each party plus 8 bytes per match (16 when it
+/// keeps the matches' scores, [`TwoPartyGreedy::keeping_scores`]).
 #[derive(Default)]
 pub struct TwoPartyGreedy {
     matched: [Bits; 2],
     pairs: Vec<(u32, u32)>,
+    /// The score of each of `pairs`, when asked for (groups with their scores).
+    scores: Option<Vec<f64>>,
 }
 
 impl TwoPartyGreedy {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A greedy that also remembers each match's score, for [`TwoPartyGreedy::into_scored_pairs`].
+    pub fn keeping_scores() -> Self {
+        TwoPartyGreedy { scores: Some(Vec::new()), ..Self::default() }
     }
 
     /// Takes the next candidate of the stream (in the anonlink order).
@@ -241,6 +249,9 @@ impl TwoPartyGreedy {
             self.matched[0].insert(c.r0);
             self.matched[1].insert(c.r1);
             self.pairs.push((c.r0, c.r1));
+            if let Some(scores) = &mut self.scores {
+                scores.push(c.score);
+            }
         }
         Ok(())
     }
@@ -260,6 +271,36 @@ impl TwoPartyGreedy {
         self.pairs.sort_unstable();
         self.pairs
     }
+
+    /// The matches in [`TwoPartyGreedy::into_pairs`]' order, each with the score of the
+    /// candidate that made it (0.0 when the greedy was not [`TwoPartyGreedy::keeping_scores`]).
+    /// Each match is its group's one edge, so these are [`group_edges`] for two parties.
+    pub fn into_scored_pairs(self) -> Vec<((u32, u32), f64)> {
+        let scores = self.scores.unwrap_or_else(|| vec![0.0; self.pairs.len()]);
+        let mut scored: Vec<((u32, u32), f64)> = self.pairs.into_iter().zip(scores).collect();
+        // A record of party 0 is in one match at most, so the pairs are distinct.
+        scored.sort_unstable_by_key(|&(pair, _)| pair);
+        scored
+    }
+}
+
+/// The edges of each group: the candidates (in the order of `sorted`) whose two records are
+/// both in that group, i.e. every pair of the group's records found at or above the threshold
+/// (the edges [`greedy_solve`] saw, not only those that made the group). `result[i]` belongs to
+/// `groups[i]`.
+pub fn group_edges(groups: &[Group], sorted: &[Candidate]) -> Vec<Vec<Candidate>> {
+    let group_of: HashMap<Record, usize> =
+        groups.iter().enumerate().flat_map(|(i, g)| g.iter().map(move |&r| (r, i))).collect();
+    let mut edges = vec![Vec::new(); groups.len()];
+    for c in sorted {
+        let (a, b) = (group_of.get(&(c.d0, c.r0)), group_of.get(&(c.d1, c.r1)));
+        if let (Some(&a), Some(&b)) = (a, b)
+            && a == b
+        {
+            edges[a].push(*c);
+        }
+    }
+    edges
 }
 
 /// The groups of two-party matches, as [`greedy_solve`] returns them.
@@ -380,6 +421,38 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn two_party_scored_pairs_are_the_group_edges(raw in prop::collection::vec((Just(0u32), 0u32..8, Just(1u32), 0u32..8, 0usize..3), 0..120)) {
+            let cands = sorted_distinct(raw);
+            let mut greedy = TwoPartyGreedy::keeping_scores();
+            for c in &cands {
+                greedy.visit(c).unwrap();
+            }
+            let groups = greedy_solve(cands.iter().copied());
+            let edges = group_edges(&groups, &cands);
+            let scored: Vec<Vec<Candidate>> = greedy
+                .into_scored_pairs()
+                .into_iter()
+                .map(|((r0, r1), score)| vec![Candidate { score, d0: 0, r0, d1: 1, r1 }])
+                .collect();
+            prop_assert_eq!(scored, edges);
+        }
+
+        #[test]
+        fn group_edges_are_the_candidates_inside_each_group(raw in prop::collection::vec((0u32..3, 0u32..5, 0u32..3, 0u32..5, 0usize..3), 0..80)) {
+            let cands: Vec<(u32, u32, u32, u32, usize)> = raw.into_iter().filter(|&(d0, _, d1, _, _)| d0 < d1).collect();
+            let cands = sorted_distinct(cands);
+            let groups = greedy_solve(cands.iter().copied());
+            let edges = group_edges(&groups, &cands);
+            prop_assert_eq!(edges.len(), groups.len());
+            for (g, e) in groups.iter().zip(&edges) {
+                let inside: Vec<Candidate> = cands.iter().filter(|c| g.contains(&(c.d0, c.r0)) && g.contains(&(c.d1, c.r1))).copied().collect();
+                prop_assert_eq!(&inside, e);
+                // A group is made of candidates: it has at least one edge per member but one.
+                prop_assert!(e.len() + 1 >= g.len());
+            }
+        }
 
         #[test]
         fn two_party_bitsets_equal_greedy(raw in prop::collection::vec((Just(0u32), 0u32..8, Just(1u32), 0u32..8, 0usize..3), 0..120)) {

@@ -214,6 +214,9 @@ pub struct Run {
     pub shards_done: u32,
     pub candidate_count: u64,
     pub error: Option<String>,
+    /// Extension, asked for at POST: a `groups` result that carries each group's edges with
+    /// their scores (`engine::output::write_scored_groups`).
+    pub group_scores: bool,
 }
 
 impl Run {
@@ -236,6 +239,7 @@ impl Run {
             shards_done: 0,
             candidate_count: 0,
             error: None,
+            group_scores: false,
         }
     }
 }

@@ -152,6 +152,10 @@ pub fn run_item(r: &Run) -> Attrs {
     );
     let optional = [("time_started", &r.time_started), ("time_completed", &r.time_completed), ("error", &r.error)];
     extend(&mut item, optional.into_iter().filter_map(|(name, v)| Some((name, s(v.as_deref()?)))));
+    if r.group_scores {
+        // Only when asked for: runs without it keep the items they always had.
+        extend(&mut item, [("group_scores", Attr::Bool(true))]);
+    }
     item
 }
 

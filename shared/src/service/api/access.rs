@@ -3,8 +3,8 @@
 //!
 //! | token   | valid for |
 //! |---------|-----------|
-//! | result  | describe/delete project; list/post/describe/delete runs; run status; results (`groups`, `similarity_scores`, the permutations **mask**) |
-//! | update  | its party's upload (`/clks`, `/binaryclks`) and `authorize-external-upload` |
+//! | result  | describe/delete project; every party's upload status (`/parties`, an extension); list/post/describe/delete runs; run status; results (`groups`, `similarity_scores`, the permutations **mask**) |
+//! | update  | its party's upload (`/clks`, `/binaryclks`) and `authorize-external-upload`; its own party's upload status (`/parties`, an extension) |
 //! | receipt | `permutations` projects only: describe project, run status, its party's **permutation** |
 //!
 //! Every comparison goes through [`TokenHash::matches`] (constant time), and every refusal is
@@ -31,6 +31,8 @@ pub enum Allowed {
     UpdateOnly,
     /// The result token; receipts too when the project's result type is `permutations`.
     ResultOrPermutationsReceipt,
+    /// The result token or a party's update token (the caller scopes what an update token sees).
+    ResultOrUpdate,
 }
 
 /// Identifies `token` among the project's tokens that `allowed` admits.
@@ -45,6 +47,8 @@ pub fn authorize(project: &Project, parties: &[Party], token: &str, allowed: All
     };
     match allowed {
         Allowed::ResultOnly if result_ok() => Ok(Access::Result),
+        Allowed::ResultOrUpdate if result_ok() => Ok(Access::Result),
+        Allowed::ResultOrUpdate => update_of().map(Access::Update).ok_or(ApiError::InvalidAccess),
         Allowed::UpdateOnly => update_of().map(Access::Update).ok_or(ApiError::InvalidAccess),
         Allowed::ResultOrPermutationsReceipt => {
             if result_ok() {

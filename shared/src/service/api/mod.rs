@@ -71,6 +71,7 @@ where
         .route("/version", get(general::version))
         .route("/projects", get(projects::list::<M, B, C>).post(projects::create::<M, B, C>))
         .route("/projects/{project_id}", get(projects::describe::<M, B, C>).delete(projects::delete::<M, B, C>))
+        .route("/projects/{project_id}/parties", get(projects::parties::<M, B, C>))
         .route("/projects/{project_id}/clks", axum::routing::post(uploads::clks::<M, B, C>))
         .route("/projects/{project_id}/binaryclks", axum::routing::post(uploads::binary_clks::<M, B, C>))
         .route("/projects/{project_id}/authorize-external-upload", get(uploads::authorize_external_upload::<M, B, C>))
@@ -128,6 +129,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/projects"),
     ("GET", "/projects/{project_id}"),
     ("DELETE", "/projects/{project_id}"),
+    ("GET", "/projects/{project_id}/parties"),
     ("POST", "/projects/{project_id}/clks"),
     ("POST", "/projects/{project_id}/binaryclks"),
     ("GET", "/projects/{project_id}/authorize-external-upload"),

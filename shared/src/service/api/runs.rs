@@ -19,7 +19,7 @@ use super::extract::{AuthToken, ProjectId, RunIds, parse_json, read_body};
 use super::projects::{check_text, parties_contributed, project_error_message, project_in_error};
 use super::Shared;
 use crate::service::keys;
-use crate::service::model::{Party, Project, Run, RunState};
+use crate::service::model::{Party, Project, ResultType, Run, RunState};
 use crate::service::ports::{BlobStore, CredentialIssuer, MetaError, MetaStore};
 use crate::service::{time, tokens};
 
@@ -31,6 +31,9 @@ struct NewRun {
     name: String,
     #[serde(default)]
     notes: String,
+    /// Extension: a `groups` result that also carries each group's edges and their scores.
+    #[serde(default)]
+    group_scores: bool,
 }
 
 /// The smallest threshold accepted. The reference's rule is 0 < t ≤ 1, but a run's threshold
@@ -40,7 +43,12 @@ struct NewRun {
 pub const MIN_THRESHOLD: f64 = 1e-130;
 
 fn run_description(run: &Run) -> Value {
-    json!({"run_id": run.run_id, "threshold": run.threshold, "name": run.name, "notes": run.notes})
+    let mut description = json!({"run_id": run.run_id, "threshold": run.threshold, "name": run.name, "notes": run.notes});
+    if run.group_scores {
+        // Only when asked for: the reference's RunDescription otherwise.
+        description["group_scores"] = json!(true);
+    }
+    description
 }
 
 /// The project, after checking the result token (every run endpoint but status and result).
@@ -77,7 +85,7 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (_, parties) = project_for_result_token(&state, &project_id, &token).await?;
+    let (project, parties) = project_for_result_token(&state, &project_id, &token).await?;
     let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
     let request: NewRun = parse_json(&headers, &body)?;
     let threshold = request.threshold.ok_or_else(|| ApiError::BadRequest("'threshold' is a required property".into()))?;
@@ -89,11 +97,20 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     }
     check_text("name", &request.name)?;
     check_text("notes", &request.notes)?;
+    if request.group_scores && project.result_type != ResultType::Groups {
+        return Err(ApiError::BadRequest(format!(
+            "'group_scores' applies to result type 'groups', not '{}'",
+            project.result_type.as_str()
+        )));
+    }
     if project_in_error(&parties) {
         return Err(ApiError::Conflict("Can't post run as project has errors".into()));
     }
-    check_run_limits(&state.settings.limits, &state.meta.list_runs(&project_id).await?)?;
-    let run = Run::created(project_id.clone(), tokens::generate(), threshold, request.name, request.notes, time::now_iso());
+    let runs = state.meta.list_runs(&project_id).await?;
+    check_run_limits(&state.settings.limits, &runs)?;
+    check_planned_comparisons(&state.settings, &project, &parties, &runs, threshold)?;
+    let mut run = Run::created(project_id.clone(), tokens::generate(), threshold, request.name, request.notes, time::now_iso());
+    run.group_scores = request.group_scores;
     match state.meta.create_run(&run).await {
         Ok(()) => {}
         // The project was deleted since we read it.
@@ -132,6 +149,47 @@ pub(crate) fn check_run_limits(limits: &crate::service::config::Limits, runs: &[
         )));
     }
     Ok(())
+}
+
+/// Refuses, before it is stored, a run whose own plan would take the project past
+/// `MaxComparisonsPerProject`, when its plan is known now: every party's data is in and the
+/// project is unblocked (the comparisons then follow from the record counts, exactly as fan-out
+/// will plan them). A blocked run's comparisons are known once fan-out has planned it from the
+/// block indexes, and fan-out refuses it then with the same numbers (`pipeline::fan_out`).
+fn check_planned_comparisons(
+    settings: &crate::service::config::Settings,
+    project: &Project,
+    parties: &[Party],
+    runs: &[Run],
+    threshold: f64,
+) -> Result<(), ApiError> {
+    let Some(plan) = estimate_from_parties(settings, project, parties, None, threshold) else { return Ok(()) };
+    let limit = settings.limits.max_comparisons_per_project;
+    let used: u64 = runs.iter().map(|r| r.total_comparisons).fold(0, u64::saturating_add);
+    if used.saturating_add(plan.comparisons) <= limit {
+        return Ok(());
+    }
+    Err(ApiError::LimitReached(format!(
+        "The run would need {} comparisons in {} shards (about {} s, {} USD) and the project's runs have used {used}: \
+         more than the {limit} allowed per project (MaxComparisonsPerProject).",
+        plan.comparisons, plan.shards, plan.estimated_wall_seconds, plan.estimated_cost_usd
+    )))
+}
+
+/// The estimate of a run from the parties' record counts, or from its totals once `planned`
+/// (shards, comparisons): `None` until every party's data is in, and for a blocked run that is
+/// not planned yet (its plan needs the block indexes).
+fn estimate_from_parties(
+    settings: &crate::service::config::Settings,
+    project: &Project,
+    parties: &[Party],
+    planned: Option<(u64, u64)>,
+    threshold: f64,
+) -> Option<crate::engine::sizing::Estimate> {
+    let ingested: Vec<_> = parties.iter().map(|p| p.ingested.as_ref()).collect::<Option<Vec<_>>>()?;
+    let records: Vec<u64> = ingested.iter().map(|i| i.record_count).collect();
+    let encoding_size = ingested.first().map(|i| i.encoding_size).unwrap_or(128);
+    crate::engine::sizing::run_estimate(&settings.limits.sizing(), &records, encoding_size, project.uses_blocking, planned, threshold)
 }
 
 /// The run, after checking the result token.
@@ -244,18 +302,8 @@ fn run_plan_estimate(settings: &crate::service::config::Settings, project: &Proj
     if run.state.is_final() {
         return None;
     }
-    let ingested: Vec<_> = parties.iter().map(|p| p.ingested.as_ref()).collect::<Option<Vec<_>>>()?;
-    let records: Vec<u64> = ingested.iter().map(|i| i.record_count).collect();
-    let encoding_size = ingested.first().map(|i| i.encoding_size).unwrap_or(128);
     let planned = (run.shards_total > 0).then_some((u64::from(run.shards_total), run.total_comparisons));
-    let estimate = crate::engine::sizing::run_estimate(
-        &settings.limits.sizing(),
-        &records,
-        encoding_size,
-        project.uses_blocking,
-        planned,
-        run.threshold,
-    )?;
+    let estimate = estimate_from_parties(settings, project, parties, planned, run.threshold)?;
     serde_json::to_value(estimate).ok()
 }
 

@@ -1101,3 +1101,153 @@ async fn object_paths_with_dot_or_empty_segments_are_refused() {
         assert!(detail.contains("segments"), "{path}: {detail}");
     }
 }
+
+// ---- extensions beyond the reference (issue 19) -------------------------------------------------
+
+#[tokio::test]
+async fn multiparty_similarity_scores_are_an_explicit_opt_in() {
+    let api = Api::new();
+    let scores = |parties: u32, multiparty: Option<bool>| {
+        let mut body = json!({"schema": {}, "result_type": "similarity_scores", "number_parties": parties});
+        if let Some(m) = multiparty {
+            body["multiparty"] = json!(m);
+        }
+        body
+    };
+    // The reference's answer stands without the opt-in.
+    for body in [scores(3, None), scores(5, Some(false))] {
+        let detail = api.post("/projects").json(body).send().await.problem(400);
+        assert_eq!(detail, "Multi-party linkage requires result type 'groups'.");
+    }
+    for parties in [2, 3, 5] {
+        let p = api.project_with(scores(parties, Some(true))).await;
+        assert_eq!(p.update_tokens.len(), parties as usize);
+    }
+    // Permutations stay two-party, with or without the flag.
+    for parties in [2, 3] {
+        let body = json!({"schema": {}, "result_type": "permutations", "number_parties": parties, "multiparty": true});
+        api.post("/projects").json(body).send().await.problem(400);
+    }
+    let body = json!({"schema": {}, "result_type": "similarity_scores", "multiparty": "yes"});
+    api.post("/projects").json(body).send().await.problem(400);
+}
+
+#[tokio::test]
+async fn group_scores_is_a_run_option_of_groups_projects() {
+    let api = Api::new();
+    let p = api.project("groups").await;
+    let runs = format!("/projects/{}/runs", p.id);
+    let r = api.post(&runs).token(&p.result_token).json(json!({"threshold": 0.8, "group_scores": true})).send().await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v = r.json();
+    assert_eq!(v["group_scores"], true);
+    let run = v["run_id"].as_str().unwrap();
+    assert!(api.meta.get_run(&p.id, run).await.unwrap().unwrap().group_scores);
+    let described = api.get(&format!("{runs}/{run}")).token(&p.result_token).send().await.json();
+    assert_eq!(described["group_scores"], true);
+    // Without it, the reference's RunDescription, key for key.
+    let plain = api.run(&p).await;
+    let described = api.get(&format!("{runs}/{plain}")).token(&p.result_token).send().await.json();
+    let mut keys: Vec<&String> = described.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["name", "notes", "run_id", "threshold"]);
+
+    for result_type in ["similarity_scores", "permutations"] {
+        let p = api.project(result_type).await;
+        let detail = api
+            .post(&format!("/projects/{}/runs", p.id))
+            .token(&p.result_token)
+            .json(json!({"threshold": 0.8, "group_scores": true}))
+            .send()
+            .await
+            .problem(400);
+        assert!(detail.contains("'group_scores' applies to result type 'groups'"), "{detail}");
+    }
+}
+
+/// Marks party `party`'s upload ingested with `records` records.
+async fn ingest(api: &Api, p: &Project, party: usize, records: u64) {
+    api.receipt(p, party).await;
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[party].upload_id.clone().unwrap();
+    let ingested = IngestedParty { record_count: records, encoding_size: 8, entry_count: records, block_count: 1 };
+    api.meta.complete_upload(&p.id, party as u32, &upload, &ingested).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_run_over_the_comparison_cap_is_refused_at_post_with_its_plan() {
+    let mut settings = settings(true);
+    settings.limits.max_comparisons_per_project = 1_000_000;
+    let api = Api::with_settings(settings);
+    let p = api.project("groups").await;
+    ingest(&api, &p, 0, 1000).await;
+    // Before every party's data is in, the run's size is unknown: it is accepted (fan-out
+    // checks it once planned).
+    api.run(&p).await;
+    ingest(&api, &p, 1, 2000).await;
+    let detail = post_run_reply(&api, &p).await.problem(409);
+    assert!(
+        detail.contains("2000000 comparisons") && detail.contains("shards") && detail.contains("MaxComparisonsPerProject")
+            && detail.contains("1000000 allowed"),
+        "{detail}"
+    );
+    assert_eq!(api.meta.list_runs(&p.id).await.unwrap().len(), 1, "the refused run is not stored");
+
+    // Within the cap: accepted, and its status carries the plan before it starts.
+    let p = api.project("groups").await;
+    ingest(&api, &p, 0, 500).await;
+    ingest(&api, &p, 1, 2000).await;
+    let run = api.run(&p).await;
+    let status = api.get(&format!("/projects/{}/runs/{run}/status", p.id)).token(&p.result_token).send().await.json();
+    assert_eq!(status["state"], "created");
+    assert_eq!(status["plan"]["comparisons"], 1_000_000);
+    assert!(status["plan"]["shards"].as_u64().unwrap() >= 1);
+    assert!(status["plan"]["estimated_wall_seconds"].is_number() && status["plan"]["estimated_cost_usd"].is_number());
+}
+
+#[tokio::test]
+async fn party_upload_status_is_per_party_and_no_party_sees_another() {
+    let api = Api::new();
+    let p = api.project_with(json!({"schema": {}, "result_type": "groups", "number_parties": 3})).await;
+    let path = format!("/projects/{}/parties", p.id);
+    let all = api.get(&path).token(&p.result_token).send().await.json();
+    assert_eq!(all["number_parties"], 3);
+    let states: Vec<&str> = all["parties"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "pending", "pending"]);
+
+    ingest(&api, &p, 0, 7).await;
+    api.receipt(&p, 1).await;
+    let failing = api.meta.get_project(&p.id).await.unwrap().unwrap().1[1].upload_id.clone().unwrap();
+    api.meta.fail_upload(&p.id, 1, &failing, "record 3 is not valid base64").await.unwrap();
+    api.receipt(&p, 2).await;
+
+    let all = api.get(&path).token(&p.result_token).send().await.json();
+    assert_eq!(
+        all["parties"],
+        json!([
+            {"party": 0, "state": "done", "records": 7, "encoding_size": 8},
+            {"party": 1, "state": "failed", "reason": "record 3 is not valid base64"},
+            {"party": 2, "state": "ingesting"},
+        ])
+    );
+    // Each update token sees its own party only: party 1's reason reaches no one else.
+    for (party, token) in p.update_tokens.iter().enumerate() {
+        let mine = api.get(&path).token(token).send().await;
+        assert_eq!(mine.status, StatusCode::OK);
+        let body = String::from_utf8(mine.body.to_vec()).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["parties"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(v["parties"][0], all["parties"][party]);
+        assert_eq!(body.contains("base64"), party == 1, "{body}");
+    }
+    // Other tokens: the reference's 400/403.
+    let receipt = api.receipt(&api.project("groups").await, 0).await;
+    let other = api.project("groups").await;
+    for token in [receipt.as_str(), other.result_token.as_str(), other.update_tokens[0].as_str(), "wrong"] {
+        api.get(&path).token(token).send().await.problem(403);
+    }
+    api.get(&path).send().await.problem(400);
+    // The reference's ProjectDescription is unchanged, and still refuses update tokens.
+    api.get(&format!("/projects/{}", p.id)).token(&p.update_tokens[0]).send().await.problem(403);
+    let described = api.get(&format!("/projects/{}", p.id)).token(&p.result_token).send().await.json();
+    assert!(described.get("parties").is_none());
+}

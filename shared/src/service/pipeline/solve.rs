@@ -12,6 +12,13 @@
 //! - `groups` of **three or more parties**: the candidates are held (24 bytes each), split into
 //!   the connected components of their graph, and solved one component at a time
 //!   ([`solver::greedy_solve_by_component`], identical to the greedy over all of them).
+//! - `similarity_scores` of three or more parties (the `multiparty` opt-in) is the same stream
+//!   as for two: the merge order is anonlink's `find_candidate_pairs` order for any number of
+//!   parties.
+//! - A run posted with `group_scores` writes its groups with their edges
+//!   ([`output::write_scored_groups`]): two-party greedy keeps each match's score (8 more bytes
+//!   per match), the N-party solve picks each group's edges from the candidates it holds anyway
+//!   ([`solver::group_edges`], a map entry per grouped record).
 //!
 //! Results are written under deterministic keys with deterministic content (the permutations'
 //! randomness is a secret drawn once per run and kept on its metadata item, see
@@ -42,7 +49,7 @@ use crate::engine::candidates::{self, Candidate, CandidateWriter};
 use crate::engine::output::{self, PermutationSeed, SimilarityScoresWriter};
 use crate::engine::solver::{self, Components, TwoPartyGreedy};
 use crate::service::{keys, tokens};
-use crate::service::model::{Party, ResultType, RunState};
+use crate::service::model::{Party, ResultType, Run, RunState};
 use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
 use crate::service::time;
 
@@ -120,8 +127,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         };
         let solved = match project.result_type {
             ResultType::SimilarityScores => self.write_similarity_scores(project_id, run_id, inputs, limit).await?,
-            _ if two_parties => self.solve_two_parties(project_id, run_id, project.result_type, &parties, inputs, limit).await?,
-            _ => self.solve_by_component(project_id, run_id, inputs, limit, run.candidate_count).await?,
+            _ if two_parties => self.solve_two_parties(project_id, run_id, &run, project.result_type, &parties, inputs, limit).await?,
+            _ => self.solve_by_component(project_id, run_id, inputs, limit, run.candidate_count, run.group_scores).await?,
         };
         let pairs = match solved {
             Solved::Written { pairs } => pairs,
@@ -176,14 +183,16 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         &self,
         project_id: &str,
         run_id: &str,
+        run: &Run,
         result_type: ResultType,
         parties: &[Party],
         inputs: merge::Inputs,
         limit: u64,
     ) -> Result<Solved, PipelineError> {
         let (readers, error) = inputs.candidate_readers()?;
-        let matched = tokio::task::spawn_blocking(move || -> Result<Option<(u64, Vec<(u32, u32)>)>, PipelineError> {
-            let mut greedy = TwoPartyGreedy::new();
+        let group_scores = run.group_scores;
+        let matched = tokio::task::spawn_blocking(move || -> Result<Option<(u64, TwoPartyGreedy)>, PipelineError> {
+            let mut greedy = if group_scores { TwoPartyGreedy::keeping_scores() } else { TwoPartyGreedy::new() };
             let mut pairs = 0u64;
             for c in candidates::merge(readers) {
                 let c = c.map_err(|e| read_failure(&error, e))?;
@@ -193,13 +202,27 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 pairs += 1;
                 greedy.visit(&c).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
             }
-            Ok(Some((pairs, greedy.into_pairs())))
+            Ok(Some((pairs, greedy)))
         })
         .await
         .map_err(|e| PipelineError::Worker(e.to_string()))??;
-        let Some((pairs, matches)) = matched else { return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE)) };
+        let Some((pairs, greedy)) = matched else { return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE)) };
 
         let groups_key = keys::result_groups(project_id, run_id);
+        if group_scores && result_type == ResultType::Groups {
+            // Each two-party group is one match, and its one edge is the candidate that made it.
+            let scored = greedy.into_scored_pairs();
+            let groups: Vec<[(u32, u32); 2]> = scored.iter().map(|&((a, b), _)| [(0, a), (1, b)]).collect();
+            let edges: Vec<[Candidate; 1]> =
+                scored.iter().map(|&((a, b), score)| [Candidate { score, d0: 0, r0: a, d1: 1, r1: b }]).collect();
+            return with_uploads(&self.work, vec![groups_key], move |uploads| {
+                let [upload]: [merge::Upload; 1] = uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
+                write_scored_groups(upload, &groups, &edges)?;
+                Ok(Solved::Written { pairs })
+            })
+            .await;
+        }
+        let matches = greedy.into_pairs();
         if result_type != ResultType::Permutations {
             return with_uploads(&self.work, vec![groups_key], move |uploads| {
                 let [groups]: [merge::Upload; 1] = uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
@@ -239,7 +262,15 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     }
 
     /// Three or more parties: hold the candidates, solve one connected component at a time.
-    async fn solve_by_component(&self, project_id: &str, run_id: &str, inputs: merge::Inputs, limit: u64, counted: u64) -> Result<Solved, PipelineError> {
+    async fn solve_by_component(
+        &self,
+        project_id: &str,
+        run_id: &str,
+        inputs: merge::Inputs,
+        limit: u64,
+        counted: u64,
+        group_scores: bool,
+    ) -> Result<Solved, PipelineError> {
         let budget = SolveMemory::new(&self.settings.limits).solver_budget(1);
         let (readers, error) = inputs.candidate_readers()?;
         let groups_key = keys::result_groups(project_id, run_id);
@@ -264,12 +295,25 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             }
             let groups = solver::greedy_solve_by_component(&held, &components);
             let pairs = held.len() as u64;
-            drop((held, components));
-            write_groups(upload, &groups)?;
+            drop(components);
+            if group_scores {
+                let edges = solver::group_edges(&groups, &held);
+                drop(held);
+                write_scored_groups(upload, &groups, &edges)?;
+            } else {
+                drop(held);
+                write_groups(upload, &groups)?;
+            }
             Ok(Solved::Written { pairs })
         })
         .await
     }
+}
+
+/// Streams `{"groups":…,"group_scores":…}` into `upload` and commits it.
+fn write_scored_groups<G: AsRef<[(u32, u32)]>, E: AsRef<[Candidate]>>(mut upload: merge::Upload, groups: &[G], edges: &[E]) -> Result<(), PipelineError> {
+    output::write_scored_groups(&mut upload, groups, edges).map_err(write_failure)?;
+    upload.commit().map_err(write_failure)
 }
 
 /// Streams `{"groups":…}` into `upload` and commits it.
