@@ -18,6 +18,7 @@ use crate::engine::dice;
 use crate::engine::packed::Entries;
 use crate::engine::shard::{self, Shard};
 use crate::service::keys;
+use crate::service::metrics;
 use crate::service::model::RunState;
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
@@ -27,8 +28,8 @@ pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the gl
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
     pub async fn compare(&self, message: &ShardMessage) -> Result<(), PipelineError> {
-        // Per-shard costs go into the "shard compared" log line: the benchmarks and the scale
-        // model (docs/scale-model.md) are built from them.
+        // Per-shard costs go into the "shard compared" log line (the benchmarks and the scale
+        // model, docs/scale-model.md, are built from it) and the shard's metrics document.
         let started = Instant::now();
         let mut fetched_bytes = 0u64;
         let mut kernel_time = Duration::ZERO;
@@ -98,7 +99,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 kernel_time = kernel_started.elapsed();
                 let count = found.len() as u64;
                 if run.candidate_count + count > self.settings.limits.similarity_scores_max_candidate_pairs {
-                    self.meta.fail_run(project_id, run_id, CANDIDATE_LIMIT_MESSAGE).await?;
+                    self.fail_run(project_id, run_id, CANDIDATE_LIMIT_MESSAGE).await?;
                     return Ok(());
                 }
                 self.work.put(&candidates_key, Bytes::from(candidates::encode(&found)), &Vec::new()).await?;
@@ -118,6 +119,19 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
               done = run.shards_done, total = run.shards_total, comparisons = shard.comparisons,
               fetched_bytes, kernel_ms = kernel_time.as_millis() as u64,
               elapsed_ms = started.elapsed().as_millis() as u64, "shard compared");
+        if outcome.counted {
+            // Once per shard, so the shards' comparisons add up to the run's.
+            metrics::shard_compared(&metrics::ShardCompared {
+                project_id,
+                run_id,
+                shard: shard.index,
+                comparisons: shard.comparisons,
+                candidates: count,
+                fetched_bytes,
+                duration: started.elapsed(),
+                kernel: kernel_time,
+            });
+        }
         if run.state == RunState::Running && run.shards_done >= run.shards_total {
             let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
                 .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
