@@ -67,6 +67,10 @@ impl Document {
         self.number(name, Unit::Count, Number::from(value))
     }
 
+    pub fn bytes(self, name: &'static str, value: u64) -> Self {
+        self.number(name, Unit::Bytes, Number::from(value))
+    }
+
     /// A measurement; a value that is not finite (JSON has no number for it) is left out.
     pub fn measure(self, name: &'static str, unit: Unit, value: f64) -> Self {
         match Number::from_f64(value) {
@@ -205,7 +209,7 @@ pub fn shard_compared(shard: &ShardCompared) {
         .count("Comparisons", shard.comparisons)
         .count("Candidates", shard.candidates)
         .milliseconds("ShardDuration", shard.duration)
-        .count("FetchedBytes", shard.fetched_bytes)
+        .bytes("FetchedBytes", shard.fetched_bytes)
         .property("ProjectId", shard.project_id)
         .property("RunId", shard.run_id)
         .property("Shard", shard.shard);
@@ -220,7 +224,7 @@ pub fn upload_ingested(project_id: &str, party: u32, records: u64, bytes: u64, d
     emit(
         Document::new()
             .count("UploadRecords", records)
-            .count("UploadBytes", bytes)
+            .bytes("UploadBytes", bytes)
             .milliseconds("IngestDuration", duration)
             .property("ProjectId", project_id)
             .property("Party", party),
@@ -354,14 +358,14 @@ mod tests {
         let line = Document::new()
             .measure("ComparisonsPerSecond", Unit::CountPerSecond, 1e9)
             .milliseconds("ShardDuration", Duration::from_micros(1500))
-            .count("FetchedBytes", 10)
+            .bytes("FetchedBytes", 10)
             .to_line("n", 0)
             .unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         let directive = &v["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(directive["Dimensions"], json!([[]]));
         let units: Vec<&str> = directive["Metrics"].as_array().unwrap().iter().map(|m| m["Unit"].as_str().unwrap()).collect();
-        assert_eq!(units, ["Count/Second", "Milliseconds", "Count"]);
+        assert_eq!(units, ["Count/Second", "Milliseconds", "Bytes"]);
         assert_eq!(v["ShardDuration"], 1.5);
         assert_eq!(v["FetchedBytes"], 10);
     }

@@ -1309,6 +1309,14 @@ async fn a_run_leaves_one_metrics_document_per_shard_upload_and_outcome() {
     let uploads = of("UploadRecords");
     assert_eq!(uploads.iter().map(|d| d["Party"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1]);
     assert!(uploads.iter().all(|d| d["UploadRecords"] == 40 && d["UploadBytes"] == 40 * 8));
+    // Each metric keeps its unit wherever it is emitted.
+    let unit = |doc: &serde_json::Value, name: &str| {
+        doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().iter().find(|m| m["Name"] == name).map(|m| m["Unit"].clone())
+    };
+    assert_eq!(unit(shards[0], "FetchedBytes"), Some("Bytes".into()));
+    assert_eq!(unit(shards[0], "ShardDuration"), Some("Milliseconds".into()));
+    assert_eq!(unit(uploads[0], "UploadBytes"), Some("Bytes".into()));
+    assert_eq!(unit(ended[0], "RunDuration"), Some("Seconds".into()));
 }
 
 #[tokio::test]
