@@ -12,3 +12,4 @@ mod secrets;
 mod api_contract;
 mod limits;
 mod cli_sequence;
+mod metrics;
