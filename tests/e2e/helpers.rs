@@ -261,13 +261,26 @@ pub fn runner_log() -> String {
     std::fs::read_to_string(repo_root().join("localstack/.state/logs/runner.log")).unwrap_or_default()
 }
 
+/// The part of the runner's log written since the runner last started.
+pub fn since_start(log: &str) -> &str {
+    log.rfind("local-runner: memory limits").map(|i| &log[i..]).unwrap_or(log)
+}
+
+/// The Embedded Metric Format documents the functions wrote to stdout since the runner last
+/// started: every line that is a JSON object with an `_aws` member, in order.
+pub fn emf_documents() -> Vec<Value> {
+    since_start(&runner_log())
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect()
+}
+
 /// Every invocation of `functions` that has started since the runner last started gets
 /// Lambda's REPORT line (waiting for those still running), and each REPORT line of theirs shows
 /// a peak within the function's Memory Size. Returns the number of REPORT lines checked.
 pub async fn assert_every_invocation_reported(functions: &[&str], limit: Duration) -> anyhow::Result<usize> {
-    fn since_start(log: &str) -> &str {
-        log.rfind("local-runner: memory limits").map(|i| &log[i..]).unwrap_or(log)
-    }
     fn ids<'a>(log: &'a str, function: &str, kind: &str) -> Vec<&'a str> {
         let prefix = format!("{function} {kind} RequestId: ");
         log.lines()

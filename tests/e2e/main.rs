@@ -13,3 +13,4 @@ mod api_contract;
 mod limits;
 mod cli_sequence;
 mod beyond;
+mod metrics;

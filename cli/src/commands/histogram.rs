@@ -15,6 +15,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::client::ServiceClient;
@@ -41,27 +42,36 @@ pub struct HistogramOptions {
 pub type ScoredPair = (u64, u64, f64);
 
 pub fn run(o: HistogramOptions) -> anyhow::Result<()> {
-    let pairs = match o.source {
-        ScoresSource::File(path) => {
-            let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let json: Value = serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-            parse_scores(&json).with_context(|| format!("{}", path.display()))?
+    let scores = match o.source {
+        ScoresSource::File(path) => Scores::File(path),
+        ScoresSource::Encodings { files, threshold } => Scores::Pairs(
+            super::link::similarity_scores(&files, threshold, false)?
+                .into_iter()
+                .map(|c| (c.r0 as u64, c.r1 as u64, c.score))
+                .collect(),
+        ),
+        ScoresSource::Service { client, project, run, token } => {
+            let result = client.result(&project, &run, &token)?;
+            let mut pairs = Vec::new();
+            read_scores(result, |pair| pairs.push(pair)).context("the run's result (is it a similarity_scores project?)")?;
+            Scores::Pairs(pairs)
         }
-        ScoresSource::Encodings { files, threshold } => super::link::similarity_scores(&files, threshold, false)?
-            .into_iter()
-            .map(|c| (c.r0 as u64, c.r1 as u64, c.score))
-            .collect(),
-        ScoresSource::Service { client, project, run, token } => parse_scores(&client.result(&project, &run, &token)?)
-            .context("the run's result (is it a similarity_scores project?)")?,
     };
-    if pairs.is_empty() {
-        bail!("no scored pairs to draw");
-    }
     let truth = match &o.truth {
         Some(path) => Some(read_truth(path)?),
         None => None,
     };
-    let hist = Histogram::new(&pairs, truth.as_ref(), o.bins);
+    // Two passes over the scores: the lowest score places the bins, then each pair is counted.
+    let (mut count, mut min) = (0u64, 1.0f64);
+    scores.for_each(|(_, _, score)| {
+        count += 1;
+        min = min.min(score);
+    })?;
+    if count == 0 {
+        bail!("no scored pairs to draw");
+    }
+    let mut hist = Histogram::starting_at(min, truth.as_ref(), o.bins);
+    scores.for_each(|pair| hist.add(pair, truth.as_ref()))?;
     let suggestion = suggest_threshold(&hist.totals());
     let colour = std::io::stdout().is_terminal();
     print!("{}", terminal_chart(&hist, suggestion.as_ref(), colour));
@@ -72,29 +82,114 @@ pub fn run(o: HistogramOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a `similarity_scores` result: `{"similarity_scores": [[[d0, r0], [d1, r1], score], ...]}`
-/// (API v1), or the older `[[r0, r1, score], ...]` rows.
-pub fn parse_scores(json: &Value) -> anyhow::Result<Vec<ScoredPair>> {
-    let rows = json
-        .get("similarity_scores")
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("no \"similarity_scores\" list (expected a similarity_scores result)"))?;
-    rows.iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let bad = || anyhow!("similarity_scores[{i}] is not [[d0, r0], [d1, r1], score] or [r0, r1, score]");
-            let row = row.as_array().ok_or_else(bad)?;
-            let (a, b, score) = match row.as_slice() {
-                [a, b, s] if a.is_array() => (a[1].as_u64(), b[1].as_u64(), s.as_f64()),
-                [a, b, s] => (a.as_u64(), b.as_u64(), s.as_f64()),
-                _ => return Err(bad()),
-            };
-            match (a, b, score) {
-                (Some(a), Some(b), Some(s)) if (0.0..=1.0).contains(&s) => Ok((a, b, s)),
-                _ => Err(bad()),
+/// Scores to count: a result file is read again for each pass (one row in memory at a time,
+/// however many scores it holds); scores computed or fetched here are already in memory.
+enum Scores {
+    File(PathBuf),
+    Pairs(Vec<ScoredPair>),
+}
+
+impl Scores {
+    fn for_each(&self, each: impl FnMut(ScoredPair)) -> anyhow::Result<()> {
+        match self {
+            Scores::File(path) => {
+                let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+                let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+                read_scores(&mut de, each)
+                    .and_then(|()| de.end().map_err(anyhow::Error::from))
+                    .with_context(|| format!("{}", path.display()))
             }
-        })
-        .collect()
+            Scores::Pairs(pairs) => {
+                pairs.iter().copied().for_each(each);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads a `similarity_scores` result, `{"similarity_scores": [[[d0, r0], [d1, r1], score], ...]}`
+/// (API v1) or the older `[[r0, r1, score], ...]` rows, from any serde deserializer (a file as it
+/// is read, or a JSON value), calling `each` with every pair in order. Other members are skipped.
+pub fn read_scores<'de, D: Deserializer<'de>>(de: D, each: impl FnMut(ScoredPair)) -> anyhow::Result<()>
+where
+    D::Error: Send + Sync + 'static,
+{
+    if de.deserialize_map(ResultVisitor { each })? {
+        Ok(())
+    } else {
+        bail!("no \"similarity_scores\" list (expected a similarity_scores result)")
+    }
+}
+
+/// The result object; answers whether it had a `similarity_scores` member.
+struct ResultVisitor<F> {
+    each: F,
+}
+
+impl<'de, F: FnMut(ScoredPair)> Visitor<'de> for ResultVisitor<F> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a similarity_scores result object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "similarity_scores" {
+                map.next_value_seed(Rows { each: &mut self.each })?;
+                found = true;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The `similarity_scores` list, row by row.
+struct Rows<'a, F> {
+    each: &'a mut F,
+}
+
+impl<'de, F: FnMut(ScoredPair)> DeserializeSeed<'de> for Rows<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(ScoredPair)> Visitor<'de> for Rows<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of [[d0, r0], [d1, r1], score] rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while let Some(row) = seq.next_element::<Value>()? {
+            (self.each)(parse_row(i, &row).map_err(de::Error::custom)?);
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One row: `[[d0, r0], [d1, r1], score]` or `[r0, r1, score]`, with a score in `[0, 1]`.
+fn parse_row(i: usize, row: &Value) -> Result<ScoredPair, String> {
+    let bad = || format!("similarity_scores[{i}] is not [[d0, r0], [d1, r1], score] or [r0, r1, score]");
+    let row = row.as_array().ok_or_else(bad)?;
+    let (a, b, score) = match row.as_slice() {
+        [a, b, s] if a.is_array() => (a[1].as_u64(), b[1].as_u64(), s.as_f64()),
+        [a, b, s] => (a.as_u64(), b.as_u64(), s.as_f64()),
+        _ => return Err(bad()),
+    };
+    match (a, b, score) {
+        (Some(a), Some(b), Some(s)) if (0.0..=1.0).contains(&s) => Ok((a, b, s)),
+        _ => Err(bad()),
+    }
 }
 
 /// The true matches: `row_a,row_b` lines after a header.
@@ -126,21 +221,38 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Empty bins over `[low, 1]`, `low` being the lowest score rounded down to a multiple of
+    /// 0.01 (so bin edges read well).
+    pub fn starting_at(min_score: f64, truth: Option<&HashSet<(u64, u64)>>, bins: usize) -> Self {
+        let low = ((min_score * 100.0).floor() / 100.0).min(0.99);
+        let width = (1.0 - low) / bins as f64;
+        Self {
+            low,
+            width,
+            non_matches: vec![0; bins],
+            matches: truth.map(|_| vec![0; bins]),
+            true_pairs: truth.map_or(0, |t| t.len() as u64),
+        }
+    }
+
+    /// Counts one pair (a match if `truth` has it); a score below `low` counts in the first bin.
+    pub fn add(&mut self, (a, b, score): ScoredPair, truth: Option<&HashSet<(u64, u64)>>) {
+        let bin = (((score - self.low) / self.width).max(0.0) as usize).min(self.bins() - 1);
+        match (&mut self.matches, truth) {
+            (Some(m), Some(t)) if t.contains(&(a, b)) => m[bin] += 1,
+            _ => self.non_matches[bin] += 1,
+        }
+    }
+
+    /// The histogram of pairs in memory, in one go (what [`run`]'s two passes build).
+    #[cfg(test)]
     pub fn new(pairs: &[ScoredPair], truth: Option<&HashSet<(u64, u64)>>, bins: usize) -> Self {
         let min = pairs.iter().map(|p| p.2).fold(1.0, f64::min);
-        // Start on a round score (a multiple of 0.01) so bin edges read well.
-        let low = ((min * 100.0).floor() / 100.0).min(0.99);
-        let width = (1.0 - low) / bins as f64;
-        let mut non_matches = vec![0; bins];
-        let mut matches = truth.map(|_| vec![0; bins]);
-        for &(a, b, score) in pairs {
-            let bin = (((score - low) / width) as usize).min(bins - 1);
-            match (&mut matches, truth) {
-                (Some(m), Some(t)) if t.contains(&(a, b)) => m[bin] += 1,
-                _ => non_matches[bin] += 1,
-            }
+        let mut h = Self::starting_at(min, truth, bins);
+        for &pair in pairs {
+            h.add(pair, truth);
         }
-        Self { low, width, non_matches, matches, true_pairs: truth.map_or(0, |t| t.len() as u64) }
+        h
     }
 
     pub fn bins(&self) -> usize {
@@ -371,13 +483,45 @@ mod tests {
         assert_eq!(suggest_threshold(&[0, 0, 0]), None);
     }
 
+    fn parse_scores(text: &str) -> anyhow::Result<Vec<ScoredPair>> {
+        let mut pairs = Vec::new();
+        let mut de = serde_json::Deserializer::from_reader(text.as_bytes());
+        read_scores(&mut de, |p| pairs.push(p))?;
+        de.end()?;
+        Ok(pairs)
+    }
+
     #[test]
     fn both_score_shapes_parse_and_bad_rows_are_named() {
-        let v: Value = serde_json::from_str(r#"{"similarity_scores":[[[0,3],[1,4],0.9],[5,6,0.75]]}"#).unwrap();
-        assert_eq!(parse_scores(&v).unwrap(), vec![(3, 4, 0.9), (5, 6, 0.75)]);
-        let v: Value = serde_json::from_str(r#"{"similarity_scores":[[[0,3],[1,4],1.5]]}"#).unwrap();
-        assert!(parse_scores(&v).unwrap_err().to_string().contains("similarity_scores[0]"));
-        assert!(parse_scores(&serde_json::json!({"groups": []})).is_err());
+        let text = r#"{"similarity_scores":[[[0,3],[1,4],0.9],[5,6,0.75]]}"#;
+        assert_eq!(parse_scores(text).unwrap(), vec![(3, 4, 0.9), (5, 6, 0.75)]);
+        let mut from_value = Vec::new();
+        read_scores(serde_json::from_str::<Value>(text).unwrap(), |p| from_value.push(p)).unwrap();
+        assert_eq!(from_value, vec![(3, 4, 0.9), (5, 6, 0.75)]);
+        let err = parse_scores(r#"{"similarity_scores":[[[0,3],[1,4],0.9],[[0,3],[1,4],1.5]]}"#).unwrap_err();
+        assert!(err.to_string().contains("similarity_scores[1]"), "{err}");
+        assert!(parse_scores(r#"{"groups": []}"#).unwrap_err().to_string().contains("no \"similarity_scores\""));
+        assert!(parse_scores(r#"{"similarity_scores": []} trailing"#).is_err());
+    }
+
+    #[test]
+    fn a_scores_file_is_read_one_row_at_a_time_with_other_members_skipped() {
+        // Rows arrive in order while the file is read; the histogram of two passes over the
+        // file equals the one built from the pairs in memory.
+        let dir = std::env::temp_dir().join(format!("pprl-histogram-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("scores.json");
+        let pairs: Vec<ScoredPair> = (0..2000u64).map(|i| (i, i % 7, 0.5 + (i % 50) as f64 / 100.0)).collect();
+        let rows: Vec<Value> = pairs.iter().map(|&(a, b, s)| serde_json::json!([[0, a], [1, b], s])).collect();
+        std::fs::write(&path, serde_json::json!({"note": {"nested": [1, 2]}, "similarity_scores": rows}).to_string()).unwrap();
+        let scores = Scores::File(path.clone());
+        let mut seen = Vec::new();
+        scores.for_each(|p| seen.push(p)).unwrap();
+        assert_eq!(seen, pairs);
+        let mut streamed = Histogram::starting_at(0.5, None, 20);
+        scores.for_each(|p| streamed.add(p, None)).unwrap();
+        assert_eq!(streamed.non_matches, Histogram::new(&pairs, None, 20).non_matches);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     };
     let app = router(state);
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        shared::service::metrics::init("api");
         return lambda_http::run(app).await;
     }
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:8851".into());

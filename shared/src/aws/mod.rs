@@ -97,9 +97,10 @@ pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::
     })
 }
 
-/// The whole life of an SQS-triggered pipeline function: telemetry, settings and clients once
-/// per cold start, then every invocation through [`crate::service::lambda::handle_payload`]. (Boxed: the
-/// SDK's deeply nested future types would otherwise exceed rustc's type-layout depth in `main`.)
+/// The whole life of an SQS-triggered pipeline function: telemetry (logs, metrics and the cold
+/// start's count), settings and clients once per cold start, then every invocation through
+/// [`crate::service::lambda::handle_payload`]. (Boxed: the SDK's deeply nested future types
+/// would otherwise exceed rustc's type-layout depth in `main`.)
 pub fn run_pipeline_function(
     step: crate::service::lambda::Step,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), lambda_runtime::Error>>>> {
@@ -107,6 +108,7 @@ pub fn run_pipeline_function(
 
     Box::pin(async move {
         crate::service::telemetry::init();
+        crate::service::metrics::init(step.function_name());
         let pipeline = pipeline_from_env().await?;
         let pipeline = &pipeline;
         lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {

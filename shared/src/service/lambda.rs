@@ -128,6 +128,17 @@ pub enum Step {
     Solve,
 }
 
+impl Step {
+    /// The function's name in the template (after the stack's), as the metrics name it.
+    pub fn function_name(self) -> &'static str {
+        match self {
+            Step::FanOut => "fan-out",
+            Step::Compare => "compare",
+            Step::Solve => "solve",
+        }
+    }
+}
+
 /// Runs `step` on one SQS event.
 pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
     step: Step,

@@ -11,6 +11,8 @@
 //!   metadata adapters).
 //! - [`aws_limits`]: AWS's request limits, checked by every adapter where requests are built.
 //! - [`retry`]: in-process retries of DynamoDB transaction conflicts.
+//! - [`telemetry`] and [`metrics`]: what operators see: logs, and metrics in CloudWatch's Embedded
+//!   Metric Format.
 
 pub mod api;
 pub mod aws_limits;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod keys;
 pub mod lambda;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod ports;

@@ -1,5 +1,5 @@
 //! Logging: JSON lines in Lambda (and whenever `AWS_LAMBDA_LOG_FORMAT=JSON`), human-readable
-//! text otherwise; level from `RUST_LOG` (default `info`).
+//! text otherwise; level from `RUST_LOG` (default `info`). Metrics: [`super::metrics`].
 
 pub fn init() {
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));

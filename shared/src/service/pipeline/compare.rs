@@ -30,8 +30,8 @@ use crate::engine::candidates;
 use crate::engine::dice;
 use crate::engine::packed::Entries;
 use crate::engine::shard::{self, Shard};
-use crate::service::keys;
 use crate::service::model::{RunAfterShard, RunState, ShardTally};
+use crate::service::{keys, metrics};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
 use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
@@ -73,8 +73,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     }
 
     async fn compare_run_shards(&self, project_id: &str, run_id: &str, messages: &[&ShardMessage]) -> Result<(), PipelineError> {
-        // Per-shard costs go into the "shard compared" log lines: the benchmarks and the scale
-        // model (docs/scale-model.md) are built from them.
+        // Per-shard costs go into the "shard compared" log lines (the benchmarks and the scale
+        // model, docs/scale-model.md, are built from them) and the shards' metrics documents.
         let started = Instant::now();
         let Some(head) = self.meta.get_run_head(project_id, run_id).await? else {
             info!(project_id, run_id, shards = messages.len(), "run deleted; dropping shards");
@@ -156,10 +156,23 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                   comparisons = tally.comparisons, fetched_bytes = fetched_bytes / tallies.len() as u64,
                   kernel_ms = kernel.as_millis() as u64, elapsed_ms = batch_ms / tallies.len() as u64,
                   batch_shards = tallies.len(), batch_ms, "shard compared");
+            if *counted {
+                // Once per shard, so the shards' comparisons add up to the run's.
+                metrics::shard_compared(&metrics::ShardCompared {
+                    project_id,
+                    run_id,
+                    shard: tally.shard,
+                    comparisons: tally.comparisons,
+                    candidates: tally.candidates,
+                    fetched_bytes: fetched_bytes / tallies.len() as u64,
+                    duration: started.elapsed() / tallies.len() as u32,
+                    kernel: *kernel,
+                });
+            }
         }
         let Some(run) = run.filter(|r| r.state == RunState::Running) else { return Ok(()) };
         if run.candidate_count > self.settings.limits.similarity_scores_max_candidate_pairs {
-            self.meta.fail_run(project_id, run_id, CANDIDATE_LIMIT_MESSAGE).await?;
+            self.fail_run(project_id, run_id, CANDIDATE_LIMIT_MESSAGE).await?;
             return Ok(());
         }
         if run.shards_done >= run.shards_total {

@@ -20,20 +20,20 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         if let Ok(m) = serde_json::from_str::<ShardMessage>(body) {
             warn!(project_id = m.project_id, run_id = m.run_id, shard = m.shard_index, "shard failed on every attempt");
             let message = format!("{RUN_FAILED_MESSAGE} Shard {} could not be computed after repeated attempts.", m.shard_index);
-            self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
+            self.fail_run(&m.project_id, &m.run_id, &message).await?;
             return Ok(());
         }
         // Before solve's: a range message has the fields of a solve message too.
         if let Ok(m) = serde_json::from_str::<DispatchMessage>(body) {
             warn!(project_id = m.project_id, run_id = m.run_id, pages = ?m.pages, "dispatch failed on every attempt");
             let message = format!("{RUN_FAILED_MESSAGE} Its shards could not be dispatched after repeated attempts.");
-            self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
+            self.fail_run(&m.project_id, &m.run_id, &message).await?;
             return Ok(());
         }
         if let Ok(m) = serde_json::from_str::<SolveMessage>(body) {
             warn!(project_id = m.project_id, run_id = m.run_id, "solve failed on every attempt");
             let message = format!("{RUN_FAILED_MESSAGE} The result could not be computed after repeated attempts.");
-            self.meta.fail_run(&m.project_id, &m.run_id, &message).await?;
+            self.fail_run(&m.project_id, &m.run_id, &message).await?;
             return Ok(());
         }
         for key in s3_event_keys(body)? {
@@ -52,7 +52,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 }
                 Some(Incoming::Run { project, run }) => {
                     warn!(project, run, "run start failed on every attempt");
-                    self.meta.fail_run(&project, &run, RUN_FAILED_MESSAGE).await?;
+                    self.fail_run(&project, &run, RUN_FAILED_MESSAGE).await?;
                 }
                 Some(Incoming::Delete { project }) => {
                     // The project's tombstone stays until a purge completes, and the watchdog

@@ -10,6 +10,8 @@
 //! an upload in the upload bucket is streamed (bounds in [`super::external`]); while planning,
 //! the block indexes of the project's parties (32 bytes per block per party).
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use tracing::{info, warn};
 
@@ -18,6 +20,7 @@ use crate::engine::packed::{self, BlockIndex};
 use crate::service::blob_stream::MultipartWriter;
 use crate::engine::sizing;
 use crate::service::keys::{self, Incoming};
+use crate::service::metrics;
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 use crate::service::stored_upload::{ExternalUpload, UploadForm};
@@ -69,6 +72,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     }
 
     async fn ingest(&self, project_id: &str, party_index: u32, upload_id: &str) -> Result<(), PipelineError> {
+        let started = Instant::now();
         let key = keys::upload(project_id, party_index, upload_id);
         let Some((project, parties)) = self.meta.get_project(project_id).await? else {
             info!(project_id, "upload of a deleted project; dropping it");
@@ -116,6 +120,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
             info!(project_id, party_index, records = ingested.record_count, "upload ingested");
+            let bytes = ingested.record_count * u64::from(ingested.encoding_size);
+            metrics::upload_ingested(project_id, party_index, ingested.record_count, bytes, started.elapsed());
         } else if self.meta.get_project(project_id).await?.is_none() {
             // Deleted (and perhaps purged) while we ingested: what we wrote after the purge
             // would outlive the project. Checked after our last write, so nothing comes later.
@@ -249,7 +255,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             }
             for run in self.meta.list_runs(&project.project_id).await? {
                 if !run.state.is_final() {
-                    self.meta.fail_run(&project.project_id, &run.run_id, &message).await?;
+                    self.fail_run(&project.project_id, &run.run_id, &message).await?;
                 }
             }
             return Ok(false);
@@ -287,7 +293,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         };
         let planned = self.plan_shards(project_id, run_id, &parties).await?;
         if let Some(message) = self.over_comparison_limit(project_id, run_id, planned.total_comparisons).await? {
-            self.meta.fail_run(project_id, run_id, &message).await?;
+            self.fail_run(project_id, run_id, &message).await?;
             self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;
             return self.delete_quietly(&keys::run_request(project_id, run_id)).await;
         }

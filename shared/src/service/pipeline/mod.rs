@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::shard::Shard;
 
 use super::config::Settings;
-use super::ports::{BlobError, MetaError, QueueError};
+use super::metrics;
+use super::ports::{BlobError, MetaError, MetaStore, QueueError};
 
 /// A message on the shard queue: one shard of one run. Small shards travel inline; large ones
 /// (many packed block pairs) are read from the work bucket.
@@ -117,6 +118,23 @@ pub struct Pipeline<M, B, U, Q, C> {
     /// Object stores that clients name in ExternalData (fan-out pulls from them when allowed).
     pub client_stores: C,
     pub settings: Settings,
+}
+
+impl<M: MetaStore, B, U, Q, C> Pipeline<M, B, U, Q, C> {
+    /// Puts a run in `error` with `message` unless it is final already; true if this call did
+    /// it, which then counts the failure in the metrics (with the run as it stands, read once
+    /// more on this rare path; a failed read costs the document, never the request).
+    pub async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, PipelineError> {
+        if !self.meta.fail_run(project_id, run_id, message).await? {
+            return Ok(false);
+        }
+        match self.meta.get_run(project_id, run_id).await {
+            Ok(Some(run)) => metrics::run_ended(&run, metrics::Outcome::Failed),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(project_id, run_id, error = %e, "failed run not counted in the metrics"),
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ use tracing::info;
 use crate::engine::candidates::{self, Candidate, CandidateWriter};
 use crate::engine::output::{self, PermutationSeed, SimilarityScoresWriter};
 use crate::engine::solver::{self, Components, TwoPartyGreedy};
-use crate::service::{keys, tokens};
+use crate::service::{keys, metrics, tokens};
 use crate::service::model::{Party, ResultType, Run, RunState};
 use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
 use crate::service::time;
@@ -110,7 +110,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             // Fail before fetching anything when the candidates cannot even be held.
             let holdable = SolveMemory::new(&self.settings.limits).solver_budget(1).map(|b| b / HELD_BYTES_PER_CANDIDATE);
             if holdable.is_some_and(|n| run.candidate_count > n) {
-                self.meta.fail_run(project_id, run_id, SOLVER_LIMIT_MESSAGE).await?;
+                self.fail_run(project_id, run_id, SOLVER_LIMIT_MESSAGE).await?;
                 return Ok(());
             }
         }
@@ -133,13 +133,14 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         let pairs = match solved {
             Solved::Written { pairs } => pairs,
             Solved::OverLimit(message) => {
-                self.meta.fail_run(project_id, run_id, message).await?;
+                self.fail_run(project_id, run_id, message).await?;
                 return Ok(());
             }
         };
         if self.meta.complete_run(project_id, run_id, &time::now_iso()).await? {
             info!(project_id, run_id, pairs, files = tree.width(0), levels = tree.top(), fetched_ms,
                   elapsed_ms = started.elapsed().as_millis() as u64, "run completed");
+            metrics::run_ended(&run, metrics::Outcome::Completed);
         }
         // Shard files are no longer needed by anyone once the run is final.
         self.work.delete_prefix(&keys::run_work_prefix(project_id, run_id)).await?;

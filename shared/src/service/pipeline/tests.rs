@@ -1313,3 +1313,54 @@ async fn a_conflict_that_outlasts_the_retries_makes_the_message_visible_again_so
     assert_eq!((run.state, run.shards_done), (RunState::Completed, 1));
     assert_eq!(p.queue.visibility_changes().len(), 1, "a success changes no visibility");
 }
+
+#[tokio::test]
+async fn a_run_leaves_one_metrics_document_per_shard_upload_and_outcome() {
+    let capture = crate::service::metrics::Capture::start();
+    let p = pipeline(300);
+    let data = parties(5, 2, 40, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    post_run(&p, &project, "run1", 0.6).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    drain(&p, 2).await; // every message twice: still one document per shard and per run
+    let run = p.meta.get_run(&project, "run1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Completed);
+    let docs = capture.documents();
+    let of = |metric: &str| docs.iter().filter(|d| d.get(metric).is_some()).collect::<Vec<_>>();
+    let shards = of("Comparisons");
+    assert!(run.shards_total > 1);
+    assert_eq!(shards.len(), run.shards_total as usize);
+    assert_eq!(shards.iter().map(|d| d["Comparisons"].as_u64().unwrap()).sum::<u64>(), run.total_comparisons);
+    assert!(shards.iter().all(|d| d["RunId"] == "run1" && d["FetchedBytes"].as_u64() > Some(0)));
+    let ended = of("Runs");
+    assert_eq!(ended.len(), 1);
+    assert_eq!((ended[0]["Outcome"].as_str(), ended[0]["RunComparisons"].as_u64()), (Some("completed"), Some(run.total_comparisons)));
+    assert!(ended[0]["RunDuration"].as_f64().is_some());
+    let uploads = of("UploadRecords");
+    assert_eq!(uploads.iter().map(|d| d["Party"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1]);
+    assert!(uploads.iter().all(|d| d["UploadRecords"] == 40 && d["UploadBytes"] == 40 * 8));
+    // Each metric keeps its unit wherever it is emitted.
+    let unit = |doc: &serde_json::Value, name: &str| {
+        doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().iter().find(|m| m["Name"] == name).map(|m| m["Unit"].clone())
+    };
+    assert_eq!(unit(shards[0], "FetchedBytes"), Some("Bytes".into()));
+    assert_eq!(unit(shards[0], "ShardDuration"), Some("Milliseconds".into()));
+    assert_eq!(unit(uploads[0], "UploadBytes"), Some("Bytes".into()));
+    assert_eq!(unit(ended[0], "RunDuration"), Some("Seconds".into()));
+}
+
+#[tokio::test]
+async fn a_run_failed_is_counted_once_by_whoever_failed_it() {
+    let capture = crate::service::metrics::Capture::start();
+    let p = pipeline(300);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    post_run(&p, &project, "run1", 0.6).await;
+    assert!(p.fail_run(&project, "run1", "broken").await.unwrap());
+    assert!(!p.fail_run(&project, "run1", "broken again").await.unwrap());
+    let docs = capture.documents();
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!((docs[0]["Outcome"].as_str(), docs[0]["Runs"].as_u64()), (Some("failed"), Some(1)));
+    assert!(docs[0].get("RunDuration").is_none(), "it never started");
+}

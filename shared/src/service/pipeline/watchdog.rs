@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::service::keys;
+use crate::service::{keys, metrics};
 use crate::service::model::{Party, Project, Run, RunState, UploadState, Watch, WatchTarget};
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, WorkQueue};
 
@@ -152,6 +152,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 "watchdog sweep"
             );
         }
+        metrics::watchdog_swept(sweep.projects, sweep.redriven, sweep.failed, sweep.errors, started.elapsed());
         Ok(sweep)
     }
 
@@ -280,7 +281,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 self.settings.watchdog.stall_after_secs
             );
             warn!(project_id, run_id, redrives, "stalled run failed");
-            if self.meta.fail_run(project_id, run_id, &message).await? {
+            if self.fail_run(project_id, run_id, &message).await? {
                 sweep.failed += 1;
             }
             return Ok(());
