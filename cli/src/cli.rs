@@ -356,6 +356,10 @@ pub struct CreateProjectArgs {
     /// The parties upload blocks with their encodings (anonlink-client: --blocked)
     #[arg(long, visible_alias = "blocked")]
     pub blocking: bool,
+    /// Similarity scores across 3 or more parties (an extension of the reference API; see
+    /// docs/api-compatibility.md)
+    #[arg(long)]
+    pub multiparty: bool,
     /// Write the answer (with the tokens) to FILE instead of stdout
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -374,6 +378,7 @@ impl CreateProjectArgs {
             schema,
             name: self.name,
             blocking: self.blocking,
+            multiparty: self.multiparty,
             output: self.output,
         })
     }
@@ -463,6 +468,10 @@ pub struct RunArgs {
     /// A name for the run
     #[arg(long, default_value = "")]
     pub name: String,
+    /// Groups results carry the score of every candidate pair inside each group (an extension
+    /// of the reference API; see docs/api-compatibility.md)
+    #[arg(long)]
+    pub group_scores: bool,
     /// Write the answer (with the run id) to FILE instead of stdout
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -475,6 +484,7 @@ impl RunArgs {
             project: self.project,
             threshold: self.threshold,
             name: self.name,
+            group_scores: self.group_scores,
             output: self.output,
         })
     }

@@ -107,6 +107,15 @@ fn is_retryable_transport(err: &reqwest::Error) -> bool {
     false
 }
 
+/// What a project asks for beyond the reference's body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProjectExtensions {
+    /// The parties upload blocks (the reference's `uses_blocking`).
+    pub uses_blocking: bool,
+    /// Similarity scores across more than two parties (this service's `multiparty` opt-in).
+    pub multiparty: bool,
+}
+
 pub struct ServiceClient {
     base: String,
     http: reqwest::blocking::Client,
@@ -187,11 +196,15 @@ impl ServiceClient {
     }
 
     pub fn create_project(&self, result_type: &str, parties: u32, schema: &Value, name: &str) -> anyhow::Result<NewProject> {
-        self.create_project_with(result_type, parties, schema, name, false)
+        self.create_project_with(result_type, parties, schema, name, ProjectExtensions::default())
     }
 
-    pub fn create_project_with(&self, result_type: &str, parties: u32, schema: &Value, name: &str, uses_blocking: bool) -> anyhow::Result<NewProject> {
-        let body = json!({"schema": schema, "result_type": result_type, "number_parties": parties, "name": name, "uses_blocking": uses_blocking});
+    pub fn create_project_with(&self, result_type: &str, parties: u32, schema: &Value, name: &str, extensions: ProjectExtensions) -> anyhow::Result<NewProject> {
+        let mut body = json!({"schema": schema, "result_type": result_type, "number_parties": parties, "name": name, "uses_blocking": extensions.uses_blocking});
+        // Sent only when asked for: the reference's body stays the reference's.
+        if extensions.multiparty {
+            body["multiparty"] = json!(true);
+        }
         let v = self.call("create project", || self.http.post(self.url("/projects")).json(&body))?;
         Ok(NewProject {
             project_id: v["project_id"].as_str().context("no project_id in the answer")?.to_owned(),
@@ -247,7 +260,15 @@ impl ServiceClient {
     }
 
     pub fn post_run(&self, project: &str, result_token: &str, threshold: f64, name: &str) -> anyhow::Result<String> {
-        let body = json!({"threshold": threshold, "name": name});
+        self.post_run_with(project, result_token, threshold, name, false)
+    }
+
+    /// [`post_run`](Self::post_run), optionally asking groups results to carry their scores.
+    pub fn post_run_with(&self, project: &str, result_token: &str, threshold: f64, name: &str, group_scores: bool) -> anyhow::Result<String> {
+        let mut body = json!({"threshold": threshold, "name": name});
+        if group_scores {
+            body["group_scores"] = json!(true);
+        }
         let v = self.call("post run", || {
             self.http.post(self.url(&format!("/projects/{project}/runs"))).header("Authorization", result_token).json(&body)
         })?;

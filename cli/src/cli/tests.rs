@@ -32,6 +32,9 @@ fn create_is_run_and_apikey_is_token() {
     assert_eq!(run.output.as_deref(), Some(std::path::Path::new("out.json")));
     let Command::Run(run) = ok("run --project p --token secret --threshold 0.9") else { panic!() };
     assert_eq!(run.token.resolve().unwrap().as_deref(), Some("secret"));
+    assert!(!run.group_scores);
+    let Command::Run(run) = ok("run --project p --token secret --threshold 0.9 --group-scores") else { panic!() };
+    assert!(run.group_scores);
 }
 
 #[test]
@@ -106,6 +109,9 @@ fn create_project_blocked_alias_type_and_output() {
     assert_eq!((c.result_type.as_str(), c.parties), ("similarity_scores", 3));
     assert!(c.output.is_some());
     assert!(parse("create-project --type nope").is_err());
+    assert!(!c.multiparty);
+    let Command::CreateProject(c) = ok("create-project --type similarity_scores --multiparty --parties 5") else { panic!() };
+    assert!(c.multiparty && c.parties == 5);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::write_output;
-use crate::client::ServiceClient;
+use crate::client::{ProjectExtensions, ServiceClient};
 use crate::progress::ProgressBar;
 
 pub struct CreateProjectOptions {
@@ -17,13 +17,15 @@ pub struct CreateProjectOptions {
     pub schema: Value,
     pub name: String,
     pub blocking: bool,
+    pub multiparty: bool,
     pub output: Option<PathBuf>,
 }
 
 /// Creates a project and prints the service's answer: the project id, the result token and one
 /// update token per party (hand each party its own).
 pub fn create_project(client: &ServiceClient, o: CreateProjectOptions) -> anyhow::Result<()> {
-    let project = client.create_project_with(&o.result_type, o.parties, &o.schema, &o.name, o.blocking)?;
+    let extensions = ProjectExtensions { uses_blocking: o.blocking, multiparty: o.multiparty };
+    let project = client.create_project_with(&o.result_type, o.parties, &o.schema, &o.name, extensions)?;
     write_output(o.output.as_deref(), &serde_json::to_string_pretty(&project)?)
 }
 
@@ -32,13 +34,14 @@ pub struct RunOptions {
     pub token: String,
     pub threshold: f64,
     pub name: String,
+    pub group_scores: bool,
     pub output: Option<PathBuf>,
 }
 
 /// Starts a linkage run (it waits for every party's data if some is missing) and prints the
 /// service's answer, including the run id.
 pub fn run(client: &ServiceClient, o: RunOptions) -> anyhow::Result<()> {
-    let run_id = client.post_run(&o.project, &o.token, o.threshold, &o.name)?;
+    let run_id = client.post_run_with(&o.project, &o.token, o.threshold, &o.name, o.group_scores)?;
     write_output(o.output.as_deref(), &json!({"run_id": run_id, "threshold": o.threshold, "name": o.name}).to_string())
 }
 

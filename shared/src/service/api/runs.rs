@@ -97,8 +97,9 @@ pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     }
     check_text("name", &request.name)?;
     check_text("notes", &request.notes)?;
+    // 409, not 400: the request is well formed; it conflicts with the project's result type.
     if request.group_scores && project.result_type != ResultType::Groups {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Conflict(format!(
             "'group_scores' applies to result type 'groups', not '{}'",
             project.result_type.as_str()
         )));

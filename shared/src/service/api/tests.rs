@@ -1160,7 +1160,7 @@ async fn group_scores_is_a_run_option_of_groups_projects() {
             .json(json!({"threshold": 0.8, "group_scores": true}))
             .send()
             .await
-            .problem(400);
+            .problem(409);
         assert!(detail.contains("'group_scores' applies to result type 'groups'"), "{detail}");
     }
 }
