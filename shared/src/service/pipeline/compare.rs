@@ -15,8 +15,11 @@
 //! full or is due for a look (`model::counter_wants_run_read`); a redelivered shard is computed
 //! again rather than probed for (its PUT writes the same bytes).
 //!
-//! Memory: the shard's spans (≤ target comparisons' worth of rows of each party, e.g. two spans
-//! of ~17k records × (8 + 128) bytes at the default target) plus its candidates (24 bytes each).
+//! Memory: a batch's spans (per shard ≤ target comparisons' worth of rows of each party, e.g. two
+//! spans of ~17k records × (8 + 128) bytes at the default target; a batch of ten at most twenty
+//! spans, fewer where they coalesce) plus its candidates (24 bytes each). At the largest shard
+//! the planner allows (a tenth of a third of the timeout's comparisons) that is ~280 MB at
+//! 1,769 MB and ~670 MB at 10,240 MB.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
