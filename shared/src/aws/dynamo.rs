@@ -27,7 +27,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::service::aws_limits::{self, DYNAMODB_MAX_BATCH_WRITE};
-use crate::service::memory::{compute_micros, distinct_shards};
+use crate::service::memory::compute_micros;
 use crate::service::model::{
     self, IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
@@ -840,7 +840,7 @@ impl MetaStore for DynamoMeta {
         // removes whatever these shards wrote before). A batch is one transaction (≤ 1 + 2 × 10
         // items); if any condition fails (a redelivered shard), one transaction per shard.
         let pk = project_pk(project_id);
-        let batch = distinct_shards(shards);
+        let batch = model::distinct_shards(shards);
         let mut counted = vec![false; shards.len()];
         let mut by_counter: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
         for (_, t) in &batch {

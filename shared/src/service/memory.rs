@@ -64,13 +64,6 @@ struct ShardCount {
     candidates: u64,
 }
 
-/// The distinct shards of a batch with their first position (a batch may carry a shard twice:
-/// SQS delivers at least once).
-pub(crate) fn distinct_shards(shards: &[ShardTally]) -> Vec<(usize, &ShardTally)> {
-    let mut seen = BTreeSet::new();
-    shards.iter().enumerate().filter(|(_, t)| seen.insert(t.shard)).collect()
-}
-
 fn count_shard(r: &mut RunEntry, s: &ShardTally) {
     if let Some(c) = r.counters.get_mut(&(s.shard % SHARD_COUNTERS)) {
         c.shards += 1;
@@ -503,7 +496,7 @@ impl MetaStore for MemoryMeta {
         // shard. The run item is not written (no hot item), so a failed run still counts. Then,
         // as there: the counters are read, and the whole run only when one wants it read.
         let pk = table::project_pk(project_id);
-        let batch = distinct_shards(shards);
+        let batch = model::distinct_shards(shards);
         let mut counted = vec![false; shards.len()];
         let counters: BTreeMap<u32, Vec<&ShardTally>> = batch.iter().fold(BTreeMap::new(), |mut m, (_, t)| {
             m.entry(t.shard % SHARD_COUNTERS).or_insert_with(Vec::new).push(*t);

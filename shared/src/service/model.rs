@@ -288,6 +288,13 @@ pub struct ShardTally {
     pub candidates: u64,
 }
 
+/// The distinct shards of a batch with their first position (a batch may carry a shard twice:
+/// SQS delivers at least once), as both metadata stores count them.
+pub fn distinct_shards(shards: &[ShardTally]) -> Vec<(usize, &ShardTally)> {
+    let mut seen = std::collections::BTreeSet::new();
+    shards.iter().enumerate().filter(|(_, t)| seen.insert(t.shard)).collect()
+}
+
 /// Result of `record_shard`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardOutcome {
