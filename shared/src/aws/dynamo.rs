@@ -386,6 +386,13 @@ impl DynamoMeta {
         Ok(items)
     }
 
+    /// Puts shard `shard`'s marker, if it is absent (the shard was not counted before).
+    fn mark_shard(&self, pk: &str, run_id: &str, shard: u32) -> Result<TransactWriteItem, MetaError> {
+        let mut marker = table::key(pk.to_string(), shard_sk(run_id, shard));
+        marker.push(("expires_at".into(), self.expires_now()));
+        self.put(marker, Some("attribute_not_exists(pk)"))
+    }
+
     /// Adds shards to counter `k` of a run, if the counter exists (the run started, not deleted).
     fn count_on(&self, pk: &str, run_id: &str, k: u32, shards: u64, comparisons: u64, candidates: u64) -> Result<TransactWriteItem, MetaError> {
         self.update(
@@ -849,9 +856,7 @@ impl MetaStore for DynamoMeta {
         }
         let mut items = vec![self.live_project_check(project_id)?];
         for (_, t) in &batch {
-            let mut marker = table::key(pk.clone(), shard_sk(run_id, t.shard));
-            marker.push(("expires_at".into(), self.expires_now()));
-            items.push(self.put(marker, Some("attribute_not_exists(pk)"))?);
+            items.push(self.mark_shard(&pk, run_id, t.shard)?);
         }
         for (&k, &(shards_added, comparisons, candidates)) in &by_counter {
             items.push(self.count_on(&pk, run_id, k, shards_added, comparisons, candidates)?);
@@ -865,11 +870,9 @@ impl MetaStore for DynamoMeta {
         } else if batch.len() > 1 {
             for (i, t) in &batch {
                 let k = t.shard % SHARD_COUNTERS;
-                let mut marker = table::key(pk.clone(), shard_sk(run_id, t.shard));
-                marker.push(("expires_at".into(), self.expires_now()));
                 let items = vec![
                     self.live_project_check(project_id)?,
-                    self.put(marker, Some("attribute_not_exists(pk)"))?,
+                    self.mark_shard(&pk, run_id, t.shard)?,
                     self.count_on(&pk, run_id, k, 1, t.comparisons, t.candidates)?,
                 ];
                 if matches!(self.transact("record shard", items).await?, Written::Done) {

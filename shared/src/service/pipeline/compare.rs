@@ -41,8 +41,8 @@ use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the global limit of candidate pairs.";
 
-/// Ranged GETs in flight while a batch's spans are read.
-const SPAN_GETS_IN_FLIGHT: usize = 8;
+/// Requests in flight while a batch's spans are read or its candidate files written.
+const REQUESTS_IN_FLIGHT: usize = 8;
 
 /// One party's entry span of one shard: (party, first entry, encoding size, its bytes).
 type Span = (u32, u64, usize, Bytes);
@@ -125,11 +125,16 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         // A shard with candidates has its file, written before it is counted; one without has
         // none (solve lists the files, see `merge::present_shard_files`): at a high threshold
         // most shards find nothing, and a PUT each was most of their requests.
-        let candidate_keys: Vec<String> = shards.iter().map(|s| keys::shard_candidates(project_id, run_id, s.index)).collect();
+        let written: Vec<(String, &Vec<candidates::Candidate>)> = shards
+            .iter()
+            .zip(&computed)
+            .filter(|(_, (found, _))| !found.is_empty())
+            .map(|(s, (found, _))| (keys::shard_candidates(project_id, run_id, s.index), found))
+            .collect();
         let no_metadata = Vec::new();
-        stream::iter(candidate_keys.iter().zip(&computed).filter(|(_, (found, _))| !found.is_empty()))
-            .map(|(key, (found, _))| self.work.put(key, Bytes::from(candidates::encode(found)), &no_metadata))
-            .buffer_unordered(SPAN_GETS_IN_FLIGHT)
+        stream::iter(&written)
+            .map(|(key, found)| self.work.put(key, Bytes::from(candidates::encode(found)), &no_metadata))
+            .buffer_unordered(REQUESTS_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
         let tallies: Vec<ShardTally> = shards
@@ -141,7 +146,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         let run = match outcome.run {
             RunAfterShard::Deleted => {
                 // Deleted while we computed: leave nothing behind.
-                for (key, _) in candidate_keys.iter().zip(&computed).filter(|(_, (found, _))| !found.is_empty()) {
+                for (key, _) in &written {
                     match self.work.delete(key).await {
                         Ok(()) | Err(BlobError::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),
@@ -214,7 +219,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 let bytes = self.work.get_range(&keys::party_data(project_id, party), range.clone()).await?;
                 Ok::<_, BlobError>((party, range, bytes))
             })
-            .buffered(SPAN_GETS_IN_FLIGHT)
+            .buffered(REQUESTS_IN_FLIGHT)
             .try_collect()
             .await
         {
