@@ -458,6 +458,43 @@ async fn blocking_projects_take_clknblocks_and_encodings_with_blocks() {
     assert_eq!(r.status, StatusCode::CREATED);
 }
 
+/// Found by hardening/fuzz_api.sh: `{"encodings": {<no file>}, "blocks": {...}}` was stored
+/// (201) and failed only in ingestion. Every shape the schema refuses is a 400 at request time,
+/// as the reference's request validation answers, and the token stays usable.
+#[tokio::test]
+async fn uploads_the_schema_refuses_are_400_before_anything_is_stored() {
+    let api = Api::new();
+    let p = api.project_with(json!({"schema": {}, "result_type": "groups", "uses_blocking": true})).await;
+    let path = format!("/projects/{}/clks", p.id);
+    let file = json!({"file": {"bucket": UPLOAD_BUCKET, "path": format!("{}/0/e", p.id)}});
+    let refused = [
+        (json!({"encodings": {"sd": [], "1e100": {}}, "blocks": {"0": ["1"]}}), "'encodings' is an array"),
+        (json!({"encodings": {}, "blocks": {"0": ["1"]}}), "'encodings' is an array"),
+        (json!({"encodings": ["AA==", 7], "blocks": {"0": ["1"]}}), "element 1 is not a string"),
+        (json!({"encodings": null, "blocks": {"0": ["1"]}}), "upload format"),
+        (json!({"encodings": ["AA=="], "blocks": ["1"]}), "upload format"),
+        (json!({"encodings": ["AA=="], "blocks": {"0": "1"}}), "array of block ids"),
+        (json!({"encodings": ["AA=="], "blocks": {"0": [1.5]}}), "array of block ids"),
+        (json!({"encodings": ["AA=="], "blocks": {"0": [{}]}}), "array of block ids"),
+        (json!({"clknblocks": [["AA==", "1"], "AA=="]}), "'clknblocks' entry 1"),
+        (json!({"clknblocks": [["AA==", [1]]]}), "'clknblocks' entry 0"),
+        (json!({"clknblocks": null}), "upload format"),
+        (json!({"clknblocks": [["AA==", "1"]], "encodings": ["AA=="], "blocks": {"0": ["1"]}}), "exactly one of"),
+        (json!({"encodings": file, "blocks": {"file": file["file"], "credentials": "k"}}), "'credentials': expected an object"),
+        (json!({"encodings": {"file": file["file"], "credentials": {"AccessKeyId": ""}}, "blocks": file}), "credentials.AccessKeyId"),
+        (json!({"encodings": {"file": {"bucket": UPLOAD_BUCKET, "path": "x", "secure": "yes"}}, "blocks": file}), "upload format"),
+        (json!({"encodings": {"file": {"bucket": UPLOAD_BUCKET, "path": "x", "region": "EU WEST"}}, "blocks": file}), "region"),
+    ];
+    for (body, expected) in refused {
+        let detail = api.post(&path).token(&p.update_tokens[0]).json(body.clone()).send().await.problem(400);
+        assert!(detail.contains(expected), "{body}: {detail}");
+    }
+    assert!(api.upload_keys(&p).is_empty());
+    // Integers beyond 64 bits are still integers; the token was never used.
+    let body = json!({"encodings": ["AA=="], "blocks": {"0": ["a", 3, 1e20]}});
+    assert_eq!(api.post(&path).token(&p.update_tokens[0]).json(body).send().await.status, StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn external_uploads_must_stay_under_the_party_prefix() {
     let api = Api::new();

@@ -50,9 +50,9 @@ struct ExternalFile {
     path: String,
     #[serde(default)]
     endpoint: Option<String>,
-    /// A bool in the reference; anything else is ignored as the reference ignores the field.
+    /// A bool, as the schema says (the reference validates its body against its schema too).
     #[serde(default)]
-    secure: Option<Value>,
+    secure: Option<bool>,
     #[serde(default)]
     region: Option<String>,
 }
@@ -83,6 +83,9 @@ fn normalise_endpoint(endpoint: &str) -> String {
 /// connect time).
 fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData) -> Result<ObjectRef, ApiError> {
     let (upload, file) = (&settings.upload, &data.file);
+    if let Some(region) = &file.region {
+        client_store::check_region(region).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+    }
     let elsewhere = file
         .endpoint
         .as_deref()
@@ -107,7 +110,7 @@ fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData
         )));
     }
     let bad = |refused: PullRefused| ApiError::BadRequest(refused.to_string());
-    let secure = file.secure.as_ref().and_then(Value::as_bool);
+    let secure = file.secure;
     settings.pull.check_endpoint(endpoint, secure).map_err(bad)?;
     let Some(credentials) = &data.credentials else {
         return Err(ApiError::BadRequest(
@@ -117,9 +120,6 @@ fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData
         ));
     };
     let credentials = ClientCredentials::from_json(credentials).map_err(bad)?;
-    if let Some(region) = &file.region {
-        client_store::check_region(region).map_err(bad)?;
-    }
     if file.bucket.is_empty() || file.bucket.len() > 255 || file.bucket.contains('/') {
         return Err(ApiError::BadRequest("The bucket name must be 1..=255 characters without '/'.".into()));
     }
@@ -140,6 +140,116 @@ fn uploads_disabled() -> ApiError {
     )
 }
 
+// Every upload form is checked against the schema's shapes here, element by element, without
+// keeping or decoding anything: an upload the schema refuses is a 400 now (as the reference's
+// request validation answers), not a 201 followed by an ingestion error. Base64 and sizes are
+// still ingestion's to check.
+
+/// What a JSON value is, as far as the upload shapes care; containers are skipped unread.
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Text,
+    Integer,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KindVisitor;
+        impl<'de> Visitor<'de> for KindVisitor {
+            type Value = Kind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Kind, E> {
+                Ok(Kind::Text)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Kind, E> {
+                Ok(Kind::Integer)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Kind, E> {
+                Ok(Kind::Integer)
+            }
+            // Integers beyond 64 bits arrive as floats; 2.5 is not an integer.
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Kind, E> {
+                Ok(if v.is_finite() && v.fract() == 0.0 { Kind::Integer } else { Kind::Other })
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Kind, E> {
+                Ok(Kind::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Kind::Other)
+            }
+        }
+        d.deserialize_any(KindVisitor)
+    }
+}
+
+/// Counts a JSON array's elements, all of which must be strings (base64 encodings).
+fn count_strings<'de, A: SeqAccess<'de>>(mut seq: A, field: &str) -> Result<usize, A::Error> {
+    let mut n = 0;
+    while let Some(kind) = seq.next_element::<Kind>()? {
+        if kind != Kind::Text {
+            return Err(serde::de::Error::custom(format!("'{field}' holds base64 strings; element {n} is not a string")));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Whether a JSON value is an array of block ids (strings or integers): read without failing,
+/// so that an object's other members can still decide what the object is.
+struct BlockIdsShape(bool);
+
+impl<'de> Deserialize<'de> for BlockIdsShape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = BlockIdsShape;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of block ids")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BlockIdsShape, A::Error> {
+                let mut ok = true;
+                while let Some(kind) = seq.next_element::<Kind>()? {
+                    ok &= kind != Kind::Other;
+                }
+                Ok(BlockIdsShape(ok))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BlockIdsShape, A::Error> {
+                Kind::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|_| BlockIdsShape(false))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<BlockIdsShape, E> {
+                Ok(BlockIdsShape(false))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<BlockIdsShape, E> {
+                Ok(BlockIdsShape(false))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<BlockIdsShape, E> {
+                Ok(BlockIdsShape(false))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<BlockIdsShape, E> {
+                Ok(BlockIdsShape(false))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<BlockIdsShape, E> {
+                Ok(BlockIdsShape(false))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<BlockIdsShape, E> {
+                Ok(BlockIdsShape(false))
+            }
+        }
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
 /// `encodings` or `blocks`: inline (counted, not decoded) or ExternalData.
 #[derive(Debug)]
 enum Source {
@@ -147,72 +257,150 @@ enum Source {
     External(ExternalData),
 }
 
-impl<'de> Deserialize<'de> for Source {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SourceVisitor;
-        impl<'de> Visitor<'de> for SourceVisitor {
-            type Value = Source;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array, an object of blocks, or {\"file\": {\"bucket\", \"path\"}}")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source, A::Error> {
-                count_elements(seq).map(Source::Inline)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
-                let (mut file, mut credentials, mut entries) = (None, None, 0);
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "file" => file = Some(map.next_value::<ExternalFile>()?),
-                        // ExternalData's credentials: used only to pull from the client's store.
-                        "credentials" => credentials = Some(map.next_value::<Value>()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            entries += 1;
-                        }
-                    }
+/// Which member a [`Source`] is: `encodings` is an array of strings or ExternalData; `blocks` is
+/// an object (record index → block ids) or ExternalData.
+#[derive(Clone, Copy)]
+enum SourceField {
+    Encodings,
+    Blocks,
+}
+
+struct SourceVisitor(SourceField);
+
+impl<'de> Visitor<'de> for SourceVisitor {
+    type Value = Source;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            SourceField::Encodings => f.write_str("'encodings': an array of base64 strings, or {\"file\": {\"bucket\", \"path\"}}"),
+            SourceField::Blocks => f.write_str("'blocks': an object of record index → block ids, or {\"file\": {\"bucket\", \"path\"}}"),
+        }
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source, A::Error> {
+        match self.0 {
+            SourceField::Encodings => count_strings(seq, "encodings").map(Source::Inline),
+            SourceField::Blocks => Err(serde::de::Error::invalid_type(serde::de::Unexpected::Seq, &self)),
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
+        let (mut file, mut credentials, mut entries, mut all_block_ids) = (None, None, 0, true);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "file" => file = Some(map.next_value::<ExternalFile>()?),
+                // ExternalData's credentials: used only to pull from the client's store.
+                "credentials" => credentials = Some(map.next_value::<Value>()?),
+                _ => {
+                    all_block_ids &= map.next_value::<BlockIdsShape>()?.0;
+                    entries += 1;
                 }
-                Ok(file.map_or(Source::Inline(entries), |file| Source::External(ExternalData { file, credentials })))
             }
         }
-        d.deserialize_any(SourceVisitor)
+        match (file, self.0) {
+            (Some(file), _) => {
+                if let Some(credentials) = &credentials {
+                    check_credentials_shape(credentials).map_err(serde::de::Error::custom)?;
+                }
+                Ok(Source::External(ExternalData { file, credentials }))
+            }
+            (None, SourceField::Encodings) => Err(serde::de::Error::custom(
+                "'encodings' is an array of base64 strings, or {\"file\": {\"bucket\", \"path\"}} naming an object",
+            )),
+            (None, SourceField::Blocks) if credentials.is_some() || !all_block_ids => Err(serde::de::Error::custom(
+                "each member of 'blocks' maps a record index to an array of block ids (strings or integers)",
+            )),
+            (None, SourceField::Blocks) => Ok(Source::Inline(entries)),
+        }
     }
 }
 
-/// Counts a JSON array's elements without keeping (or decoding) them.
-fn count_elements<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<usize, A::Error> {
-    let mut n = 0;
-    while seq.next_element::<IgnoredAny>()?.is_some() {
-        n += 1;
+/// ExternalData's `credentials` as the schema describes them, whichever store the object is in
+/// (for the service's own store they are then ignored). Messages never quote the values.
+fn check_credentials_shape(credentials: &Value) -> Result<(), String> {
+    let Value::Object(map) = credentials else {
+        return Err("'credentials': expected an object {\"AccessKeyId\", \"SecretAccessKey\", \"SessionToken\"?}".into());
+    };
+    for (name, min, max) in [("AccessKeyId", 1, 128), ("SecretAccessKey", 1, 256), ("SessionToken", 0, 8192)] {
+        match map.get(name) {
+            None => {}
+            Some(Value::String(s)) if (min..=max).contains(&s.chars().count()) => {}
+            Some(_) => return Err(format!("credentials.{name} must be a string of {min}..={max} characters")),
+        }
     }
-    Ok(n)
+    Ok(())
 }
 
-/// Number of elements of a JSON array, without keeping them.
+fn encodings_source<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Source>, D::Error> {
+    d.deserialize_any(SourceVisitor(SourceField::Encodings)).map(Some)
+}
+
+fn blocks_source<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Source>, D::Error> {
+    d.deserialize_any(SourceVisitor(SourceField::Blocks)).map(Some)
+}
+
+/// A member that is present must have its shape: `null` is not "absent" (the schema has no
+/// nullable members).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// `clks`: how many base64 strings.
 #[derive(Debug)]
-struct Count(usize);
+struct Clks(usize);
 
-impl<'de> Deserialize<'de> for Count {
+impl<'de> Deserialize<'de> for Clks {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct CountVisitor;
-        impl<'de> Visitor<'de> for CountVisitor {
-            type Value = Count;
+        struct ClksVisitor;
+        impl<'de> Visitor<'de> for ClksVisitor {
+            type Value = Clks;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array")
+                f.write_str("'clks': an array of base64 strings")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Count, A::Error> {
-                count_elements(seq).map(Count)
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Clks, A::Error> {
+                count_strings(seq, "clks").map(Clks)
             }
         }
-        d.deserialize_seq(CountVisitor)
+        d.deserialize_seq(ClksVisitor)
+    }
+}
+
+/// `clknblocks`: how many entries, each an array of the encoding then its block ids.
+#[derive(Debug)]
+struct ClknBlocks(usize);
+
+impl<'de> Deserialize<'de> for ClknBlocks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ClknBlocksVisitor;
+        impl<'de> Visitor<'de> for ClknBlocksVisitor {
+            type Value = ClknBlocks;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("'clknblocks': an array of [encoding, block id, ...] arrays")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ClknBlocks, A::Error> {
+                let mut n = 0;
+                while let Some(BlockIdsShape(ok)) = seq.next_element()? {
+                    if !ok {
+                        return Err(serde::de::Error::custom(format!(
+                            "'clknblocks' entry {n} is not an array of the encoding then its block ids (strings or integers)"
+                        )));
+                    }
+                    n += 1;
+                }
+                Ok(ClknBlocks(n))
+            }
+        }
+        d.deserialize_seq(ClknBlocksVisitor)
     }
 }
 
 /// The shape of a JSON upload: which forms it uses and how many records each holds.
 #[derive(Debug, Deserialize)]
 struct UploadProbe {
-    clks: Option<Count>,
-    clknblocks: Option<Count>,
+    #[serde(default, deserialize_with = "present")]
+    clks: Option<Clks>,
+    #[serde(default, deserialize_with = "present")]
+    clknblocks: Option<ClknBlocks>,
+    #[serde(default, deserialize_with = "encodings_source")]
     encodings: Option<Source>,
+    #[serde(default, deserialize_with = "blocks_source")]
     blocks: Option<Source>,
 }
 
@@ -282,6 +470,10 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
     body: Bytes,
 ) -> Result<Stored, ApiError> {
     let p = probe(&body)?;
+    let forms = [p.clks.is_some(), p.clknblocks.is_some(), p.encodings.is_some()];
+    if forms.iter().filter(|&&used| used).count() > 1 {
+        return Err(ApiError::BadRequest("An upload holds exactly one of 'clks', 'clknblocks' or 'encodings'.".into()));
+    }
     check_consistency(project.uses_blocking, &p)?;
 
     if let Some(Source::External(data)) = &p.encodings {
@@ -315,8 +507,8 @@ fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
         (None, Some(_), _, _) => {
             return Err(ApiError::BadRequest("'blocks' is accepted only together with 'encodings'.".into()));
         }
-        (None, None, Some(Count(n)), _) => *n,
-        (None, None, None, Some(Count(n))) => *n,
+        (None, None, Some(ClknBlocks(n)), _) => *n,
+        (None, None, None, Some(Clks(n))) => *n,
         _ => 0,
     };
     if records == 0 {
