@@ -9,15 +9,13 @@
 //! Block ids arrive as JSON strings or integers. The reference hashes `str(id)`, so the integer
 //! `3` and the string `"3"` name the same block; [`block_key_of_json`] follows that rule.
 //!
-//! Comparison counting follows the reference's progress denominator: for every pair of parties
-//! and every block they share, `size_a · size_b` comparisons, even when a record pair shares
-//! several blocks and is therefore compared several times.
+//! Which blocks two parties share, and how many comparisons that makes, is a question about
+//! their packed layouts: `packed::common_blocks` and `packed::total_comparisons`.
 
 use serde::de::{self, Deserializer, Visitor};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-use super::packed::{BlockEntry, BlockIndex};
 
 /// First 16 bytes of SHA-256 of the block id's string form. JSON integers use their decimal
 /// string (Python's str()), so block 3 and block "3" are the same block, as in the reference.
@@ -94,51 +92,6 @@ pub fn block_key_of_json(value: &serde_json::Value) -> Option<BlockKey> {
     }
 }
 
-/// The blocks two parties share, in ascending key order: `(block of a, block of b)`.
-///
-/// Both directories are ascending by key (a [`BlockIndex`] invariant), so this is a linear
-/// merge-join rather than a hash lookup, and its output order is deterministic.
-pub fn common_blocks<'a>(
-    a: &'a BlockIndex,
-    b: &'a BlockIndex,
-) -> impl Iterator<Item = (&'a BlockEntry, &'a BlockEntry)> + 'a {
-    let mut ia = a.blocks.iter().peekable();
-    let mut ib = b.blocks.iter().peekable();
-    std::iter::from_fn(move || {
-        loop {
-            let (ea, eb) = (ia.peek()?, ib.peek()?);
-            match ea.key.cmp(&eb.key) {
-                std::cmp::Ordering::Less => {
-                    ia.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    ib.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    let pair = (*ea, *eb);
-                    ia.next();
-                    ib.next();
-                    return Some(pair);
-                }
-            }
-        }
-    })
-}
-
-/// Total comparisons of a project, counted as the reference counts them (its progress
-/// denominator): Σ over party pairs i<j, Σ over shared blocks, `size_i · size_j`.
-pub fn total_comparisons(indexes: &[BlockIndex]) -> u64 {
-    let mut total = 0u64;
-    for i in 0..indexes.len() {
-        for j in i + 1..indexes.len() {
-            for (ba, bb) in common_blocks(&indexes[i], &indexes[j]) {
-                total = total.saturating_add(ba.len.saturating_mul(bb.len));
-            }
-        }
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,29 +122,5 @@ mod tests {
             );
             assert!(r.is_err(), "{body} must be refused");
         }
-    }
-
-    fn index(blocks: &[(&str, u64)]) -> BlockIndex {
-        let mut entries: Vec<BlockEntry> = blocks
-            .iter()
-            .map(|(id, len)| BlockEntry { key: BlockKey::of(id), first_entry: 0, len: *len })
-            .collect();
-        entries.sort_by_key(|e| e.key);
-        let mut first = 0;
-        for e in &mut entries {
-            e.first_entry = first;
-            first += e.len;
-        }
-        BlockIndex { encoding_size: 8, record_count: first, entry_count: first, blocks: entries }
-    }
-
-    #[test]
-    fn common_blocks_and_counts() {
-        let a = index(&[("x", 2), ("y", 3), ("z", 4)]);
-        let b = index(&[("y", 5), ("z", 1), ("w", 9)]);
-        let c = index(&[("x", 10)]);
-        let shared: Vec<_> = common_blocks(&a, &b).map(|(p, q)| (p.len, q.len)).collect();
-        assert_eq!(shared.len(), 2);
-        assert_eq!(total_comparisons(&[a, b, c]), 3 * 5 + 4 + 2 * 10);
     }
 }

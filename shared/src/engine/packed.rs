@@ -35,7 +35,8 @@
 //! keys, contiguous non-empty blocks covering exactly `entry_count` entries), so a corrupt or
 //! foreign object is reported instead of steering the planner out of bounds.
 
-use super::encoding::{BlockKey, PartyEncodings};
+use super::blocking::BlockKey;
+use super::encoding::PartyEncodings;
 
 /// A stored object (data.bin, index.bin, a candidate file) is not what it should be.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,31 @@ pub fn entry_stride(encoding_size: usize) -> usize {
     8 + encoding_size
 }
 
+/// The header of an index of `block_count` blocks, so that an index can be written as a stream:
+/// this, then [`directory_bytes`] of its blocks in key order.
+pub fn index_header(encoding_size: u32, record_count: u64, entry_count: u64, block_count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INDEX_HEADER_LEN);
+    out.extend_from_slice(&INDEX_MAGIC);
+    out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+    out.extend_from_slice(&encoding_size.to_le_bytes());
+    out.extend_from_slice(&record_count.to_le_bytes());
+    out.extend_from_slice(&entry_count.to_le_bytes());
+    out.extend_from_slice(&block_count.to_le_bytes());
+    out
+}
+
+/// Directory rows of `blocks`, their first entries moved by `first_entry_offset` (the entries
+/// before them when directories of consecutive key ranges are concatenated).
+pub fn directory_bytes(blocks: &[BlockEntry], first_entry_offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INDEX_BLOCK_LEN * blocks.len());
+    for block in blocks {
+        out.extend_from_slice(&block.key.0);
+        out.extend_from_slice(&(block.first_entry + first_entry_offset).to_le_bytes());
+        out.extend_from_slice(&block.len.to_le_bytes());
+    }
+    out
+}
+
 /// One block's run of entries in `data.bin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockEntry {
@@ -91,18 +117,8 @@ pub struct BlockIndex {
 impl BlockIndex {
     /// Serializes the index (layout in the module doc).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(INDEX_HEADER_LEN + INDEX_BLOCK_LEN * self.blocks.len());
-        out.extend_from_slice(&INDEX_MAGIC);
-        out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.encoding_size.to_le_bytes());
-        out.extend_from_slice(&self.record_count.to_le_bytes());
-        out.extend_from_slice(&self.entry_count.to_le_bytes());
-        out.extend_from_slice(&(self.blocks.len() as u64).to_le_bytes());
-        for block in &self.blocks {
-            out.extend_from_slice(&block.key.0);
-            out.extend_from_slice(&block.first_entry.to_le_bytes());
-            out.extend_from_slice(&block.len.to_le_bytes());
-        }
+        let mut out = index_header(self.encoding_size, self.record_count, self.entry_count, self.blocks.len() as u64);
+        out.extend_from_slice(&directory_bytes(&self.blocks, 0));
         out
     }
 
@@ -351,6 +367,51 @@ impl<'a> Entries<'a> {
     }
 }
 
+/// The blocks two parties share, in ascending key order: `(block of a, block of b)`.
+///
+/// Both directories are ascending by key (a [`BlockIndex`] invariant), so this is a linear
+/// merge-join rather than a hash lookup, and its output order is deterministic.
+pub fn common_blocks<'a>(
+    a: &'a BlockIndex,
+    b: &'a BlockIndex,
+) -> impl Iterator<Item = (&'a BlockEntry, &'a BlockEntry)> + 'a {
+    let mut ia = a.blocks.iter().peekable();
+    let mut ib = b.blocks.iter().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let (ea, eb) = (ia.peek()?, ib.peek()?);
+            match ea.key.cmp(&eb.key) {
+                std::cmp::Ordering::Less => {
+                    ia.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    ib.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    let pair = (*ea, *eb);
+                    ia.next();
+                    ib.next();
+                    return Some(pair);
+                }
+            }
+        }
+    })
+}
+
+/// Total comparisons of a project, counted as the reference counts them (its progress
+/// denominator, even when a record pair shares several blocks and is compared several times): Σ over party pairs i<j, Σ over shared blocks, `size_i · size_j`.
+pub fn total_comparisons(indexes: &[BlockIndex]) -> u64 {
+    let mut total = 0u64;
+    for i in 0..indexes.len() {
+        for j in i + 1..indexes.len() {
+            for (ba, bb) in common_blocks(&indexes[i], &indexes[j]) {
+                total = total.saturating_add(ba.len.saturating_mul(bb.len));
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,5 +504,29 @@ mod tests {
         assert!(entries.slice(12..14).is_none());
         data[4] = 99;
         assert!(matches!(Entries::new(&data, 8, 0), Err(FormatError::PopcountMismatch { .. })));
+    }
+
+    fn directory(blocks: &[(&str, u64)]) -> BlockIndex {
+        let mut entries: Vec<BlockEntry> = blocks
+            .iter()
+            .map(|(id, len)| BlockEntry { key: BlockKey::of(id), first_entry: 0, len: *len })
+            .collect();
+        entries.sort_by_key(|e| e.key);
+        let mut first = 0;
+        for e in &mut entries {
+            e.first_entry = first;
+            first += e.len;
+        }
+        BlockIndex { encoding_size: 8, record_count: first, entry_count: first, blocks: entries }
+    }
+
+    #[test]
+    fn common_blocks_and_counts() {
+        let a = directory(&[("x", 2), ("y", 3), ("z", 4)]);
+        let b = directory(&[("y", 5), ("z", 1), ("w", 9)]);
+        let c = directory(&[("x", 10)]);
+        let shared: Vec<_> = common_blocks(&a, &b).map(|(p, q)| (p.len, q.len)).collect();
+        assert_eq!(shared.len(), 2);
+        assert_eq!(total_comparisons(&[a, b, c]), 3 * 5 + 4 + 2 * 10);
     }
 }

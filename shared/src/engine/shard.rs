@@ -22,8 +22,7 @@
 
 use std::ops::Range;
 
-use super::blocking::common_blocks;
-use super::packed::{BlockIndex, entry_stride};
+use super::packed::{BlockIndex, common_blocks, entry_stride};
 
 /// One comparison task: entries `a` of party `party_a` against entries `b` of party `party_b`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -210,7 +209,7 @@ pub fn plan(indexes: &[BlockIndex], target_comparisons: u64) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::blocking::total_comparisons;
+    use crate::engine::packed::total_comparisons;
     use crate::engine::encoding::BlockKey;
     use crate::engine::packed::BlockEntry;
     use proptest::prelude::*;

@@ -33,8 +33,7 @@
 
 use serde::Serialize;
 
-use super::blocking::total_comparisons;
-use super::packed::{BlockIndex, entry_stride};
+use super::packed::{BlockIndex, entry_stride, total_comparisons};
 use super::shard::{self, Plan};
 
 // ---- measured here ------------------------------------------------------------------------
