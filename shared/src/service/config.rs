@@ -35,9 +35,9 @@ pub struct Limits {
     pub compare: ComputeProfile,
     /// Bytes of an upload-bucket object fan-out reads per ranged GET while ingesting it.
     pub ingest_chunk_bytes: u64,
-    /// Bytes of `data.bin` fan-out assembles at once when a blocks file reorders the records
-    /// (the object is read once per window; see `pipeline::external`).
-    pub ingest_window_bytes: u64,
+    /// Bytes of an NDJSON blocks file one chunk of a partitioned ingestion parses (its memory
+    /// follows: see `pipeline::blocked_ingestion`).
+    pub ingest_blocks_chunk_bytes: u64,
     /// Seconds one streamed ingestion may take: fan-out has 900 s, and an upload that cannot be
     /// read in one invocation is refused with a message instead of timing out on every retry.
     pub ingest_time_budget_secs: u64,
@@ -86,7 +86,7 @@ impl Default for Limits {
             max_shards_per_run: 0,
             compare: ComputeProfile::default(),
             ingest_chunk_bytes: 8 * 1024 * 1024,
-            ingest_window_bytes: 256 * 1024 * 1024,
+            ingest_blocks_chunk_bytes: 16 * 1024 * 1024,
             ingest_time_budget_secs: 840,
             solve_merge_fan_in: 16_384,
             function_memory_mb: None,
@@ -205,7 +205,7 @@ impl Settings {
                 concurrency: number("COMPARE_CONCURRENCY", d.compare.concurrency)?,
             },
             ingest_chunk_bytes: number("INGEST_CHUNK_BYTES", d.ingest_chunk_bytes)?.max(1),
-            ingest_window_bytes: number("INGEST_WINDOW_BYTES", d.ingest_window_bytes)?.max(1),
+            ingest_blocks_chunk_bytes: number("INGEST_BLOCKS_CHUNK_BYTES", d.ingest_blocks_chunk_bytes)?.max(1),
             ingest_time_budget_secs: number("INGEST_TIME_BUDGET_SECS", d.ingest_time_budget_secs)?,
             solve_merge_fan_in: number("SOLVE_MERGE_FAN_IN", d.solve_merge_fan_in)?.max(2),
             function_memory_mb: optional("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")

@@ -5,8 +5,10 @@
 //! incoming/uploads/{project}/{party}/{upload}   an upload as received (its S3 event starts ingestion)
 //! incoming/runs/{project}/{run}                 a run request (its S3 event starts the run)
 //! incoming/deletes/{project}                    a project delete (its S3 event purges everything)
+//! incoming/ingest/{project}/{party}/{upload}/{step}  one step of a partitioned ingestion (pipeline::blocked_ingestion)
 //! data/{project}/{party}/data.bin               packed entries (engine::packed)
 //! data/{project}/{party}/index.bin              block index of data.bin
+//! data/{project}/{party}/ingest-{upload}/...    a partitioned ingestion's plan, chunk files and partitions
 //! work/{project}/{run}/shards/{n}.json          shard descriptions
 //! work/{project}/{run}/candidates/{n}.bin       candidate pairs of shard n
 //! work/{project}/{run}/merged/{level}/{n}.bin   solve's merge tree: group n of level `level`
@@ -17,6 +19,7 @@
 pub const INCOMING_UPLOADS: &str = "incoming/uploads/";
 pub const INCOMING_RUNS: &str = "incoming/runs/";
 pub const INCOMING_DELETES: &str = "incoming/deletes/";
+pub const INCOMING_INGEST: &str = "incoming/ingest/";
 /// The project listing position where the watchdog's last sweep stopped (`pipeline::watchdog`).
 pub const WATCHDOG_CURSOR: &str = "watchdog/cursor";
 
@@ -36,6 +39,19 @@ pub fn party_data(project: &str, party: u32) -> String {
 /// `pipeline::external`); deleted when the ingestion ends.
 pub fn ingest_checkpoint(project: &str, party: u32, upload: &str) -> String {
     format!("data/{project}/{party}/ingest-{upload}.json")
+}
+/// Where a partitioned ingestion keeps its work (`pipeline::blocked_ingestion`); removed when
+/// the ingestion ends either way.
+pub fn ingest_work_prefix(project: &str, party: u32, upload: &str) -> String {
+    format!("data/{project}/{party}/ingest-{upload}/")
+}
+/// The request for one step of a partitioned ingestion (its S3 event runs the step).
+pub fn ingest_step(project: &str, party: u32, upload: &str, step: IngestStep) -> String {
+    format!("{}{}", ingest_steps_prefix(project, party, upload), step.name())
+}
+/// Every step request of one partitioned ingestion.
+pub fn ingest_steps_prefix(project: &str, party: u32, upload: &str) -> String {
+    format!("{INCOMING_INGEST}{project}/{party}/{upload}/")
 }
 /// Every party's packed data of a project.
 pub fn project_data_prefix(project: &str) -> String {
@@ -88,9 +104,10 @@ pub fn result_mask(project: &str, run: &str) -> String {
     format!("results/{project}/{run}/mask.json")
 }
 /// Every prefix that can hold objects of a project (for deletion).
-pub fn project_prefixes(project: &str) -> [String; 6] {
+pub fn project_prefixes(project: &str) -> [String; 7] {
     [
         format!("{INCOMING_UPLOADS}{project}/"),
+        format!("{INCOMING_INGEST}{project}/"),
         format!("{INCOMING_RUNS}{project}/"),
         project_data_prefix(project),
         format!("work/{project}/"),
@@ -105,6 +122,39 @@ pub enum Incoming {
     Upload { project: String, party: u32, upload: String },
     Run { project: String, run: String },
     Delete { project: String },
+    IngestStep { project: String, party: u32, upload: String, step: IngestStep },
+}
+
+/// One step of a partitioned ingestion (`pipeline::blocked_ingestion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestStep {
+    /// Partition the records of chunk n of the blocks file.
+    Chunk(u32),
+    /// Merge partition n's chunk files.
+    Merge(u32),
+    /// Concatenate the partitions into the party's `data.bin` and `index.bin`.
+    Assemble,
+}
+
+impl IngestStep {
+    pub fn name(self) -> String {
+        match self {
+            IngestStep::Chunk(n) => format!("chunk-{n}"),
+            IngestStep::Merge(n) => format!("merge-{n}"),
+            IngestStep::Assemble => "assemble".into(),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        if name == "assemble" {
+            return Some(IngestStep::Assemble);
+        }
+        let number = |rest: &str| rest.parse::<u32>().ok().filter(|_| rest.bytes().all(|b| b.is_ascii_digit()));
+        if let Some(rest) = name.strip_prefix("chunk-") {
+            return number(rest).map(IngestStep::Chunk);
+        }
+        number(name.strip_prefix("merge-")?).map(IngestStep::Merge)
+    }
 }
 
 impl Incoming {
@@ -123,6 +173,15 @@ impl Incoming {
                 return None;
             }
             return Some(Incoming::Run { project: project.into(), run: run.into() });
+        }
+        if let Some(rest) = key.strip_prefix(INCOMING_INGEST) {
+            let mut it = rest.split('/');
+            let (project, party, upload, step) = (it.next()?, it.next()?, it.next()?, it.next()?);
+            if it.next().is_some() || project.is_empty() || upload.is_empty() {
+                return None;
+            }
+            let (party, step) = (party.parse().ok()?, IngestStep::parse(step)?);
+            return Some(Incoming::IngestStep { project: project.into(), party, upload: upload.into(), step });
         }
         if let Some(project) = key.strip_prefix(INCOMING_DELETES) {
             if project.is_empty() || project.contains('/') {

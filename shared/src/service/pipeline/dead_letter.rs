@@ -5,7 +5,7 @@
 
 use tracing::warn;
 
-use crate::service::keys::Incoming;
+use crate::service::keys::{self, Incoming};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
 use super::dispatch::DispatchMessage;
@@ -46,6 +46,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                     // The stored upload may hold a client's credentials (a pull from its store):
                     // nothing will read it again.
                     match self.work.delete(&key).await {
+                        Ok(()) | Err(BlobError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(Incoming::IngestStep { project, party, upload, step }) => {
+                    warn!(project, party, upload, step = ?step, "an ingestion step failed on every attempt");
+                    self.meta
+                        .fail_upload(&project, party, &upload, "The upload could not be processed after repeated attempts (internal error); please upload again.")
+                        .await?;
+                    self.remove_ingestion_work(&project, party, &upload).await?;
+                    match self.work.delete(&keys::upload(&project, party, &upload)).await {
                         Ok(()) | Err(BlobError::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),
                     }

@@ -1,13 +1,16 @@
 //! fan-out: reacts to objects created under `incoming/` in the working bucket.
 //!
 //! - an upload: decode it with the engine, pack it (`data.bin` + `index.bin`), mark the party
-//!   done, then start every run that was waiting for data;
+//!   done, then start every run that was waiting for data (`ingestion` names the outcomes);
+//! - a step of a partitioned ingestion (`blocked_ingestion`), whose last step ends as an
+//!   upload does;
 //! - a run request: start the run if every party's data is in (otherwise it waits in `created`
 //!   and the last upload starts it);
 //! - a project delete: remove every object and item of the project.
 //!
 //! Memory: an inline upload (at most the api's request limit) is decoded and packed in memory;
-//! an upload in the upload bucket is streamed (bounds in [`super::external`]); while planning,
+//! an upload in the upload bucket is streamed or partitioned (bounds in [`super::external`] and
+//! [`super::blocked_ingestion`]); while planning,
 //! the block indexes of the project's parties (32 bytes per block per party).
 
 use std::time::Instant;
@@ -15,40 +18,22 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::engine::encoding::{self, PartyEncodings, SizeBounds};
-use crate::engine::packed::{self, BlockIndex};
-use crate::service::blob_stream::MultipartWriter;
+use crate::engine::encoding::{self, SizeBounds};
+use crate::engine::packed::BlockIndex;
 use crate::engine::sizing;
-use crate::service::keys::{self, Incoming};
+use crate::service::keys::{self, Incoming, IngestStep};
 use crate::service::metrics;
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
 use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
-use super::external::{Ingestion, PART_BYTES};
+use super::ingestion::{Ingestion, Rejected, check_schema_size};
 use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 /// Marker written once every shard message of a run has been sent.
 pub(super) fn dispatched_key(project: &str, run: &str) -> String {
     format!("{}dispatched", keys::run_work_prefix(project, run))
-}
-
-/// An upload that cannot be ingested, with the message the project's users will see.
-#[derive(Debug)]
-pub(super) struct Rejected(pub(super) String);
-
-/// Encodings of the size the project's schema announces (`clkConfig.l`), when it does.
-pub(super) fn check_schema_size(project: &Project, size: usize) -> Result<(), Rejected> {
-    match project.schema_encoding_size() {
-        Some(expected) if expected != size => Err(Rejected(format!(
-            "Encodings are {} bytes but the project's schema says {} bytes (clkConfig.l = {} bits)",
-            size,
-            expected,
-            expected * 8
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// A run's shards as planned: their messages in shard order, `(shard index, body)`.
@@ -61,7 +46,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     /// Handles one object created under `incoming/`.
     pub async fn on_incoming(&self, key: &str) -> Result<(), PipelineError> {
         match Incoming::parse(key) {
-            Some(Incoming::Upload { project, party, upload }) => self.ingest(&project, party, &upload).await,
+            Some(Incoming::Upload { project, party, upload }) => self.ingest(&project, party, &upload, None).await,
+            Some(Incoming::IngestStep { project, party, upload, step }) => self.ingest(&project, party, &upload, Some(step)).await,
             Some(Incoming::Run { project, run }) => self.start_run(&project, &run).await,
             Some(Incoming::Delete { project }) => self.purge_project(&project).await,
             None => {
@@ -71,17 +57,22 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         }
     }
 
-    async fn ingest(&self, project_id: &str, party_index: u32, upload_id: &str) -> Result<(), PipelineError> {
+    /// Ingests an upload (`step` None: the upload's own event) or runs one step of its
+    /// partitioned ingestion, then acts on what the ingestion came to.
+    async fn ingest(&self, project_id: &str, party_index: u32, upload_id: &str, step: Option<IngestStep>) -> Result<(), PipelineError> {
         let started = Instant::now();
         let key = keys::upload(project_id, party_index, upload_id);
+        let step_key = step.map(|s| keys::ingest_step(project_id, party_index, upload_id, s));
         let Some((project, parties)) = self.meta.get_project(project_id).await? else {
             info!(project_id, "upload of a deleted project; dropping it");
-            // A paused ingestion of it may have left a checkpoint and packed parts.
+            // A paused or partitioned ingestion of it may have left work and packed parts.
             self.work.delete_prefix(&keys::project_data_prefix(project_id)).await?;
+            self.delete_step_request(step_key.as_deref()).await?;
             return self.delete_quietly(&key).await;
         };
         let Some(party) = parties.iter().find(|p| p.index == party_index) else {
             warn!(project_id, party_index, "upload for a party the project does not have");
+            self.delete_step_request(step_key.as_deref()).await?;
             return self.delete_quietly(&key).await;
         };
         if party.upload_id.as_deref() != Some(upload_id) || party.upload_state != UploadState::Pending {
@@ -90,6 +81,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             if party.upload_id.as_deref() != Some(upload_id) {
                 self.delete_quietly(&key).await?;
             }
+            self.remove_ingestion_work(project_id, party_index, upload_id).await?;
             return self.start_waiting_runs(project_id).await;
         }
         let (body, metadata) = match self.work.get(&key).await {
@@ -99,23 +91,35 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 self.meta
                     .fail_upload(project_id, party_index, upload_id, "The uploaded data was lost before it could be read; please upload again.")
                     .await?;
-                return Ok(());
+                return self.remove_ingestion_work(project_id, party_index, upload_id).await;
             }
             Err(e) => return Err(e.into()),
         };
-        let ingested = match self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await? {
+        let ingestion = match step {
+            None => self.ingest_upload(&project, party_index, upload_id, &body, &metadata).await?,
+            Some(step) => match self.continue_blocked(&project, party_index, upload_id, &body, step).await {
+                // A twin of this step finished the ingestion and removed its work meanwhile.
+                Err(PipelineError::Blob(BlobError::NotFound(what))) if !self.upload_pending(project_id, party_index, upload_id).await? => {
+                    info!(project_id, party_index, upload_id, what, "ingestion ended while this step ran");
+                    return self.remove_ingestion_work(project_id, party_index, upload_id).await;
+                }
+                other => other?,
+            },
+        };
+        let ingested = match ingestion {
             Ingestion::Done(ingested) => ingested,
             Ingestion::Rejected(Rejected(message)) => {
                 info!(project_id, party_index, %message, "upload rejected");
                 self.meta.fail_upload(project_id, party_index, upload_id, &message).await?;
+                self.remove_ingestion_work(project_id, party_index, upload_id).await?;
                 return self.delete_quietly(&key).await;
             }
             Ingestion::Paused => {
-                // Writing the request again makes S3 announce it again: the next invocation
-                // continues from the checkpoint.
-                self.work.put(&key, body.clone(), &metadata).await?;
-                info!(project_id, party_index, upload_id, "ingestion continues in a new invocation");
-                return Ok(());
+                // The path that paused arranged its continuation (a step request, or its own
+                // request written again).
+                info!(project_id, party_index, upload_id, step = ?step, "ingestion continues in another invocation");
+                self.delete_step_request(step_key.as_deref()).await?;
+                return self.abandon_if_no_longer_pending(project_id, party_index, upload_id).await;
             }
         };
         if self.meta.complete_upload(project_id, party_index, upload_id, &ingested).await? {
@@ -128,8 +132,32 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             info!(project_id, party_index, "project deleted during ingestion; removing its packed data");
             self.work.delete_prefix(&keys::project_data_prefix(project_id)).await?;
         }
+        self.remove_ingestion_work(project_id, party_index, upload_id).await?;
         self.cleanup_upload(&key, &body, &metadata).await?;
         self.start_waiting_runs(project_id).await
+    }
+
+    /// A step that wrote its objects while the upload was failed or superseded (another chunk
+    /// found the blocks file malformed) removes them: checked after its last write, so nothing
+    /// of the ingestion outlives it.
+    async fn abandon_if_no_longer_pending(&self, project_id: &str, party_index: u32, upload_id: &str) -> Result<(), PipelineError> {
+        if !self.upload_pending(project_id, party_index, upload_id).await? {
+            self.remove_ingestion_work(project_id, party_index, upload_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn upload_pending(&self, project_id: &str, party_index: u32, upload_id: &str) -> Result<bool, PipelineError> {
+        Ok(self.meta.get_project(project_id).await?.is_some_and(|(_, parties)| {
+            parties.iter().any(|p| p.index == party_index && p.upload_id.as_deref() == Some(upload_id) && p.upload_state == UploadState::Pending)
+        }))
+    }
+
+    async fn delete_step_request(&self, step_key: Option<&str>) -> Result<(), PipelineError> {
+        match step_key {
+            Some(key) => self.delete_quietly(key).await,
+            None => Ok(()),
+        }
     }
 
     /// Packs an upload as stored by the api into the party's `data.bin` + `index.bin`. The error
@@ -159,27 +187,6 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
             Err(rejection) => return Ok(Ingestion::Rejected(rejection)),
         };
         Ok(Ingestion::Done(self.store_packed(&project.project_id, party, &decoded).await?))
-    }
-
-    /// Packs decoded records and stores `data.bin` (in parts when large) and `index.bin`.
-    pub(super) async fn store_packed(&self, project_id: &str, party: u32, decoded: &PartyEncodings) -> Result<IngestedParty, PipelineError> {
-        let (data, index) = packed::pack(decoded);
-        let ingested = IngestedParty {
-            record_count: decoded.len() as u64,
-            encoding_size: decoded.encoding_size as u32,
-            entry_count: index.entry_count,
-            block_count: index.blocks.len() as u64,
-        };
-        let mut writer = MultipartWriter::new(&self.work, keys::party_data(project_id, party), PART_BYTES, Some(data.len() as u64));
-        for part in data.chunks(PART_BYTES) {
-            if let Err(e) = writer.write(part).await {
-                writer.abort().await;
-                return Err(e.into());
-            }
-        }
-        writer.finish().await?;
-        self.work.put(&keys::party_index(project_id, party), Bytes::from(index.to_bytes()), &Vec::new()).await?;
-        Ok(ingested)
     }
 
     /// Deletes the incoming object (which holds the client's credentials when the upload was

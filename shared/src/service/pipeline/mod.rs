@@ -3,6 +3,8 @@
 //! ```text
 //! api ──put incoming/…──▶ work bucket ──S3 event──▶ ingest queue ──▶ fan-out
 //!                                                                  ├─ ingest an upload (packed data)
+//!                                                                  │    └─ a blocked one in steps: put incoming/ingest/… ─┐
+//!                                                                  │       (chunks → partitions → assembly) ◀─ S3 event ──┘
 //!                                                                  ├─ start a run: plan shards ──▶ shard queue ──▶ compare
 //!                                                                  └─ purge a deleted project          │
 //!                                              solve ◀── solve queue ◀── the shard that completes a run ┘
@@ -21,6 +23,9 @@ pub mod events;
 pub mod expiry;
 pub mod external;
 pub mod fan_out;
+pub mod ingestion;
+pub mod blocked_ingestion;
+pub mod upload_objects;
 pub mod merge;
 pub mod solve;
 pub mod watchdog;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use crate::engine::encoding::{BlockKey, PartyEncodings};
 use crate::engine::{link, output, solver};
 use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
-use crate::service::keys;
+use crate::service::keys::{self, IngestStep};
 use crate::service::client_store::PullPolicy;
 use crate::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
 use crate::service::model::*;
@@ -418,8 +418,18 @@ async fn external_upload(p: &TestPipeline, project: &str, party: u32, encodings:
     external_upload_named(p, project, party, encodings, blocks.map(|b| ("blocks.json", b))).await
 }
 
-/// The same, naming the blocks file (`*.ndjson` is the line form).
+/// The same, naming the blocks file (`*.ndjson` is the line form); every event delivered twice.
 async fn external_upload_named(p: &TestPipeline, project: &str, party: u32, encodings: (&str, Vec<u8>, u64, usize), blocks: Option<(&str, Vec<u8>)>) {
+    let key = store_external_upload(p, project, party, encodings, blocks).await;
+    p.on_incoming(&key).await.unwrap();
+    // A redelivered event changes nothing.
+    p.on_incoming(&key).await.unwrap();
+    run_ingest_steps(p, 2).await;
+}
+
+/// What the api does for an external upload (objects in the upload bucket, the reference in
+/// `incoming/`); returns the reference's key.
+async fn store_external_upload(p: &TestPipeline, project: &str, party: u32, encodings: (&str, Vec<u8>, u64, usize), blocks: Option<(&str, Vec<u8>)>) -> String {
     let (name, body, count, size) = encodings;
     let path = format!("{project}/{party}/{name}");
     let counts = vec![("hash-count".to_string(), count.to_string()), ("hash-size".to_string(), size.to_string())];
@@ -436,9 +446,33 @@ async fn external_upload_named(p: &TestPipeline, project: &str, party: u32, enco
     let key = keys::upload(project, party, &upload_id);
     let kind = UploadForm::External.metadata();
     p.work.put(&key, Bytes::from(serde_json::to_vec(&reference).unwrap()), &kind).await.unwrap();
-    p.on_incoming(&key).await.unwrap();
-    // A redelivered event changes nothing.
-    p.on_incoming(&key).await.unwrap();
+    key
+}
+
+fn ingest_step_requests(p: &TestPipeline) -> Vec<String> {
+    p.work.keys().into_iter().filter(|k| k.starts_with(keys::INCOMING_INGEST)).collect()
+}
+
+/// Delivers the events of partitioned ingestions' step requests, each `copies` times at once,
+/// until none is left.
+async fn run_ingest_steps(p: &TestPipeline, copies: usize) {
+    for _ in 0..1_000 {
+        let steps = ingest_step_requests(p);
+        if steps.is_empty() {
+            return;
+        }
+        for key in steps {
+            for r in futures::future::join_all((0..copies).map(|_| p.on_incoming(&key))).await {
+                r.unwrap();
+            }
+        }
+    }
+    panic!("ingestion steps keep coming: {:?}", ingest_step_requests(p));
+}
+
+/// Objects of partitioned ingestions still in the work bucket (none once each has ended).
+fn ingestion_work_left(p: &TestPipeline) -> Vec<String> {
+    p.work.keys().into_iter().filter(|k| k.starts_with(keys::INCOMING_INGEST) || k.contains("/ingest-")).collect()
 }
 
 fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -451,10 +485,10 @@ fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
 #[tokio::test]
 async fn streamed_external_uploads_pack_like_in_memory_ingestion() {
     let mut p = pipeline(1_000_000);
-    // Small chunks and windows so that a few MB cross many of them; 50 000 × 128 bytes makes
-    // a data.bin of two multipart parts.
+    // Small read chunks and blocks chunks so that a few MB cross many of them; 50 000 × 128
+    // bytes makes a data.bin of two multipart parts.
     p.settings.limits.ingest_chunk_bytes = 100_000;
-    p.settings.limits.ingest_window_bytes = 1_000_000;
+    p.settings.limits.ingest_blocks_chunk_bytes = 200_000;
     let (count, size) = (50_000usize, 128usize);
     let raw = random_bytes(7, count * size);
     let blocks: Vec<Vec<String>> = (0..count).map(|i| vec![format!("b{}", i % 13), format!("c{}", (i * 7) % 5)]).collect();
@@ -522,6 +556,8 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
 async fn a_blocks_file_malformed_halfway_fails_the_upload_naming_the_record() {
     let mut p = pipeline(1_000_000);
     p.settings.limits.ingest_chunk_bytes = 1_000;
+    // Several chunks each: the ones before the fault write their partitions first.
+    p.settings.limits.ingest_blocks_chunk_bytes = 8_000;
     let project = create_project(&p, ResultType::Groups, 2, false).await;
     let (count, size) = (2_000usize, 16usize);
     let mut json = String::from("{\"blocks\": {");
@@ -536,7 +572,7 @@ async fn a_blocks_file_malformed_halfway_fails_the_upload_naming_the_record() {
     external_upload_named(&p, &project, 1, ("b.bin", random_bytes(6, count * size), count as u64, size), Some(("blocks.ndjson", ndjson.into_bytes())))
         .await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    for (party, expected) in [(0usize, "malformed after record 999"), (1, "line 1001 is malformed")] {
+    for (party, expected) in [(0usize, "malformed after record 999"), (1, "after record 999")] {
         assert_eq!(parties[party].upload_state, UploadState::Error, "{:?}", parties[party]);
         let message = parties[party].error.as_deref().unwrap_or_default();
         assert!(message.contains(expected) && message.contains("blocks"), "{message}");
@@ -544,26 +580,147 @@ async fn a_blocks_file_malformed_halfway_fails_the_upload_naming_the_record() {
         assert!(p.work.object(&keys::party_index(&project, party as u32)).is_none());
     }
     assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+    assert_eq!(ingestion_work_left(&p), Vec::<String>::new(), "nothing half-ingested remains");
 }
 
-/// An upload with a blocks file that cannot be read within one fan-out invocation's budget is
-/// refused with the throughput seen (not left to time out on every redelivery), and nothing is
-/// left behind.
+/// A party with a blocks file, ingested in many chunks and partitions.
+fn partitioned_upload(count: usize, size: usize) -> (Vec<u8>, Vec<Vec<String>>, Vec<u8>) {
+    let raw = random_bytes(21, count * size);
+    let blocks: Vec<Vec<String>> = (0..count).map(|i| vec![format!("b{}", i % 97), format!("c{}", (i * 7) % 31), format!("r{i}")]).collect();
+    let mut ndjson = Vec::new();
+    for (i, b) in blocks.iter().enumerate() {
+        crate::engine::blocks_file::write_ndjson_record(&mut ndjson, i as u64, b).unwrap();
+    }
+    (raw, blocks, ndjson)
+}
+
+fn assert_packed_like_in_memory(p: &TestPipeline, project: &str, party: u32, raw: Vec<u8>, size: usize, blocks: &[Vec<String>]) {
+    let expected = PartyEncodings { encoding_size: size, data: raw, blocks: Some(blocks.iter().map(|b| b.iter().map(|x| BlockKey::of(x)).collect()).collect()) };
+    let (data, index) = crate::engine::packed::pack(&expected);
+    assert!(p.work.object(&keys::party_data(project, party)).unwrap().0 == data, "data.bin of party {party}");
+    assert_eq!(p.work.object(&keys::party_index(project, party)).unwrap().0.as_ref(), &index.to_bytes()[..]);
+}
+
+/// Every kind of step (the upload's event, chunk, merge, assemble) delivered twice at once and
+/// once more after the ingestion ended: the party is packed exactly as in memory, in many
+/// chunks and partitions, and nothing of the ingestion's work is left.
 #[tokio::test]
-async fn blocked_uploads_too_large_for_one_ingestion_pass_fail_with_a_clear_message() {
+async fn partitioned_ingestion_under_duplicate_delivery_packs_like_in_memory() {
     let mut p = pipeline(1_000_000);
-    p.settings.limits.ingest_chunk_bytes = 1_000;
-    p.settings.limits.ingest_time_budget_secs = 0;
-    let project = create_project(&p, ResultType::Groups, 2, false).await;
-    let (count, size) = (2_000usize, 16usize);
-    let blocks = serde_json::json!({"blocks": (0..count).map(|i| (i.to_string(), serde_json::json!(["b"]))).collect::<serde_json::Map<_, _>>()});
-    external_upload(&p, &project, 0, ("big.bin", random_bytes(4, count * size), count as u64, size), Some(serde_json::to_vec(&blocks).unwrap())).await;
+    p.settings.limits.ingest_blocks_chunk_bytes = 4_000;
+    p.settings.limits.ingest_chunk_bytes = 3_000;
+    let (count, size) = (3_000usize, 16usize);
+    let (raw, blocks, ndjson) = partitioned_upload(count, size);
+    let project = create_project(&p, ResultType::Groups, 2, true).await;
+    let key = store_external_upload(&p, &project, 0, ("a.bin", raw.clone(), count as u64, size), Some(("a.ndjson", ndjson))).await;
+    for r in futures::future::join_all((0..2).map(|_| p.on_incoming(&key))).await {
+        r.unwrap();
+    }
+    let chunks = ingest_step_requests(&p);
+    assert!(chunks.len() > 5, "many chunks: {chunks:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let steps = ingest_step_requests(&p);
+        if steps.is_empty() {
+            break;
+        }
+        for step in steps {
+            seen.insert(step.rsplit('/').next().unwrap().split('-').next().unwrap().to_string());
+            for r in futures::future::join_all((0..2).map(|_| p.on_incoming(&step))).await {
+                r.unwrap();
+            }
+            // The step's event once more, after its twins: the same objects, no new work.
+            p.on_incoming(&step).await.unwrap();
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["assemble", "chunk", "merge"]);
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    assert_eq!(parties[0].upload_state, UploadState::Done, "{:?}", parties[0]);
+    assert_packed_like_in_memory(&p, &project, 0, raw, size, &blocks);
+    // Late events of every kind after the ingestion ended change nothing.
+    for step in [IngestStep::Chunk(0), IngestStep::Merge(7), IngestStep::Assemble] {
+        p.on_incoming(&keys::ingest_step(&project, 0, "ext0", step)).await.unwrap();
+    }
+    p.on_incoming(&key).await.unwrap();
+    assert_eq!(ingestion_work_left(&p), Vec::<String>::new());
+    assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+}
+
+/// Invocations that die mid-ingestion (a chunk after its partition files but before its
+/// summary, a merge on a failing store, step events lost with them) leave the upload pending;
+/// the upload's event delivered again (as the watchdog does for a stalled upload) requests what
+/// is not done, and the result is what one uninterrupted ingestion writes.
+#[tokio::test]
+async fn partitioned_ingestion_resumes_after_a_crash() {
+    let mut p = pipeline(1_000_000);
+    p.settings.limits.ingest_blocks_chunk_bytes = 4_000;
+    let (count, size) = (3_000usize, 16usize);
+    let (raw, blocks, ndjson) = partitioned_upload(count, size);
+    // The JSON form too: its chunks are record ranges of the whole file.
+    let json = serde_json::json!({"blocks": blocks.iter().enumerate().map(|(i, b)| (i.to_string(), serde_json::json!(b))).collect::<serde_json::Map<_, _>>()});
+    let project = create_project(&p, ResultType::Groups, 2, true).await;
+    let files = [("a.ndjson", ndjson), ("a.json", serde_json::to_vec(&json).unwrap())];
+    for (party, (name, file)) in files.into_iter().enumerate() {
+        let party = party as u32;
+        let key = store_external_upload(&p, &project, party, ("a.bin", raw.clone(), count as u64, size), Some((name, file))).await;
+        p.on_incoming(&key).await.unwrap();
+        let chunks = ingest_step_requests(&p);
+        assert!(chunks.len() > 2, "{chunks:?}");
+        // Chunk 0 dies after writing its partition files: no summary, and its event is lost.
+        p.on_incoming(&chunks[0]).await.unwrap();
+        let summary = format!("{}chunks/000000", keys::ingest_work_prefix(&project, party, &format!("ext{party}")));
+        p.work.delete(&summary).await.unwrap();
+        // Every other chunk runs; the merges then fail on a store refusing writes, once each.
+        for chunk in &chunks[1..] {
+            p.on_incoming(chunk).await.unwrap();
+        }
+        assert!(ingest_step_requests(&p).is_empty(), "no merge before every chunk is summarized");
+        p.on_incoming(&key).await.unwrap(); // the upload's event again: chunk 0 is requested
+        assert_eq!(ingest_step_requests(&p), vec![chunks[0].clone()]);
+        p.on_incoming(&chunks[0]).await.unwrap();
+        let merges = ingest_step_requests(&p);
+        assert!(merges.len() > 10 && merges.iter().all(|m| m.contains("/merge-")), "{merges:?}");
+        p.work.fail_puts(true);
+        for merge in &merges {
+            assert!(p.on_incoming(merge).await.is_err(), "a failed write is retried");
+        }
+        p.work.fail_puts(false);
+        // Half of the merges' events are lost with their invocations; the rest are redelivered.
+        for merge in merges.iter().step_by(2) {
+            p.work.delete(merge).await.unwrap();
+        }
+        run_ingest_steps(&p, 1).await;
+        let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+        assert_eq!(parties[party as usize].upload_state, UploadState::Pending, "lost merges keep it pending");
+        p.on_incoming(&key).await.unwrap(); // the upload's event again: the lost merges
+        run_ingest_steps(&p, 1).await;
+        let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+        assert_eq!(parties[party as usize].upload_state, UploadState::Done, "{:?}", parties[party as usize]);
+        assert_packed_like_in_memory(&p, &project, party, raw.clone(), size, &blocks);
+    }
+    assert_eq!(ingestion_work_left(&p), Vec::<String>::new());
+}
+
+/// A blocks file listing one record in two chunks is refused once every chunk is read, with
+/// the record named; nothing of the ingestion remains.
+#[tokio::test]
+async fn a_record_listed_in_two_chunks_fails_the_upload() {
+    let mut p = pipeline(1_000_000);
+    p.settings.limits.ingest_blocks_chunk_bytes = 4_000;
+    let (count, size) = (3_000usize, 16usize);
+    let (raw, blocks, mut ndjson) = partitioned_upload(count, size);
+    // Record 5 again at the end instead of the last record.
+    let last = ndjson[..ndjson.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    ndjson.truncate(last);
+    crate::engine::blocks_file::write_ndjson_record(&mut ndjson, 5, &blocks[5]).unwrap();
+    let project = create_project(&p, ResultType::Groups, 2, true).await;
+    external_upload_named(&p, &project, 0, ("a.bin", raw, count as u64, size), Some(("a.ndjson", ndjson))).await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
     assert_eq!(parties[0].upload_state, UploadState::Error, "{:?}", parties[0]);
     let message = parties[0].error.as_deref().unwrap_or_default();
-    assert!(message.contains("too large to ingest in one pass") && message.contains("32000 bytes"), "{message}");
+    assert!(message.contains("record 5 more than once") && message.contains("blocks file"), "{message}");
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
-    assert_eq!(p.work.unfinished_multipart_uploads(), 0);
+    assert_eq!(ingestion_work_left(&p), Vec::<String>::new());
 }
 
 /// An upload without blocks that outlasts one invocation's budget pauses at a part boundary,
@@ -636,6 +793,7 @@ async fn reference_upload(p: &TestPipeline, project: &str, party: u32, reference
     p.work.put(&key, Bytes::from(serde_json::to_vec(reference).unwrap()), &kind).await.unwrap();
     p.on_incoming(&key).await.unwrap();
     p.on_incoming(&key).await.unwrap();
+    run_ingest_steps(p, 1).await;
     key
 }
 
