@@ -189,11 +189,13 @@ def http(method, url, body=None, token=None, timeout=300):
 
 class LogFollower(threading.Thread):
     """Follows the runner's log from its current end, keeping this project's lines with the
-    time they appeared (the functions log JSON lines, flushed per line)."""
+    time they appeared (the functions log JSON lines, flushed per line), and every invocation's
+    REPORT line while it follows a project (the runner's lines name no project: on a shared
+    stack others' invocations would count too)."""
 
     def __init__(self, path):
         super().__init__(daemon=True)
-        self.path, self.events, self.project = path, [], None
+        self.path, self.events, self.project, self.reports = path, [], None, []
         self.stop_flag = threading.Event()
         self.offset = path.stat().st_size if path.exists() else 0
 
@@ -208,6 +210,9 @@ class LogFollower(threading.Thread):
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
+                report = REPORT_LINE.search(line.decode(errors="replace")) if self.project else None
+                if report:
+                    self.reports.append((now, report.groupdict()))
                 if self.project and self.project.encode() in line:
                     try:
                         self.events.append((now, json.loads(line)["fields"]))
@@ -219,6 +224,29 @@ class LogFollower(threading.Thread):
         time.sleep(0.3)  # let the last lines arrive
         self.stop_flag.set()
         self.join()
+
+
+REPORT_LINE = re.compile(r"(?P<function>[\w-]+) REPORT RequestId: \S+\tDuration: (?P<ms>[\d.]+) ms\t.*"
+                         r"Memory Size: (?P<size>\d+) MB\tMax Memory Used: (?P<used>\d+) MB(?:\tStatus: (?P<status>\w+))?")
+
+
+def report_summary(reports, planned_at):
+    """Per function: invocations, the largest Max Memory Used and Duration, its Memory Size, and
+    the invocations killed (Status: timeout or error). fan-out's invocations that ended before
+    the run was planned only ingested (`fan-out:ingest`); the one that planned ends after
+    (`fan-out:plan`, with any later fan-out invocation)."""
+    out = {}
+    for at, r in reports:
+        name = r["function"]
+        if name == "fan-out":
+            name = "fan-out:ingest" if at < planned_at else "fan-out:plan"
+        f = out.setdefault(name, {"invocations": 0, "max_memory_used_mb": 0, "max_duration_ms": 0.0,
+                                           "memory_size_mb": int(r["size"]), "killed": 0})
+        f["invocations"] += 1
+        f["max_memory_used_mb"] = max(f["max_memory_used_mb"], int(r["used"]))
+        f["max_duration_ms"] = max(f["max_duration_ms"], float(r["ms"]))
+        f["killed"] += 1 if r["status"] else 0
+    return out
 
 
 def function_processes():
@@ -366,6 +394,7 @@ def end_to_end(pprl, api, exp, d, truth, timeout):
         "upload_s": [round(u, 3) for u in uploads],
         "result_bytes": result_bytes,
         "peak_memory_mib": peaks,
+        "lambda_reports": report_summary(follower.reports, t_planned),
         "function_binary": binary,
         "accuracy": accuracy(result["groups"], truth),
         "groups_sha256": groups_digest(result["groups"]),
