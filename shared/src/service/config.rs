@@ -86,7 +86,7 @@ impl Default for Limits {
             max_shards_per_run: 0,
             compare: ComputeProfile::default(),
             ingest_chunk_bytes: 8 * 1024 * 1024,
-            ingest_blocks_chunk_bytes: 16 * 1024 * 1024,
+            ingest_blocks_chunk_bytes: 8 * 1024 * 1024,
             ingest_time_budget_secs: 840,
             solve_merge_fan_in: 16_384,
             function_memory_mb: None,

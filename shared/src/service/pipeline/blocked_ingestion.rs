@@ -8,7 +8,7 @@
 //! queue, as the upload's own event does:
 //!
 //! 1. **Plan** (the upload's event): the blocks file is cut into chunks. NDJSON by byte range
-//!    (`Limits::ingest_blocks_chunk_bytes`, 16 MiB; a chunk's records are the lines that start in
+//!    (`Limits::ingest_blocks_chunk_bytes`, 8 MiB; a chunk's records are the lines that start in
 //!    it); blocklib's JSON, which cannot be cut, by record range (as many records as that many
 //!    bytes of NDJSON hold): each of its chunks parses the whole file and keeps its own records,
 //!    so its memory is bounded but its time is a pass over the file. The plan is stored, then one
@@ -29,9 +29,10 @@
 //!
 //! # Memory and time
 //!
-//! A chunk: 20 bytes per (record, block) pair of its 16 MiB of NDJSON, its records' encodings,
-//! and its entries (16 bytes of key + the entry per pair): about 100 MiB at 128-byte encodings
-//! and five blocks per record, whatever the party's size. A merge: about twice its partition,
+//! A chunk: 20 bytes per (record, block) pair of its 8 MiB of NDJSON, its records' encodings,
+//! and its entries (16 bytes of key + the entry per pair): `pprl synth`'s lines are ~50 bytes
+//! (five integer ids), so ~170 K records, ~840 K pairs, ~170 MB at 128-byte encodings, whatever
+//! the party's size. A merge: about twice its partition,
 //! 1/256 of the party's entries (≈ 70 MB at 25 M records with five blocks each). The assembly:
 //! one read chunk and one part of each output. Every step but the assembly reads a bounded
 //! amount; the assembly copies the party's entries once (≈ 17 GB at 25 M records: minutes at
