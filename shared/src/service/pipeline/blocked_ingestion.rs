@@ -550,6 +550,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
     }
 }
 
+impl<M, B: BlobStore, U, Q, C> Pipeline<M, B, U, Q, C> {
+    /// How many chunks and partitions of an upload's partitioned ingestion are done (0 for the
+    /// other ingestions): what the watchdog counts as progress of a pending upload.
+    pub(super) async fn ingestion_steps_done(&self, project_id: &str, party: u32, upload_id: &str) -> Result<u64, PipelineError> {
+        let work = WorkKeys::new(project_id, party, upload_id);
+        let chunks = self.work.list(&work.summaries()).await?.len();
+        let partitions = self.work.list(&work.merged_markers()).await?.len();
+        Ok((chunks + partitions) as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

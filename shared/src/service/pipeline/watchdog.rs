@@ -203,7 +203,10 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         let project_id = project.project_id.as_str();
         let Some(upload_id) = party.upload_id.as_deref() else { return Ok(()) };
         let target = WatchTarget::Upload(party.index);
-        let fingerprint = format!("pending {upload_id}");
+        // A partitioned ingestion stays pending for many invocations: each step it finishes is
+        // progress, so a long one is not taken for a stalled one.
+        let steps_done = self.ingestion_steps_done(project_id, party.index, upload_id).await?;
+        let fingerprint = format!("pending {upload_id} steps {steps_done}");
         let Progress::Stalled { redrives, stalled_secs } = self.progress(project_id, &target, &fingerprint, now_secs).await? else {
             return Ok(());
         };
