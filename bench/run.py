@@ -230,16 +230,13 @@ REPORT_LINE = re.compile(r"(?P<function>[\w-]+) REPORT RequestId: \S+\tDuration:
                          r"Memory Size: (?P<size>\d+) MB\tMax Memory Used: (?P<used>\d+) MB(?:\tStatus: (?P<status>\w+))?")
 
 
-def report_summary(reports, planned_at):
+def report_summary(reports):
     """Per function: invocations, the largest Max Memory Used and Duration, its Memory Size, and
-    the invocations killed (Status: timeout or error). fan-out's invocations that ended before
-    the run was planned only ingested (`fan-out:ingest`); the one that planned ends after
-    (`fan-out:plan`, with any later fan-out invocation)."""
+    the invocations killed (Status: timeout or error). Which step an invocation ran needs its
+    request id's log lines: bench/invocations.py."""
     out = {}
-    for at, r in reports:
+    for _, r in reports:
         name = r["function"]
-        if name == "fan-out":
-            name = "fan-out:ingest" if at < planned_at else "fan-out:plan"
         f = out.setdefault(name, {"invocations": 0, "max_memory_used_mb": 0, "max_duration_ms": 0.0,
                                            "memory_size_mb": int(r["size"]), "killed": 0})
         f["invocations"] += 1
@@ -394,7 +391,7 @@ def end_to_end(pprl, api, exp, d, truth, timeout):
         "upload_s": [round(u, 3) for u in uploads],
         "result_bytes": result_bytes,
         "peak_memory_mib": peaks,
-        "lambda_reports": report_summary(follower.reports, t_planned),
+        "lambda_reports": report_summary(follower.reports),
         "function_binary": binary,
         "accuracy": accuracy(result["groups"], truth),
         "groups_sha256": groups_digest(result["groups"]),
