@@ -30,9 +30,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tracing::info;
 
 use crate::engine::candidates;
-use crate::engine::dice;
-use crate::engine::packed::Entries;
-use crate::engine::shard::{self, Shard};
+use crate::engine::compare::{self as compare_step, SpanRead};
+use crate::engine::shard::Shard;
 use crate::service::model::{RunAfterShard, RunState, ShardTally};
 use crate::service::{keys, metrics};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
@@ -44,8 +43,8 @@ pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the gl
 /// Requests in flight while a batch's spans are read or its candidate files written.
 const REQUESTS_IN_FLIGHT: usize = 8;
 
-/// One party's entry span of one shard: (party, first entry, encoding size, its bytes).
-type Span = (u32, u64, usize, Bytes);
+/// One party's entry span of one shard, and its bytes.
+type Span = (SpanRead, Bytes);
 
 impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
     /// One shard message (a batch of one).
@@ -110,12 +109,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 .zip(spans)
                 .map(|(shard, spans)| {
                     let kernel_started = Instant::now();
-                    let inputs = spans
-                        .iter()
-                        .map(|(party, first, size, bytes)| Entries::new(bytes, *size, *first).map(|e| (*party, e)))
-                        .collect::<Result<Vec<_>, _>>()
+                    let found = compare_step::compare_spans(shard, threshold, spans.iter().map(|(read, bytes)| (read, &bytes[..])))
                         .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-                    let found = dice::compare_shard(shard, threshold, &inputs).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
                     Ok((found, kernel_started.elapsed()))
                 })
                 .collect()
@@ -196,19 +191,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     /// ten shards usually share one party's span and read consecutive spans of the other).
     /// `None` when the data is gone with its run or project.
     async fn read_spans(&self, project_id: &str, run_id: &str, shards: &[Shard], sizes: &[u32]) -> Result<Option<(Vec<Vec<Span>>, u64)>, PipelineError> {
-        let mut wanted: Vec<Vec<(u32, u64, usize, Range<u64>)>> = Vec::with_capacity(shards.len());
+        let mut wanted: Vec<Vec<SpanRead>> = Vec::with_capacity(shards.len());
         let mut by_party: BTreeMap<u32, Vec<Range<u64>>> = BTreeMap::new();
         for shard in shards {
-            let mut spans = Vec::new();
-            for (party, span) in shard.entry_spans() {
-                let size = sizes
-                    .get(party as usize)
-                    .map(|&s| s as usize)
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| PipelineError::Corrupt(format!("party {party} has no ingested data")))?;
-                let range = shard::byte_range(&span, size);
-                by_party.entry(party).or_default().push(range.clone());
-                spans.push((party, span.start, size, range));
+            let spans = compare_step::span_reads(shard, |party| sizes.get(party as usize).map(|&s| s as usize))
+                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+            for read in &spans {
+                by_party.entry(read.party).or_default().push(read.bytes.clone());
             }
             wanted.push(spans);
         }
@@ -232,7 +221,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         let mut out = Vec::with_capacity(wanted.len());
         for spans in wanted {
             let mut shard_spans = Vec::with_capacity(spans.len());
-            for (party, first, size, range) in spans {
+            for span in spans {
+                let (party, range) = (span.party, &span.bytes);
                 let (_, read, bytes) = fetched
                     .iter()
                     .find(|(p, r, _)| *p == party && r.start <= range.start && range.end <= r.end)
@@ -241,7 +231,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 if to > bytes.len() {
                     return Err(PipelineError::Corrupt(format!("party {party}'s data ends before byte {}", range.end)));
                 }
-                shard_spans.push((party, first, size, bytes.slice(from..to)));
+                let bytes = bytes.slice(from..to);
+                shard_spans.push((span, bytes));
             }
             out.push(shard_spans);
         }
