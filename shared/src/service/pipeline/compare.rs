@@ -36,7 +36,7 @@ use crate::service::model::{RunAfterShard, RunState, ShardTally};
 use crate::service::{keys, metrics};
 use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
 
-use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
+use super::{Pipeline, PipelineError, ShardMessage};
 
 pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the global limit of candidate pairs.";
 
@@ -179,9 +179,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             return Ok(());
         }
         if run.shards_done >= run.shards_total {
-            let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
-                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+            self.send_solve(project_id, run_id).await?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
 use super::external::{Ingestion, PART_BYTES};
-use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
+use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage};
 
 /// Marker written once every shard message of a run has been sent.
 pub(super) fn dispatched_key(project: &str, run: &str) -> String {
@@ -307,9 +307,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         }
         if shards_total == 0 {
             // Nothing shares a block: solve publishes the empty result.
-            let solve = SolveMessage { project_id: project_id.into(), run_id: run_id.into() };
-            let body = serde_json::to_string(&solve).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+            self.send_solve(project_id, run_id).await?;
         } else {
             self.dispatch_run(project_id, run_id, bodies).await?;
         }

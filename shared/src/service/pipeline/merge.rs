@@ -558,9 +558,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             tracing::info!(project_id, run_id, level, group, candidates = written, "merge step written");
         }
         if self.merged_present(project_id, run_id, level, &tree).await?.len() as u32 == tree.width(level) {
-            let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
-                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+            self.send_solve(project_id, run_id).await?;
         }
         Ok(())
     }

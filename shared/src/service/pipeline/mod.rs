@@ -31,7 +31,7 @@ use crate::engine::shard::Shard;
 
 use super::config::Settings;
 use super::metrics;
-use super::ports::{BlobError, MetaError, MetaStore, QueueError};
+use super::ports::{BlobError, MetaError, MetaStore, QueueError, WorkQueue};
 
 /// A message on the shard queue: one shard of one run. Small shards travel inline; large ones
 /// (many packed block pairs) are read from the work bucket.
@@ -134,6 +134,18 @@ impl<M: MetaStore, B, U, Q, C> Pipeline<M, B, U, Q, C> {
             Err(e) => tracing::warn!(project_id, run_id, error = %e, "failed run not counted in the metrics"),
         }
         Ok(true)
+    }
+}
+
+impl<M, B, U, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+    /// Asks solve to look at a run: sent by the shard that completes it, by the merge step that
+    /// completes a level of its merge tree, by the planner for a run without shards and by the
+    /// watchdog for a stalled run. Duplicates are harmless (solve completes a run only once).
+    pub async fn send_solve(&self, project_id: &str, run_id: &str) -> Result<(), PipelineError> {
+        let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
+            .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+        self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+        Ok(())
     }
 }
 

@@ -44,7 +44,7 @@ use crate::service::model::{Party, Project, Run, RunState, UploadState, Watch, W
 use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, WorkQueue};
 
 use super::fan_out::dispatched_key;
-use super::{Pipeline, PipelineError, SolveMessage};
+use super::{Pipeline, PipelineError};
 
 /// Stall periods a stalled run waits while its queue holds at least as much work as the run
 /// still needs, before its work is sent again anyway.
@@ -313,9 +313,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 "shards"
             }
             RunStep::Solve => {
-                let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
-                    .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-                self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+                self.send_solve(project_id, run_id).await?;
                 "solve"
             }
         };
