@@ -272,7 +272,7 @@ async fn main() {
             work_bucket: "w".into(),
             shard_queue_url: "shards".into(),
             solve_queue_url: "solves".into(),
-            dead_letter_queue_arns: vec![],
+            dead_letter_queues: Default::default(),
             upload: UploadSettings { enabled: false, bucket: "u".into(), public_endpoint: "x".into(), public_secure: false, credentials_ttl_secs: 60, role_arn: String::new() },
             pull: PullPolicy::default(),
             limits,

@@ -92,7 +92,7 @@ mod tests {
             work_bucket: "work".into(),
             shard_queue_url: String::new(),
             solve_queue_url: String::new(),
-            dead_letter_queue_arns: Vec::new(),
+            dead_letter_queues: Default::default(),
             upload: UploadSettings {
                 enabled: false,
                 bucket: String::new(),

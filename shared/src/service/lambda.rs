@@ -163,9 +163,9 @@ pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: 
 ) -> SqsBatchResponse {
     for_each_record(pipeline, event, |record| async move {
         let body = body(&record)?;
-        let source = record.event_source_arn.as_deref().unwrap_or_default();
-        if pipeline.settings.dead_letter_queue_arns.iter().any(|arn| arn == source) {
-            return pipeline.on_dead_letter(body).await;
+        let arn = record.event_source_arn.as_deref().unwrap_or_default();
+        if let Some(source) = pipeline.settings.dead_letter_queues.source_of(arn) {
+            return pipeline.on_dead_letter(source, body).await;
         }
         for key in s3_event_keys(body)? {
             pipeline.on_incoming(&key).await?;

@@ -28,7 +28,7 @@ fn settings(upload_enabled: bool) -> Settings {
         work_bucket: "work".into(),
         shard_queue_url: String::new(),
         solve_queue_url: String::new(),
-        dead_letter_queue_arns: Vec::new(),
+        dead_letter_queues: Default::default(),
         upload: UploadSettings {
             enabled: upload_enabled,
             bucket: UPLOAD_BUCKET.into(),
