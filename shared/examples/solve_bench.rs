@@ -22,10 +22,10 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use shared::engine::candidates::{self, Candidate, ENTRY_SIZE, HEADER};
 use shared::engine::{output, solver};
-use shared::service::client_store::PullPolicy;
+use shared::service::pull_policy::PullPolicy;
 use shared::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use shared::service::keys;
-use shared::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
+use shared::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryQueue};
 use shared::service::model::*;
 use shared::service::pipeline::{Pipeline, SolveMessage};
 use shared::service::ports::{BlobError, BlobReader, BlobStore, MetaStore, Metadata};
@@ -266,7 +266,7 @@ async fn main() {
         work: work.clone(),
         uploads: MemoryBlobs::new(),
         queue: MemoryQueue::new(),
-        client_stores: MemoryClientStores::default(),
+        client_stores: MemoryClientStoreOpener::default(),
         settings: Settings {
             table_name: "t".into(),
             work_bucket: "w".into(),

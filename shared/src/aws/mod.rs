@@ -6,7 +6,7 @@
 //! its own (`UPLOAD_S3_*`, `UPLOAD_STS_ENDPOINT`) because locally it is a different server
 //! (SeaweedFS) from the working bucket's (LocalStack). In AWS none of these are set.
 
-pub mod client_store;
+pub mod client_bucket;
 pub mod dynamo;
 pub mod s3;
 pub mod sqs;
@@ -79,7 +79,7 @@ pub type AwsPipeline = crate::service::pipeline::Pipeline<
     s3::S3Blobs,
     s3::S3Blobs,
     sqs::SqsQueue,
-    client_store::S3ClientStores,
+    client_bucket::S3ClientStoreOpener,
 >;
 
 /// Builds the pipeline from the environment (once per cold start).
@@ -92,7 +92,7 @@ pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::
         work: s3::S3Blobs::new(work_s3_client(&config), settings.work_bucket.clone()),
         uploads: s3::S3Blobs::new(upload_s3_client(&config), settings.upload.bucket.clone()),
         queue: sqs::SqsQueue::new(sqs_client(&config)),
-        client_stores: client_store::S3ClientStores::new(settings.pull.clone(), settings.limits.max_upload_bytes),
+        client_stores: client_bucket::S3ClientStoreOpener::new(settings.pull.clone(), settings.limits.max_upload_bytes),
         settings,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::env;
 
-use super::client_store::{Network, PullPolicy};
+use super::pull_policy::{Network, PullPolicy};
 use crate::engine::sizing::{ComputeProfile, SizingPolicy};
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use tracing::{error, warn, Instrument};
 
 use super::pipeline::events::s3_event_keys;
 use super::pipeline::{Pipeline, PipelineError, ShardQueueMessage};
-use super::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
+use super::ports::{BlobStore, ClientStoreOpener, MetaStore, WorkQueue};
 use super::retry::jitter;
 
 /// When a message whose failure is worth retrying soon becomes visible again.
@@ -103,7 +103,7 @@ pub fn is_scheduled_event(payload: &serde_json::Value) -> bool {
 }
 
 /// Runs `step` on one Lambda payload: an SQS batch, or (fan-out only) the watchdog's schedule.
-pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
+pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener>(
     step: Step,
     pipeline: &Pipeline<M, B, U, Q, C>,
     payload: serde_json::Value,
@@ -140,7 +140,7 @@ impl Step {
 }
 
 /// Runs `step` on one SQS event.
-pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
+pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener>(
     step: Step,
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
@@ -157,7 +157,7 @@ fn body(record: &SqsMessage) -> Result<&str, PipelineError> {
 }
 
 /// fan-out: S3 notifications from the ingest queue, and dead letters from every DLQ.
-pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
+pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener>(
     pipeline: &Pipeline<M, B, U, Q, C>,
     event: SqsEvent,
 ) -> SqsBatchResponse {

@@ -21,14 +21,14 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::aws_limits;
-use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
+use super::pull_policy::{ClientCredentials, ClientEndpoint, ClientStoreAccess};
 use super::model::{
     self, IngestedParty, Party, Project, ProjectSummary, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use super::ports::{
-    BlobError, BlobReader, BlobStore, ClientStores, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
+    BlobError, BlobReader, BlobStore, ClientStoreOpener, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
     TemporaryCredentials, WorkQueue,
 };
 use super::table::{self, Attrs};
@@ -857,15 +857,15 @@ impl BlobStore for MemoryBlobs {
 
 // ---- stores that clients name ----------------------------------------------------------------
 
-/// [`ClientStores`] over in-memory buckets, one per (endpoint URL, bucket). Records the
+/// [`ClientStoreOpener`] over in-memory buckets, one per (endpoint URL, bucket). Records the
 /// credentials each open was given, for assertions.
 #[derive(Clone, Default)]
-pub struct MemoryClientStores {
+pub struct MemoryClientStoreOpener {
     buckets: Arc<Mutex<BTreeMap<(String, String), MemoryBlobs>>>,
     opened_with: Arc<Mutex<Vec<ClientCredentials>>>,
 }
 
-impl MemoryClientStores {
+impl MemoryClientStoreOpener {
     /// The bucket `bucket` of the store at `url` (e.g. `https://store.example.com`).
     pub fn bucket(&self, url: &str, bucket: &str) -> MemoryBlobs {
         lock(&self.buckets).entry((url.to_string(), bucket.to_string())).or_default().clone()
@@ -877,9 +877,9 @@ impl MemoryClientStores {
     }
 }
 
-impl ClientStores for MemoryClientStores {
+impl ClientStoreOpener for MemoryClientStoreOpener {
     type Reader = MemoryBlobs;
-    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<MemoryBlobs, BlobError> {
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStoreAccess, bucket: &str) -> Result<MemoryBlobs, BlobError> {
         lock(&self.opened_with).push(store.credentials.clone());
         Ok(self.bucket(&endpoint.url(), bucket))
     }

@@ -5,7 +5,7 @@
 //! - [`api`]: the REST API v1 router (served by lambda_http in Lambda, by axum locally).
 //! - [`pipeline`]: fan-out (ingest, run start, planning), compare (one shard), solve (merge, solve,
 //!   publish) and the dead-letter handler.
-//! - [`client_store`]: the rules for pulling uploads from object stores that clients name.
+//! - [`pull_policy`]: the rules for pulling uploads from object stores that clients name.
 //! - [`keys`]: the object-key layout of the working bucket, in one place.
 //! - [`table`]: the metadata table's items, in one place (written by `aws::dynamo`, sized by both
 //!   metadata adapters).
@@ -17,7 +17,7 @@
 pub mod api;
 pub mod aws_limits;
 pub mod blob_stream;
-pub mod client_store;
+pub mod pull_policy;
 pub mod config;
 pub mod keys;
 pub mod lambda;

@@ -9,7 +9,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::aws_limits::LimitExceeded;
-use super::client_store::{ClientEndpoint, ClientStore};
+use super::pull_policy::{ClientEndpoint, ClientStoreAccess};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunHead, RunPlan, ShardOutcome, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone, UploadStart, Watch, WatchTarget,
@@ -133,7 +133,7 @@ pub enum BlobError {
     NotFound(String),
     #[error("object store error: {0}")]
     Backend(String),
-    /// An object store a client named (see [`ClientStores`]) failed in a way that retrying
+    /// An object store a client named (see [`ClientStoreOpener`]) failed in a way that retrying
     /// will not fix (the SDK already retried): refused address, access denied, unreachable. The
     /// message is for that client and never contains its credentials.
     #[error("{0}")]
@@ -147,7 +147,7 @@ pub enum BlobError {
 pub type Metadata = Vec<(String, String)>;
 
 /// Reading a bucket: all that ingestion does with the objects an upload names, whether they are
-/// in the service's upload bucket or in a store the client named ([`ClientStores`]).
+/// in the service's upload bucket or in a store the client named ([`ClientStoreOpener`]).
 pub trait BlobReader: Send + Sync + Clone + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<(Bytes, Metadata), BlobError>> + Send;
     fn get_range(&self, key: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
@@ -194,10 +194,10 @@ pub trait BlobStore: BlobReader {
 /// Opens buckets of object stores that clients name in ExternalData (`endpoint` +
 /// `credentials`), read only: ingestion never writes to or deletes from a client's store. The
 /// caller has checked the endpoint against the pull policy; the adapter enforces it again for
-/// every address it connects to (see [`super::client_store`]).
-pub trait ClientStores: Send + Sync + Clone + 'static {
+/// every address it connects to (see [`super::pull_policy`]).
+pub trait ClientStoreOpener: Send + Sync + Clone + 'static {
     type Reader: BlobReader;
-    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<Self::Reader, BlobError>;
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStoreAccess, bucket: &str) -> Result<Self::Reader, BlobError>;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use tower::ServiceExt;
 
 use super::uploads::{ExternalUpload, ObjectRef};
 use super::{ApiState, BASE_PATH, ROUTES, router};
-use crate::service::client_store::PullPolicy;
+use crate::service::pull_policy::PullPolicy;
 use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
 use crate::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};

@@ -22,7 +22,7 @@ use super::access::{Access, Allowed, authorize};
 use super::error::{ApiError, ApiResult};
 use super::extract::{AuthToken, ProjectId, discard_body, media_type, read_body};
 use super::Shared;
-use crate::service::client_store::{self, ClientCredentials, ClientStore, PullRefused};
+use crate::service::pull_policy::{self, ClientCredentials, ClientStoreAccess, PullRefused};
 use crate::service::config::Settings;
 use crate::service::keys;
 use crate::service::model::{Party, Project, UploadStart, UploadState};
@@ -84,7 +84,7 @@ fn normalise_endpoint(endpoint: &str) -> String {
 fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData) -> Result<ObjectRef, ApiError> {
     let (upload, file) = (&settings.upload, &data.file);
     if let Some(region) = &file.region {
-        client_store::check_region(region).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+        pull_policy::check_region(region).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
     }
     let elsewhere = file
         .endpoint
@@ -130,7 +130,7 @@ fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData
     Ok(ObjectRef {
         bucket: file.bucket.clone(),
         path: file.path.clone(),
-        store: Some(ClientStore { endpoint: endpoint.trim().to_string(), secure, region: file.region.clone(), credentials }),
+        store: Some(ClientStoreAccess { endpoint: endpoint.trim().to_string(), secure, region: file.region.clone(), credentials }),
     })
 }
 

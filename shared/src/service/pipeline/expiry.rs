@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::service::keys;
 use crate::service::model::Project;
-use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, ClientStoreOpener, MetaStore, WorkQueue};
 use crate::service::time;
 
 use super::{Pipeline, PipelineError};
@@ -47,7 +47,7 @@ pub fn lifetime_over(project: &Project, lifetime_secs: u64, now_secs: u64) -> bo
     }
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener> Pipeline<M, B, U, Q, C> {
     /// Deletes a project whose lifetime is over, as `DELETE /projects/{id}` does. False if it
     /// was deleted meanwhile.
     pub async fn expire_project(&self, project_id: &str) -> Result<bool, PipelineError> {

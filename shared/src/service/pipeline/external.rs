@@ -41,7 +41,7 @@ use crate::engine::packed::{self, BlockEntry, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
 use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
-use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStoreOpener, MetaStore, Metadata, WorkQueue};
 
 use crate::service::stored_upload::{self, ExternalUpload, ObjectRef};
 
@@ -108,9 +108,9 @@ fn rejected(message: impl Into<String>) -> Outcome {
     Ok(Ingestion::Rejected(Rejected(message.into())))
 }
 
-type Source<U, C> = Origin<U, <C as ClientStores>::Reader>;
+type Source<U, C> = Origin<U, <C as ClientStoreOpener>::Reader>;
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener> Pipeline<M, B, U, Q, C> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
     /// The error is a storage failure (retried); the [`Ingestion`] what became of the upload.
     pub(super) async fn ingest_external(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {

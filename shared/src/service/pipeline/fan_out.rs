@@ -22,7 +22,7 @@ use crate::engine::sizing;
 use crate::service::keys::{self, Incoming};
 use crate::service::metrics;
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
-use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, ClientStoreOpener, MetaStore, Metadata, WorkQueue};
 use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
@@ -57,7 +57,7 @@ pub(super) struct PlannedShards {
     pub messages: Vec<(u32, String)>,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener> Pipeline<M, B, U, Q, C> {
     /// Handles one object created under `incoming/`.
     pub async fn on_incoming(&self, key: &str) -> Result<(), PipelineError> {
         match Incoming::parse(key) {

@@ -7,8 +7,8 @@ use crate::engine::encoding::{BlockKey, PartyEncodings};
 use crate::engine::{link, output, solver};
 use crate::service::config::{DeadLetterQueues, DeadLetterSource, Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
-use crate::service::client_store::PullPolicy;
-use crate::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
+use crate::service::pull_policy::PullPolicy;
+use crate::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryQueue};
 use crate::service::model::*;
 use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
 use crate::service::tokens::TokenHash;
@@ -22,7 +22,7 @@ const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
 const INCOMING: &str = "incoming";
 
-type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue, MemoryClientStores>;
+type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue, MemoryClientStoreOpener>;
 
 fn pipeline(shard_target: u64) -> TestPipeline {
     let limits = Limits { shard_target_comparisons: shard_target, ..Limits::default() };
@@ -31,7 +31,7 @@ fn pipeline(shard_target: u64) -> TestPipeline {
         work: MemoryBlobs::new(),
         uploads: MemoryBlobs::new(),
         queue: MemoryQueue::new(),
-        client_stores: MemoryClientStores::default(),
+        client_stores: MemoryClientStoreOpener::default(),
         settings: Settings {
             table_name: "t".into(),
             work_bucket: "w".into(),
