@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use crate::service::pull_policy::{ClientCredentials, ClientEndpoint, ClientStoreAccess, PullPolicy};
 use crate::service::ports::{BlobError, BlobReader, ClientStoreOpener, Metadata};
 
-use super::s3::metadata_of;
+use super::s3::{metadata_of, ranged_get};
 
 /// Time to open a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,18 +272,8 @@ impl BlobReader for ClientBucket {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await
-            .map_err(|e| self.error(key, e))?;
+        let Some(request) = ranged_get(&self.client, &self.bucket, key, &range) else { return Ok(Bytes::new()) };
+        let out = request.send().await.map_err(|e| self.error(key, e))?;
         let wanted = range.end - range.start;
         let body = self.read_body(key, out.body, wanted, Some(wanted)).await?;
         if body.len() as u64 != wanted {
