@@ -15,7 +15,9 @@
 //!   Metric Format.
 
 pub mod api;
-pub mod aws_limits;
+/// Re-exported where the service's adapters have always found it (the module itself needs no
+/// feature, for the `pprl` client).
+pub use crate::aws_limits;
 pub mod blob_stream;
 pub mod pull_policy;
 pub mod config;

@@ -223,19 +223,8 @@ pub trait WorkQueue: Send + Sync + Clone + 'static {
     fn change_visibility(&self, queue_url: &str, receipt_handle: &str, visibility_secs: u32) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
-/// Temporary credentials a data provider uses to upload straight to the upload bucket.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct TemporaryCredentials {
-    #[serde(rename = "AccessKeyId")]
-    pub access_key_id: String,
-    #[serde(rename = "SecretAccessKey")]
-    pub secret_access_key: String,
-    #[serde(rename = "SessionToken")]
-    pub session_token: String,
-    /// ISO 8601.
-    #[serde(rename = "Expiration")]
-    pub expiration: String,
-}
+/// What a [`CredentialIssuer`] issues (defined with the API's shapes, which the client shares).
+pub use crate::wire::TemporaryCredentials;
 
 #[derive(Debug, thiserror::Error)]
 #[error("credential issuer error: {0}")]
