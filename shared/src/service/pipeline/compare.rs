@@ -1,7 +1,8 @@
 //! compare: one shard of one run.
 //!
-//! Reads only the shard's entry spans (one ranged GET per party), runs the engine's Dice kernel
-//! on all cores, writes the shard's candidates under a deterministic key, then counts the shard
+//! Reads only the shard's entry spans (one ranged GET per party), runs the engine's compare step
+//! ([`crate::engine::compare`], the Dice kernel on all cores; `pprl link` runs the same step on
+//! spans sliced from memory), writes the shard's candidates under a deterministic key, then counts the shard
 //! exactly once. Whichever invocation sees the last shard counted sends the solve message;
 //! duplicates of that message are harmless because solve completes a run only once.
 //!

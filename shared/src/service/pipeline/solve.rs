@@ -2,7 +2,9 @@
 //!
 //! The candidate files are fetched concurrently and merged as one stream in candidate order
 //! (−score, d0, d1, r0, r1), duplicates dropped; a run with more files than one invocation should
-//! read is first merged by a tree of invocations ([`super::merge`]). What happens to the stream:
+//! read is first merged by a tree of invocations ([`super::merge`]). What happens to the stream
+//! (the solving is the engine's [`solve`] step, which `pprl link` runs too; this module adds the
+//! I/O and the limits of a function's memory):
 //!
 //! - `similarity_scores`: written as it arrives, to the binary file and the JSON, both streamed
 //!   multipart uploads. Nothing is held per candidate.
