@@ -6,7 +6,7 @@
 use tracing::warn;
 
 use crate::service::keys::Incoming;
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, Ports, RunStore, UploadStore};
 
 use super::dispatch::DispatchMessage;
 use super::events::s3_event_keys;
@@ -14,7 +14,11 @@ use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
 
 pub const RUN_FAILED_MESSAGE: &str = "Run failed with an internal server error.";
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: UploadStore + RunStore,
+    P::Work: BlobStore,
+{
     /// Handles one message from any dead-letter queue.
     pub async fn on_dead_letter(&self, body: &str) -> Result<(), PipelineError> {
         if let Ok(m) = serde_json::from_str::<ShardMessage>(body) {

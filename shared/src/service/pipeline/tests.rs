@@ -8,9 +8,9 @@ use crate::engine::{link, output, solver};
 use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
 use crate::service::client_store::PullPolicy;
-use crate::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
+use crate::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryPorts, MemoryQueue};
 use crate::service::model::*;
-use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobReader, BlobStore, ProjectStore, RunStore, ShardCounter, UploadStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
 use crate::service::stored_upload::UploadForm;
@@ -22,7 +22,7 @@ const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
 const INCOMING: &str = "incoming";
 
-type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue, MemoryClientStores>;
+type TestPipeline = Pipeline<MemoryPorts>;
 
 fn pipeline(shard_target: u64) -> TestPipeline {
     let limits = Limits { shard_target_comparisons: shard_target, ..Limits::default() };
