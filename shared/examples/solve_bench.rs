@@ -28,7 +28,7 @@ use shared::service::keys;
 use shared::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryQueue};
 use shared::service::model::*;
 use shared::service::pipeline::{Pipeline, SolveMessage};
-use shared::service::ports::{BlobError, BlobReader, BlobStore, MetaStore, Metadata};
+use shared::service::ports::{BlobError, BlobReader, BlobStore, Metadata, Ports, ProjectStore, RunStore, ShardCounter, UploadStore};
 use shared::service::tokens::TokenHash;
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +86,18 @@ fn mix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The solve step's ports: the benchmark's work bucket, the rest in memory.
+struct BenchPorts;
+
+impl Ports for BenchPorts {
+    type Meta = MemoryMeta;
+    type Work = BenchStore;
+    type Uploads = MemoryBlobs;
+    type Queue = MemoryQueue;
+    type ClientStores = MemoryClientStoreOpener;
+    type Credentials = shared::service::memory::MemoryCredentials;
 }
 
 /// The work bucket of the benchmark: candidate files generated on read, results hashed on write.
@@ -261,7 +273,7 @@ async fn main() {
         latency: std::time::Duration::from_millis(number(&args, "--get-latency-ms", 0)),
         merged: MemoryBlobs::new(),
     };
-    let p = Pipeline {
+    let p: Pipeline<BenchPorts> = Pipeline {
         meta: MemoryMeta::new(),
         work: work.clone(),
         uploads: MemoryBlobs::new(),

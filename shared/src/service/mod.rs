@@ -10,6 +10,7 @@
 //! - [`table`]: the metadata table's items, in one place (written by `aws::dynamo`, sized by both
 //!   metadata adapters).
 //! - [`aws_limits`]: AWS's request limits, checked by every adapter where requests are built.
+//! - [`meta_contract`]: the metadata stores' shared contract, a test suite both stores run.
 //! - [`retry`]: in-process retries of DynamoDB transaction conflicts.
 //! - [`telemetry`] and [`metrics`]: what operators see: logs, and metrics in CloudWatch's Embedded
 //!   Metric Format.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod keys;
 pub mod lambda;
 pub mod memory;
+pub mod meta_contract;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

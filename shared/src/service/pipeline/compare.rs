@@ -35,7 +35,7 @@ use crate::engine::compare::{self as compare_step, SpanRead};
 use crate::engine::shard::Shard;
 use crate::service::model::{RunAfterShard, RunState, ShardTally};
 use crate::service::{keys, metrics};
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Ports, ProjectStore, RunStore, ShardCounter, WorkQueue};
 
 use super::{Pipeline, PipelineError, ShardMessage};
 
@@ -47,7 +47,12 @@ const REQUESTS_IN_FLIGHT: usize = 8;
 /// One party's entry span of one shard, and its bytes.
 type Span = (SpanRead, Bytes);
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + RunStore + ShardCounter,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// One shard message (a batch of one).
     pub async fn compare(&self, message: &ShardMessage) -> Result<(), PipelineError> {
         self.compare_batch(std::slice::from_ref(message)).await.pop().unwrap_or(Ok(()))

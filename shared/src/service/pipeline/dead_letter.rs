@@ -7,14 +7,18 @@ use tracing::warn;
 
 use crate::service::config::DeadLetterSource;
 use crate::service::keys::Incoming;
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, Ports, RunStore, UploadStore};
 
 use super::events::s3_event_keys;
 use super::{Pipeline, PipelineError, ShardQueueMessage, SolveMessage};
 
 pub const RUN_FAILED_MESSAGE: &str = "Run failed with an internal server error.";
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: UploadStore + RunStore,
+    P::Work: BlobStore,
+{
     /// Handles one message from the dead-letter queue of `source`, read as that queue's message.
     pub async fn on_dead_letter(&self, source: DeadLetterSource, body: &str) -> Result<(), PipelineError> {
         match source {

@@ -41,12 +41,12 @@ use crate::engine::packed::{self, BlockEntry, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
 use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
-use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStoreOpener, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStoreOpener, Metadata};
 
 use crate::service::stored_upload::{self, ExternalUpload, ObjectRef};
 
 use super::fan_out::{Rejected, check_schema_size};
-use super::{Pipeline, PipelineError};
+use super::{IngestPorts, Pipeline, PipelineError};
 
 /// Part size of the multipart upload of `data.bin` (grown for objects over 160 GB, so that
 /// 10 000 parts suffice).
@@ -110,7 +110,7 @@ fn rejected(message: impl Into<String>) -> Outcome {
 
 type Source<U, C> = Origin<U, <C as ClientStoreOpener>::Reader>;
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
     /// The error is a storage failure (retried); the [`Ingestion`] what became of the upload.
     pub(super) async fn ingest_external(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {
@@ -158,7 +158,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpene
     /// Opens the store an object is in (checking a client's endpoint against the pull policy
     /// again: it may have changed since the api accepted the upload), heads the object and
     /// checks it against the upload cap.
-    async fn find(&self, object: &ObjectRef, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
+    async fn find(&self, object: &ObjectRef, what: &str) -> Result<Result<Found<Source<P::Uploads, P::ClientStores>>, Rejected>, PipelineError> {
         let path = &object.path;
         let (store, place) = match &object.store {
             None => (Origin::Own(self.uploads.clone()), format!("'{path}'")),
@@ -312,7 +312,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpene
         records: std::ops::Range<u64>,
         size: usize,
         records_per_part: u64,
-        writer: &mut MultipartWriter<'_, B>,
+        writer: &mut MultipartWriter<'_, P::Work>,
         budget: &IngestBudget,
     ) -> Result<Option<u64>, PipelineError> {
         let stride = packed::entry_stride(size);
@@ -400,7 +400,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpene
         encodings: &Found<S>,
         placements: &[(BlockKey, u32)],
         size: usize,
-        writer: &mut MultipartWriter<'_, B>,
+        writer: &mut MultipartWriter<'_, P::Work>,
         budget: &IngestBudget,
     ) -> Result<Result<(), Rejected>, PipelineError> {
         let stride = packed::entry_stride(size);

@@ -22,12 +22,12 @@ use crate::engine::sizing;
 use crate::service::keys::{self, Incoming};
 use crate::service::metrics;
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
-use crate::service::ports::{BlobError, BlobStore, ClientStoreOpener, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Metadata, ProjectStore, RunStore, TombstoneStore, UploadStore};
 use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
 use super::external::{Ingestion, PART_BYTES};
-use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage};
+use super::{INLINE_SHARD_LIMIT, IngestPorts, Pipeline, PipelineError, ShardMessage};
 
 /// Marker written once every shard message of a run has been sent.
 pub(super) fn dispatched_key(project: &str, run: &str) -> String {
@@ -57,7 +57,7 @@ pub(super) struct PlannedShards {
     pub messages: Vec<(u32, String)>,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Handles one object created under `incoming/`.
     pub async fn on_incoming(&self, key: &str) -> Result<(), PipelineError> {
         match Incoming::parse(key) {

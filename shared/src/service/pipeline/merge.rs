@@ -71,7 +71,7 @@ use crate::service::blob_stream::MultipartWriter;
 use crate::service::config::Limits;
 use crate::service::keys;
 use crate::service::model::RunState;
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Ports, ProjectStore, RunStore, WorkQueue};
 
 use super::{Pipeline, PipelineError, SolveMessage};
 
@@ -451,7 +451,12 @@ pub fn write_failure(e: io::Error) -> PipelineError {
     PipelineError::Worker(format!("writing a result: {e}"))
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// The run's merge tree, lowered to what memory allows.
     pub fn merge_tree(&self, shards: u32) -> Tree {
         let fan_in = SolveMemory::new(&self.settings.limits).fan_in(self.settings.limits.solve_merge_fan_in);

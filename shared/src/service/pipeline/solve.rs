@@ -53,7 +53,7 @@ use crate::engine::solve::{self, ComponentGroups, ComponentLimits, HELD_BYTES_PE
 use crate::engine::solver;
 use crate::service::{keys, metrics, tokens};
 use crate::service::model::{Party, ResultType, Run, RunState};
-use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobStore, Ports, ProjectStore, RunStore, WorkQueue};
 use crate::service::time;
 
 use super::merge::{self, SolveMemory, read_failure, with_uploads, write_failure};
@@ -69,7 +69,12 @@ enum Solved {
     OverLimit(&'static str),
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// Seed of a run's permutations: 256 bits from the operating system, drawn by the first
     /// solve and kept on the run's metadata item (no token reads it), so a retried solve
     /// publishes the same permutations. Nothing a data provider knows (the run id, its tokens,

@@ -8,9 +8,9 @@ use crate::engine::{link, output, solver};
 use crate::service::config::{DeadLetterQueues, DeadLetterSource, Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
 use crate::service::pull_policy::PullPolicy;
-use crate::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryQueue};
+use crate::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryPorts, MemoryQueue};
 use crate::service::model::*;
-use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobReader, BlobStore, ProjectStore, RunStore, ShardCounter, UploadStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
 use crate::service::stored_upload::UploadForm;
@@ -22,7 +22,7 @@ const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
 const INCOMING: &str = "incoming";
 
-type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue, MemoryClientStoreOpener>;
+type TestPipeline = Pipeline<MemoryPorts>;
 
 fn pipeline(shard_target: u64) -> TestPipeline {
     let limits = Limits { shard_target_comparisons: shard_target, ..Limits::default() };

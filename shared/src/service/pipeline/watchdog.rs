@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use crate::service::{keys, metrics};
 use crate::service::model::{Party, Project, Run, RunState, UploadState, Watch, WatchTarget};
-use crate::service::ports::{BlobError, BlobStore, ClientStoreOpener, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStoreOpener, Ports, ProjectStore, RunStore, ShardCounter, TombstoneStore, UploadStore, WatchStore, WorkQueue};
 
 use super::fan_out::dispatched_key;
 use super::{Pipeline, PipelineError};
@@ -92,7 +92,14 @@ enum RunStep {
     Solve,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStoreOpener> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + UploadStore + RunStore + TombstoneStore + ShardCounter + WatchStore,
+    P::Work: BlobStore,
+    P::Uploads: BlobStore,
+    P::Queue: WorkQueue,
+    P::ClientStores: ClientStoreOpener,
+{
     /// One sweep: unfinished purges, then live projects from where the last sweep stopped,
     /// within the sweep's budget. `now_secs` is the current Unix time. An error is returned only
     /// when the sweep could not run at all (the listing or the cursor unreadable); a project
