@@ -720,6 +720,19 @@ struct BlobInner {
     failing_reads: AtomicBool,
     /// How many `delete_prefix` calls still fail (DeleteObjects' per-key errors).
     failing_prefix_deletes: AtomicU64,
+    /// Work another invocation finishes just before the next `list` answers.
+    before_next_list: BeforeList,
+}
+
+type Interleaved = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct BeforeList(Mutex<Option<Interleaved>>);
+
+impl std::fmt::Debug for BeforeList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeList")
+    }
 }
 
 /// [`BlobStore`] in memory: one bucket.
@@ -749,6 +762,13 @@ impl MemoryBlobs {
     }
 
     /// While set, `put` answers a backend error.
+    /// Runs `work` (another invocation's, e.g. a twin's, to its end) once, just before the
+    /// next `list` answers: the interleaving that makes a caller's earlier check stale by the
+    /// time it lists.
+    pub fn before_next_list(&self, work: impl FnOnce() + Send + 'static) {
+        *lock(&self.inner.before_next_list.0) = Some(Box::new(work));
+    }
+
     pub fn fail_puts(&self, failing: bool) {
         self.inner.failing_puts.store(failing, Ordering::SeqCst);
     }
@@ -827,6 +847,10 @@ impl BlobStore for MemoryBlobs {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let interleaved = lock(&self.inner.before_next_list.0).take();
+        if let Some(work) = interleaved {
+            work();
+        }
         let objects = lock(&self.inner.objects);
         Ok(objects.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
     }

@@ -503,7 +503,9 @@ where
     /// Opens a merge's inputs. `None` when one is missing because the run is over (a twin
     /// finished it and cleaned up); a missing input of a running run is corrupt state.
     pub async fn open_run_inputs(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Option<Inputs>, PipelineError> {
-        let keys = self.present_shard_files(project_id, run_id, keys).await?;
+        let Some(keys) = self.present_shard_files(project_id, run_id, keys).await? else {
+            return Ok(None);
+        };
         let chunk = SolveMemory::new(&self.settings.limits).chunk_bytes(keys.len());
         match open_inputs(&self.work, keys, chunk).await {
             Ok(inputs) => Ok(Some(inputs)),
@@ -522,13 +524,24 @@ where
     /// without candidates (most shards of a run at a high threshold), so the shard files are
     /// the listed ones (S3 lists are strongly consistent, and a shard is counted only after its
     /// file is written). Merged files always exist and are kept.
-    async fn present_shard_files(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Vec<String>, PipelineError> {
+    ///
+    /// `None` when the run stopped running before the listing could be trusted. A twin solve
+    /// that completes the run removes its work files right after; a solve that passed its own
+    /// "still running" check just before would then list fewer files, read them as shards
+    /// without candidates and overwrite the twin's result with a smaller one (seen under load:
+    /// completed FEBRL4 runs answering `{"groups": []}`). Work files are removed only once the
+    /// run is final (completed, failed or deleted), so a run still running after the listing
+    /// was listed whole.
+    async fn present_shard_files(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Option<Vec<String>>, PipelineError> {
         let prefix = keys::shard_candidates_prefix(project_id, run_id);
         if !keys.iter().any(|k| k.starts_with(&prefix)) {
-            return Ok(keys);
+            return Ok(Some(keys));
         }
         let present: std::collections::HashSet<String> = self.work.list(&prefix).await?.into_iter().collect();
-        Ok(keys.into_iter().filter(|k| !k.starts_with(&prefix) || present.contains(k)).collect())
+        if !self.meta.get_run(project_id, run_id).await?.is_some_and(|run| run.state == RunState::Running) {
+            return Ok(None);
+        }
+        Ok(Some(keys.into_iter().filter(|k| !k.starts_with(&prefix) || present.contains(k)).collect()))
     }
 
     /// One merge step of the tree: writes its file (unless a twin did), and sends the solve

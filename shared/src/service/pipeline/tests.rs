@@ -1393,3 +1393,52 @@ async fn dead_letters_are_read_as_messages_of_the_queue_they_came_from() {
     assert!(sharded.contains("Shard 7"), "{sharded}");
     assert!(p.on_dead_letter(DeadLetterSource::Shard, r#"{"Records": []}"#).await.is_err(), "an S3 event is no shard-queue message");
 }
+
+/// Found under load on the local stack: a solve that passed its "still running" check just
+/// before its twin completed the run and removed the run's work files listed none of the shard
+/// files and overwrote the twin's groups with `{"groups":[]}`. The listing is trusted only if
+/// the run is still running after it.
+#[tokio::test]
+async fn a_solve_whose_twin_completes_the_run_meanwhile_keeps_the_twins_result() {
+    let p = pipeline(300);
+    let data = parties(7, 2, 40, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    post_run(&p, &project, "run1", 0.3).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    loop {
+        let shards = p.queue.take(SHARDS);
+        if shards.is_empty() {
+            break;
+        }
+        for body in shards {
+            match serde_json::from_str(&body).unwrap() {
+                ShardQueueMessage::Shard(m) => p.compare(&m).await.unwrap(),
+                ShardQueueMessage::Dispatch(m) => p.dispatch(&m).await.unwrap(),
+            }
+        }
+    }
+    let solves = p.queue.take(SOLVES);
+    let body = solves.first().expect("the last shard asks for the solve").clone();
+    let twin = p.clone();
+    let twin_body = body.clone();
+    // The twin runs to its end on its own thread and runtime while this solve waits in `list`.
+    p.work.before_next_list(move || {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(twin.on_solve_queue(&twin_body)).unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+    p.on_solve_queue(&body).await.unwrap();
+
+    assert_eq!(p.meta.get_run(&project, "run1").await.unwrap().unwrap().state, RunState::Completed);
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.3, 300).unwrap();
+    assert!(!expected.candidates.is_empty(), "the case needs matches to lose");
+    let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
+    let want = output::groups_json(&solver::greedy_solve(expected.candidates));
+    assert_eq!(String::from_utf8_lossy(&got), want);
+}
