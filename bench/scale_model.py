@@ -123,6 +123,17 @@ def measured(doc):
     return m
 
 
+def costs(gb_s, requests):
+    """The dollars of a run's Lambda GB-seconds and requests, by service, at the prices above."""
+    return {
+        "lambda_compute": gb_s * LAMBDA_GB_S,
+        "lambda_requests": requests["lambda_invocations"] * LAMBDA_REQUEST,
+        "sqs": requests["sqs"] * SQS_REQUEST,
+        "s3": requests["s3_get"] * S3_GET + requests["s3_put"] * S3_PUT,
+        "dynamodb": requests["dynamodb_wru"] * DDB_WRU + requests["dynamodb_rru"] * DDB_RRU,
+    }
+
+
 def unblocked(m, target, memory_mb):
     c0, c1 = chunks(target, N, N)
     shards = c0 * c1
@@ -147,13 +158,7 @@ def unblocked(m, target, memory_mb):
         "dynamodb_wru": 4 * shards,                               # record_shard: 2-item transaction (2 WRU each)
         "dynamodb_rru": 4 * shards,                               # get_run x2, get_project per shard
     }
-    dollars = {
-        "lambda_compute": gb_s * LAMBDA_GB_S,
-        "lambda_requests": requests["lambda_invocations"] * LAMBDA_REQUEST,
-        "sqs": requests["sqs"] * SQS_REQUEST,
-        "s3": requests["s3_get"] * S3_GET + requests["s3_put"] * S3_PUT,
-        "dynamodb": requests["dynamodb_wru"] * DDB_WRU + requests["dynamodb_rru"] * DDB_RRU,
-    }
+    dollars = costs(gb_s, requests)
     return {
         "shard_target": target, "memory_mb": memory_mb, "vcpus": round(vcpus(memory_mb), 2),
         "shards": shards, "comparisons_per_shard": round(per_shard_cmp), "shard_fetch_mb": round(fetch_mb, 1),
@@ -182,13 +187,7 @@ def blocked(m, memory_mb):
     gb_s = shards * shard_s * memory_mb / 1024
     requests = {"lambda_invocations": shards + 4, "sqs": math.ceil(shards / 10) + 2 * shards + 10,
                 "s3_get": 4 * shards, "s3_put": shards + 10, "dynamodb_wru": 4 * shards, "dynamodb_rru": 4 * shards}
-    dollars = {
-        "lambda_compute": gb_s * LAMBDA_GB_S,
-        "lambda_requests": requests["lambda_invocations"] * LAMBDA_REQUEST,
-        "sqs": requests["sqs"] * SQS_REQUEST,
-        "s3": requests["s3_get"] * S3_GET + requests["s3_put"] * S3_PUT,
-        "dynamodb": requests["dynamodb_wru"] * DDB_WRU + requests["dynamodb_rru"] * DDB_RRU,
-    }
+    dollars = costs(gb_s, requests)
     return {"memory_mb": memory_mb, "shards": shards, "comparisons": round(comparisons),
             "shard_s": round(shard_s, 2), "compare_wall_s": round(waves * shard_s),
             "requests": requests, "dollars": {k: round(v, 2) for k, v in dollars.items()},

@@ -215,10 +215,13 @@ class TemplateDrivesLocalStack(unittest.TestCase):
                 if k.startswith("AWS_ENDPOINT_URL") or k.endswith("_ENDPOINT") or k.endswith("QUEUE_URL"):
                     self.assertTrue(v.startswith("http://127.0.0.1:") or v.startswith("127.0.0.1:"), f"{k}={v}")
         fan_out = next(p for p in self.plan["functions"] if p["name"] == "fan-out")
-        dlqs = provision.function_env(fan_out, self.ctx, local)["DEAD_LETTER_QUEUE_ARNS"].split(",")
-        want = [next(q["arn"] for q in self.plan["queues"] if q["logical_id"] == getatt_target(x))
-                for x in self.res["FanOutFunction"]["Properties"]["Environment"]["Variables"]["DEAD_LETTER_QUEUE_ARNS"][1][1]]
-        self.assertEqual(dlqs, want)
+        fan_out_env = provision.function_env(fan_out, self.ctx, local)
+        for var, queue in [("INGEST_DEAD_LETTER_QUEUE_ARN", "IngestDeadLetterQueue"),
+                           ("SHARD_DEAD_LETTER_QUEUE_ARN", "ShardDeadLetterQueue"),
+                           ("SOLVE_DEAD_LETTER_QUEUE_ARN", "SolveDeadLetterQueue")]:
+            self.assertEqual(getatt_target(self.res["FanOutFunction"]["Properties"]["Environment"]["Variables"][var]), queue)
+            want = next(q["arn"] for q in self.plan["queues"] if q["logical_id"] == queue)
+            self.assertEqual(fan_out_env[var], want, var)
         api = next(p for p in self.plan["functions"] if p["name"] == "api")
         self.assertEqual(provision.function_env(api, self.ctx, local)["UPLOAD_ROLE_ARN"], self.plan["sts_roles"][0]["arn"])
 

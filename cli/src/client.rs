@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
+pub use shared::wire::TemporaryCredentials;
 
 /// The service answered, but not with success.
 #[derive(Debug, thiserror::Error)]
@@ -29,18 +30,6 @@ impl ServiceError {
 pub struct UploadGrant {
     pub credentials: TemporaryCredentials,
     pub upload: UploadTarget,
-}
-
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-pub struct TemporaryCredentials {
-    #[serde(rename = "AccessKeyId")]
-    pub access_key_id: String,
-    #[serde(rename = "SecretAccessKey")]
-    pub secret_access_key: String,
-    #[serde(rename = "SessionToken")]
-    pub session_token: String,
-    #[serde(rename = "Expiration", default)]
-    pub expiration: String,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -30,13 +30,11 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::StreamExt;
+use shared::aws_limits::{S3_MAX_PARTS, S3_MIN_PART_BYTES};
 
 use crate::client::UploadGrant;
 use crate::progress::ProgressBar;
 
-/// S3's limits on parts.
-const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
-const MAX_PARTS: u64 = 10_000;
 /// Attempts per part before the upload is given up.
 pub const PART_ATTEMPTS: u32 = 5;
 
@@ -158,7 +156,7 @@ impl Uploader {
             renew_before: DEFAULT_RENEW_BEFORE,
             renewals: AtomicU32::new(0),
             runtime,
-            part_bytes: part_bytes.max(MIN_PART_BYTES),
+            part_bytes: part_bytes.max(S3_MIN_PART_BYTES),
             concurrency: concurrency.max(1),
         })
     }
@@ -266,7 +264,7 @@ impl Uploader {
     /// Uploads `body` to `key` with user metadata (e.g. `hash-count`, `hash-size`).
     pub fn upload(&self, key: &str, body: Body, metadata: &[(&str, String)], progress: &mut ProgressBar, label: &str) -> anyhow::Result<()> {
         let len = body.len();
-        let part_bytes = self.part_bytes.max(len.div_ceil(MAX_PARTS));
+        let part_bytes = self.part_bytes.max(len.div_ceil(u64::from(S3_MAX_PARTS)));
         if len <= part_bytes {
             // One request: no multipart bookkeeping for small objects.
             let bytes = body.read(0, len as usize)?;
@@ -547,7 +545,7 @@ mod tests {
     fn credentials_far_from_expiry_are_not_renewed() {
         let store = FakeStore::start(&[]);
         let (authorize, calls) = authorizer(store.port, 3600);
-        let uploader = Uploader::new(&grant(store.port, "KEY0", at(3600)), None, MIN_PART_BYTES, 1, authorize)
+        let uploader = Uploader::new(&grant(store.port, "KEY0", at(3600)), None, S3_MIN_PART_BYTES, 1, authorize)
             .unwrap()
             .with_clock(Arc::new(|| at(0)));
         upload(&uploader).unwrap();
@@ -563,7 +561,7 @@ mod tests {
         let store = FakeStore::start(&[]);
         // Valid 10 minutes, renewed when less than 15 minutes are left: before every request.
         let (authorize, calls) = authorizer(store.port, 600);
-        let uploader = Uploader::new(&grant(store.port, "KEY0", at(600)), None, MIN_PART_BYTES, 1, authorize)
+        let uploader = Uploader::new(&grant(store.port, "KEY0", at(600)), None, S3_MIN_PART_BYTES, 1, authorize)
             .unwrap()
             .renew_before(Duration::from_secs(900))
             .with_clock(Arc::new(|| at(0)));
@@ -585,7 +583,7 @@ mod tests {
     fn an_expired_token_answer_renews_and_retries() {
         let store = FakeStore::start(&["KEY0"]);
         let (authorize, calls) = authorizer(store.port, 3600);
-        let uploader = Uploader::new(&grant(store.port, "KEY0", at(3600)), None, MIN_PART_BYTES, 2, authorize)
+        let uploader = Uploader::new(&grant(store.port, "KEY0", at(3600)), None, S3_MIN_PART_BYTES, 2, authorize)
             .unwrap()
             .with_clock(Arc::new(|| at(0)));
         upload(&uploader).unwrap();

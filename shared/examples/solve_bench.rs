@@ -22,13 +22,13 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use shared::engine::candidates::{self, Candidate, ENTRY_SIZE, HEADER};
 use shared::engine::{output, solver};
-use shared::service::client_store::PullPolicy;
+use shared::service::pull_policy::PullPolicy;
 use shared::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use shared::service::keys;
-use shared::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
+use shared::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryQueue};
 use shared::service::model::*;
 use shared::service::pipeline::{Pipeline, SolveMessage};
-use shared::service::ports::{BlobError, BlobReader, BlobStore, MetaStore, Metadata};
+use shared::service::ports::{BlobError, BlobReader, BlobStore, Metadata, Ports, ProjectStore, RunStore, ShardCounter, UploadStore};
 use shared::service::tokens::TokenHash;
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +86,18 @@ fn mix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The solve step's ports: the benchmark's work bucket, the rest in memory.
+struct BenchPorts;
+
+impl Ports for BenchPorts {
+    type Meta = MemoryMeta;
+    type Work = BenchStore;
+    type Uploads = MemoryBlobs;
+    type Queue = MemoryQueue;
+    type ClientStores = MemoryClientStoreOpener;
+    type Credentials = shared::service::memory::MemoryCredentials;
 }
 
 /// The work bucket of the benchmark: candidate files generated on read, results hashed on write.
@@ -261,18 +273,18 @@ async fn main() {
         latency: std::time::Duration::from_millis(number(&args, "--get-latency-ms", 0)),
         merged: MemoryBlobs::new(),
     };
-    let p = Pipeline {
+    let p: Pipeline<BenchPorts> = Pipeline {
         meta: MemoryMeta::new(),
         work: work.clone(),
         uploads: MemoryBlobs::new(),
         queue: MemoryQueue::new(),
-        client_stores: MemoryClientStores::default(),
+        client_stores: MemoryClientStoreOpener::default(),
         settings: Settings {
             table_name: "t".into(),
             work_bucket: "w".into(),
             shard_queue_url: "shards".into(),
             solve_queue_url: "solves".into(),
-            dead_letter_queue_arns: vec![],
+            dead_letter_queues: Default::default(),
             upload: UploadSettings { enabled: false, bucket: "u".into(), public_endpoint: "x".into(), public_secure: false, credentials_ttl_secs: 60, role_arn: String::new() },
             pull: PullPolicy::default(),
             limits,

@@ -102,6 +102,32 @@ impl Stack {
         }
     }
 
+    /// Waits until the queue holds no message, visible or in flight: the work it carried has
+    /// ended (a redelivery would make a message visible again, so two idle looks 2 s apart).
+    pub async fn wait_until_queue_idle(&self, queue_url: &str, within: Duration) -> anyhow::Result<()> {
+        use aws_sdk_sqs::types::QueueAttributeName::{ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible};
+        let start = std::time::Instant::now();
+        let mut idle_looks = 0;
+        loop {
+            let attributes = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(queue_url)
+                .attribute_names(ApproximateNumberOfMessages)
+                .attribute_names(ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await?;
+            let count = |name| attributes.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let held = count(ApproximateNumberOfMessages) + count(ApproximateNumberOfMessagesNotVisible);
+            idle_looks = if held == 0 { idle_looks + 1 } else { 0 };
+            if idle_looks == 2 {
+                return Ok(());
+            }
+            anyhow::ensure!(start.elapsed() < within, "after {within:?} {queue_url} still holds {held} messages");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
     pub async fn send(&self, queue_url_var: &str, body: String) -> anyhow::Result<()> {
         self.sqs.send_message().queue_url(&self.env[queue_url_var]).message_body(body).send().await?;
         Ok(())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use shared::aws::dynamo::DynamoMeta;
 use shared::aws::sqs::SqsQueue;
 use shared::service::model::{Party, Project, ResultType, Run, RunPlan};
-use shared::service::ports::{MetaStore, WorkQueue};
+use shared::service::ports::{ProjectStore, RunStore, ShardCounter, TombstoneStore, WorkQueue};
 use shared::service::tokens::{self, TokenHash};
 
 use crate::faults::Stack;

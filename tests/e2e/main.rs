@@ -14,3 +14,4 @@ mod limits;
 mod cli_sequence;
 mod beyond;
 mod metrics;
+mod meta_contract;

@@ -1,7 +1,9 @@
 //! `pprl link`: reads each party's upload file, links them with the engine's [`link`] (the same
-//! pack → plan → compare → merge path as the service) and prints the result in the API's shape.
+//! pack → plan → compare → merge path as the service), solves with the engine's
+//! [`solve`] step (the service's solve too) and prints the result in the API's shape.
 
 use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
 use std::hash::BuildHasher;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -10,7 +12,9 @@ use anyhow::{Context, bail};
 use shared::engine::encoding::{self, PartyEncodings, SizeBounds, UploadShape};
 use shared::engine::link::{LinkOutput, link_with_progress};
 use shared::engine::candidates::Candidate;
-use shared::engine::{output, shard, solver};
+use shared::engine::solve::{self, ComponentGroups, ComponentLimits, Limited, TwoPartyMatches};
+use shared::engine::solver::{self, NotTwoParty};
+use shared::engine::{output, shard};
 
 use crate::progress::ProgressBar;
 
@@ -159,14 +163,31 @@ fn write_result(
         output::write_similarity_scores(&mut *out, result.candidates.into_iter())?;
         return writeln!(out);
     }
-    let groups = solver::greedy_solve(result.candidates);
+    // No limits here: a solve that cannot hold the candidates says so instead.
+    let over_limit = || std::io::Error::other("more candidate pairs than one solve can hold");
+    if parties.len() > 2 {
+        // Only groups take more than two parties (LinkOptions::validate).
+        let expected = result.candidates.len() as u64;
+        let merged = result.candidates.into_iter().map(Ok::<_, Infallible>);
+        return match solve::group_by_component(merged, ComponentLimits::NONE, expected, false) {
+            Ok(Limited::Solved(ComponentGroups { groups, .. })) => writeln!(out, "{}", output::groups_json(&groups)),
+            Ok(Limited::OverLimit) => Err(over_limit()),
+            Err(never) => match never {},
+        };
+    }
+    let merged = result.candidates.into_iter().map(Ok::<_, NotTwoParty>);
+    let pairs = match solve::match_two_parties(merged, u64::MAX, false) {
+        Ok(Limited::Solved(TwoPartyMatches { greedy, .. })) => greedy.into_pairs(),
+        Ok(Limited::OverLimit) => return Err(over_limit()),
+        Err(e) => return Err(std::io::Error::other(format!("linkage produced {e}"))),
+    };
     match opts.output {
-        OutputKind::Groups => writeln!(out, "{}", output::groups_json(&groups)),
-        OutputKind::Mapping => writeln!(out, "{}", output::mapping_json(&groups)),
+        OutputKind::Groups => writeln!(out, "{}", output::groups_json(&solver::pairs_to_groups(&pairs))),
+        OutputKind::Mapping => writeln!(out, "{}", output::mapping_json(&solver::pairs_to_groups(&pairs))),
         OutputKind::Permutations => {
             let sizes = [parties[0].len() as u64, parties[1].len() as u64];
             let seed = opts.seed.unwrap_or_else(random_seed);
-            let p = output::permutations(&groups, sizes, seed);
+            let p = output::permutations_of_pairs(pairs, sizes, seed);
             writeln!(out, "{}", permutations_json(&p))
         }
         OutputKind::SimilarityScores => Ok(()),

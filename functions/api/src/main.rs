@@ -2,7 +2,7 @@
 //! bucket and STS. Behind API Gateway when the Lambda runtime is present; otherwise a local HTTP
 //! server on `BIND` (default 127.0.0.1:8851) that stops cleanly on SIGTERM or Ctrl-C.
 
-use shared::aws::{dynamo::DynamoMeta, s3::S3Blobs, sts::{AssumableRole, StsIssuer}};
+use shared::aws::{AwsPorts, dynamo::DynamoMeta, s3::S3Blobs, sts::{AssumableRole, StsIssuer}};
 use shared::service::api::{ApiState, router};
 use shared::service::config::Settings;
 
@@ -11,7 +11,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     shared::service::telemetry::init();
     let settings = Settings::from_env()?;
     let config = shared::aws::sdk_config().await;
-    let state = ApiState {
+    let state = ApiState::<AwsPorts> {
         meta: DynamoMeta::new(shared::aws::dynamodb_client(&config), settings.table_name.clone())
             .with_item_lifetime(settings.limits.project_lifetime_secs),
         work: S3Blobs::new(shared::aws::work_s3_client(&config), settings.work_bucket.clone()),
@@ -63,7 +63,7 @@ async fn shutdown_signal() {
 mod tests {
     use shared::service::api::{ApiState, router};
     use shared::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
-    use shared::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
+    use shared::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta, MemoryPorts};
     use tower::ServiceExt;
 
     /// An API Gateway HTTP API (payload v2) event as Lambda delivers it.
@@ -92,7 +92,7 @@ mod tests {
             work_bucket: "work".into(),
             shard_queue_url: String::new(),
             solve_queue_url: String::new(),
-            dead_letter_queue_arns: Vec::new(),
+            dead_letter_queues: Default::default(),
             upload: UploadSettings {
                 enabled: false,
                 bucket: String::new(),
@@ -111,7 +111,7 @@ mod tests {
     /// The router answers Lambda events directly, doubled slashes included.
     #[tokio::test]
     async fn serves_api_gateway_events() {
-        let app = router(ApiState { meta: MemoryMeta::new(), work: MemoryBlobs::new(), credentials: MemoryCredentials::new(), settings: settings() });
+        let app = router(ApiState::<MemoryPorts> { meta: MemoryMeta::new(), work: MemoryBlobs::new(), credentials: MemoryCredentials::new(), settings: settings() });
         let create = lambda_http::request::from_str(&apigw_v2("POST", "/api/v1//projects", r#"{"schema":{},"result_type":"groups"}"#)).unwrap();
         let res = app.clone().oneshot(create).await.unwrap();
         assert_eq!(res.status(), 201);

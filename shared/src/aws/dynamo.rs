@@ -1,4 +1,4 @@
-//! [`MetaStore`] on one DynamoDB table (`docs/data-model.md`).
+//! [`MetaStore`](crate::service::ports::MetaStore) on one DynamoDB table (`docs/data-model.md`).
 //!
 //! Every item of a project shares the partition `P#{project_id}` (project, parties, runs, shard
 //! markers), so reading a project with its parties is one query and purging it is a query plus
@@ -33,7 +33,7 @@ use crate::service::model::{
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
-use crate::service::ports::{MetaError, MetaStore};
+use crate::service::ports::{MetaError, ProjectStore, RunStore, ShardCounter, StatusStore, TombstoneStore, UploadStore, WatchStore};
 use crate::service::retry;
 use crate::service::table::{self, Attr, Attrs, COUNTER_INFIX, PROJECT_SK, PROJECTS_GSI_PK, counter_sk, party_sk, project_pk, run_sk, shard_prefix, shard_sk};
 use crate::service::tokens::TokenHash;
@@ -218,6 +218,15 @@ fn runs_from(items: &[Item]) -> Result<Vec<Run>, MetaError> {
         }
     }
     Ok(runs)
+}
+
+/// Refuses an error message that alone makes its item larger than DynamoDB takes, as the memory
+/// store refuses the whole item. (An update does not know the rest of the item; a message that
+/// only overflows with it is refused by DynamoDB itself, as a backend error.)
+fn message_fits(pk: String, sk: String, message: &str) -> Result<(), MetaError> {
+    let mut item = table::key(pk, sk);
+    item.push(("error".into(), table::Attr::S(message.into())));
+    Ok(table::check_item(&item)?)
 }
 
 // ---- errors -----------------------------------------------------------------------------------
@@ -492,7 +501,7 @@ fn keys_of(items: &[Item]) -> Vec<Item> {
 }
 
 
-impl MetaStore for DynamoMeta {
+impl ProjectStore for DynamoMeta {
     async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
         let added = crate::service::time::parse_iso(&project.time_added).map_or_else(crate::service::time::now_secs, |m| (m / 1_000_000).max(0) as u64);
         let expiring = |mut item: Attrs| {
@@ -566,24 +575,6 @@ impl MetaStore for DynamoMeta {
         Ok((out, next))
     }
 
-    async fn list_tombstones(&self, limit: usize) -> Result<Vec<Tombstone>, MetaError> {
-        let page = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(PROJECTS_GSI)
-            .key_condition_expression("gsi1pk = :d")
-            .expression_attribute_values(":d", s(TOMBSTONES_GSI_PK))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(|e| backend("list tombstones", e))?;
-        page.items()
-            .iter()
-            .map(|item| Ok(Tombstone { project_id: get_s(item, "project_id")?, deleted_secs: get_n(item, "deleted_at")? }))
-            .collect()
-    }
-
     async fn get_project(&self, project_id: &str) -> Result<Option<(Project, Vec<Party>)>, MetaError> {
         // Sort keys "PARTY#…" < "PROJECT": one query returns the parties and the project.
         let items = self.query_partition("get project", &project_pk(project_id), SortKeys::Between("PARTY#", PROJECT_SK)).await?;
@@ -625,6 +616,26 @@ impl MetaStore for DynamoMeta {
         ];
         Ok(matches!(self.transact("mark project deleted", items).await?, Written::Done))
     }
+}
+
+impl TombstoneStore for DynamoMeta {
+    async fn list_tombstones(&self, limit: usize) -> Result<Vec<Tombstone>, MetaError> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PROJECTS_GSI)
+            .key_condition_expression("gsi1pk = :d")
+            .expression_attribute_values(":d", s(TOMBSTONES_GSI_PK))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| backend("list tombstones", e))?;
+        page.items()
+            .iter()
+            .map(|item| Ok(Tombstone { project_id: get_s(item, "project_id")?, deleted_secs: get_n(item, "deleted_at")? }))
+            .collect()
+    }
 
     async fn purge_project(&self, project_id: &str) -> Result<(), MetaError> {
         // Children first, the project item last: a purge interrupted halfway can be re-run.
@@ -635,7 +646,9 @@ impl MetaStore for DynamoMeta {
         self.delete_keys("purge project", children).await?;
         self.delete_keys("purge project", project).await
     }
+}
 
+impl UploadStore for DynamoMeta {
     async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
         let items = vec![
             // The project must be live (not being deleted).
@@ -658,7 +671,11 @@ impl MetaStore for DynamoMeta {
         match self.transact("begin upload", items).await? {
             Written::Done => Ok(()),
             Written::ConditionFailed(failed) if failed.contains(&0) => Err(MetaError::NotFound(format!("project {project_id}"))),
-            Written::ConditionFailed(_) => Err(MetaError::Conflict(format!("party {party} has an upload pending or done"))),
+            // The condition also fails for a party the project does not have: only a read tells.
+            Written::ConditionFailed(_) => match self.get_item("begin upload", key(project_pk(project_id), party_sk(party))).await? {
+                None => Err(MetaError::NotFound(format!("party {party} of project {project_id}"))),
+                Some(_) => Err(MetaError::Conflict(format!("party {party} has an upload pending or done"))),
+            },
         }
     }
 
@@ -667,6 +684,7 @@ impl MetaStore for DynamoMeta {
         let mut values = vec![(":pending", s(UploadState::Pending.as_str())), (":u", s(upload_id))];
         let expression = match error {
             Some(message) => {
+                message_fits(project_pk(project_id), party_sk(party), message)?;
                 values.push((":error", s(UploadState::Error.as_str())));
                 values.push((":m", s(message)));
                 "SET upload_state = :error, #error = :m"
@@ -689,38 +707,22 @@ impl MetaStore for DynamoMeta {
         ];
         let [(_, rc), (_, es), (_, ec), (_, bc)] = table::ingested_attrs(ingested).map(|(name, a)| (name, value(a)));
         values.extend([(":rc", rc), (":es", es), (":ec", ec), (":bc", bc)]);
-        let w = self
-            .update_one(
-                "complete upload",
+        // With the project check: a deleted project's upload is no longer the pending one.
+        let items = vec![
+            self.live_project_check(project_id)?,
+            self.update(
                 key(project_pk(project_id), party_sk(party)),
                 "SET upload_state = :done, record_count = :rc, encoding_size = :es, entry_count = :ec, block_count = :bc REMOVE #error",
-                "upload_state = :pending AND upload_id = :u",
+                Some("upload_state = :pending AND upload_id = :u"),
                 &[("#error", "error")],
                 values,
-            )
-            .await?;
-        Ok(matches!(w, Written::Done))
-    }
-
-    async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
-        self.update_one(
-            "fail upload",
-            key(project_pk(project_id), party_sk(party)),
-            "SET upload_state = :error, #error = :m",
-            "upload_state = :pending AND upload_id = :u",
-            &[("#error", "error")],
-            vec![
-                (":pending", s(UploadState::Pending.as_str())),
-                (":error", s(UploadState::Error.as_str())),
-                (":u", s(upload_id)),
-                (":m", s(message)),
-            ],
-        )
-        .await?;
-        Ok(())
+            )?,
+        ];
+        Ok(matches!(self.transact("complete upload", items).await?, Written::Done))
     }
 
     async fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        message_fits(project_pk(project_id), party_sk(party), message)?;
         self.update_one(
             "reject upload",
             key(project_pk(project_id), party_sk(party)),
@@ -738,6 +740,27 @@ impl MetaStore for DynamoMeta {
         Ok(())
     }
 
+    async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        message_fits(project_pk(project_id), party_sk(party), message)?;
+        self.update_one(
+            "fail upload",
+            key(project_pk(project_id), party_sk(party)),
+            "SET upload_state = :error, #error = :m",
+            "upload_state = :pending AND upload_id = :u",
+            &[("#error", "error")],
+            vec![
+                (":pending", s(UploadState::Pending.as_str())),
+                (":error", s(UploadState::Error.as_str())),
+                (":u", s(upload_id)),
+                (":m", s(message)),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl RunStore for DynamoMeta {
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
         let mut item = table::run_item(run);
         item.push(("expires_at".into(), self.expires_now()));
@@ -766,6 +789,18 @@ impl MetaStore for DynamoMeta {
         // id starts with this one's are filtered out by `runs_from`'s exact match.
         let items = self.query_partition("get run", &project_pk(project_id), SortKeys::BeginsWith(&run_sk(run_id))).await?;
         Ok(runs_from(&items)?.into_iter().find(|r| r.run_id == run_id))
+    }
+
+    async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
+        // The project's item and the run's, in one strongly consistent batch read.
+        let items = self.batch_get("get run head", vec![project_key(project_id), key(project_pk(project_id), run_sk(run_id))]).await?;
+        let live = items.iter().any(|i| opt_s(i, "sk").as_deref() == Some(PROJECT_SK) && !get_bool(i, "deleted"));
+        let Some(run) = items.iter().find(|i| opt_s(i, "sk").is_some_and(|sk| sk == run_sk(run_id))) else { return Ok(None) };
+        if !live {
+            return Ok(None);
+        }
+        let state = RunState::parse(&get_s(run, "state")?).ok_or_else(|| corrupt("state", run))?;
+        Ok(Some(RunHead { state, threshold: get_n(run, "threshold")? }))
     }
 
     async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
@@ -840,6 +875,96 @@ impl MetaStore for DynamoMeta {
         Ok(matches!(self.transact("start run", items).await?, Written::Done))
     }
 
+    async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
+        self.update_one(
+            "enter output stage",
+            key(project_pk(project_id), run_sk(run_id)),
+            "SET stage = :three",
+            "#state = :running AND stage = :two",
+            &[("#state", "state")],
+            vec![(":three", n(3)), (":two", n(2)), (":running", s(RunState::Running.as_str()))],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
+        let Some(run) = self.get_run(project_id, run_id).await? else { return Ok(false) };
+        if run.state != RunState::Running {
+            return Ok(false);
+        }
+        let micros = compute_micros(run.time_started.as_deref(), time_completed);
+        let items = vec![
+            self.update(
+                key(project_pk(project_id), run_sk(run_id)),
+                "SET #state = :completed, time_completed = :tc",
+                Some("#state = :running"),
+                &[("#state", "state")],
+                vec![(":completed", s(RunState::Completed.as_str())), (":running", s(RunState::Running.as_str())), (":tc", s(time_completed))],
+            )?,
+            self.update(
+                stats_key(),
+                "ADD completed_comparisons :c, completed_micros :m",
+                None,
+                &[],
+                vec![(":c", n(run.total_comparisons)), (":m", n(micros))],
+            )?,
+        ];
+        Ok(matches!(self.transact("complete run", items).await?, Written::Done))
+    }
+
+    async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
+        message_fits(project_pk(project_id), run_sk(run_id), message)?;
+        // With the project check: a deleted project's runs are gone, as every read says.
+        let items = vec![
+            self.live_project_check(project_id)?,
+            self.update(
+                key(project_pk(project_id), run_sk(run_id)),
+                "SET #state = :error, #error = :m",
+                Some("#state IN (:created, :queued, :running)"),
+                &[("#state", "state"), ("#error", "error")],
+                vec![
+                    (":error", s(RunState::Error.as_str())),
+                    (":created", s(RunState::Created.as_str())),
+                    (":queued", s(RunState::Queued.as_str())),
+                    (":running", s(RunState::Running.as_str())),
+                    (":m", s(message)),
+                ],
+            )?,
+        ];
+        Ok(matches!(self.transact("fail run", items).await?, Written::Done))
+    }
+
+    async fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> Result<Option<String>, MetaError> {
+        // A deleted project's run is gone: its solve stops here instead of writing results that
+        // the purge may already have passed.
+        if !self.project_live(project_id).await? {
+            return Ok(None);
+        }
+        // One conditional write: the first solve stores its draw, every later one reads it back.
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(project_pk(project_id), run_sk(run_id))))
+            .update_expression("SET permutation_secret = if_not_exists(permutation_secret, :s)")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":s", s(fresh))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                let stored = out.attributes.as_ref().and_then(|a| opt_s(a, "permutation_secret"));
+                stored.map(Some).ok_or_else(|| MetaError::Backend("run secret: the update returned no secret".into()))
+            }
+            Err(SdkError::ServiceError(se)) if se.err().is_conditional_check_failed_exception() => Ok(None),
+            Err(e) => Err(backend("run secret", e)),
+        }
+    }
+}
+
+impl ShardCounter for DynamoMeta {
     async fn record_shards(&self, project_id: &str, run_id: &str, shards: &[ShardTally]) -> Result<ShardsOutcome, MetaError> {
         // No run item here (module doc of `model::SHARD_COUNTERS`): the marker makes a shard
         // exactly once, the counter's existence says the run started and was not deleted, the
@@ -906,100 +1031,10 @@ impl MetaStore for DynamoMeta {
         Ok(ShardsOutcome { counted, run })
     }
 
-    async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
-        // The project's item and the run's, in one strongly consistent batch read.
-        let items = self.batch_get("get run head", vec![project_key(project_id), key(project_pk(project_id), run_sk(run_id))]).await?;
-        let live = items.iter().any(|i| opt_s(i, "sk").as_deref() == Some(PROJECT_SK) && !get_bool(i, "deleted"));
-        let Some(run) = items.iter().find(|i| opt_s(i, "sk").is_some_and(|sk| sk == run_sk(run_id))) else { return Ok(None) };
-        if !live {
-            return Ok(None);
-        }
-        let state = RunState::parse(&get_s(run, "state")?).ok_or_else(|| corrupt("state", run))?;
-        Ok(Some(RunHead { state, threshold: get_n(run, "threshold")? }))
-    }
-
-    async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
-        self.update_one(
-            "enter output stage",
-            key(project_pk(project_id), run_sk(run_id)),
-            "SET stage = :three",
-            "#state = :running AND stage = :two",
-            &[("#state", "state")],
-            vec![(":three", n(3)), (":two", n(2)), (":running", s(RunState::Running.as_str()))],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
-        let Some(run) = self.get_run(project_id, run_id).await? else { return Ok(false) };
-        if run.state != RunState::Running {
-            return Ok(false);
-        }
-        let micros = compute_micros(run.time_started.as_deref(), time_completed);
-        let items = vec![
-            self.update(
-                key(project_pk(project_id), run_sk(run_id)),
-                "SET #state = :completed, time_completed = :tc",
-                Some("#state = :running"),
-                &[("#state", "state")],
-                vec![(":completed", s(RunState::Completed.as_str())), (":running", s(RunState::Running.as_str())), (":tc", s(time_completed))],
-            )?,
-            self.update(
-                stats_key(),
-                "ADD completed_comparisons :c, completed_micros :m",
-                None,
-                &[],
-                vec![(":c", n(run.total_comparisons)), (":m", n(micros))],
-            )?,
-        ];
-        Ok(matches!(self.transact("complete run", items).await?, Written::Done))
-    }
-
-    async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
-        let w = self
-            .update_one(
-                "fail run",
-                key(project_pk(project_id), run_sk(run_id)),
-                "SET #state = :error, #error = :m",
-                "#state IN (:created, :queued, :running)",
-                &[("#state", "state"), ("#error", "error")],
-                vec![
-                    (":error", s(RunState::Error.as_str())),
-                    (":created", s(RunState::Created.as_str())),
-                    (":queued", s(RunState::Queued.as_str())),
-                    (":running", s(RunState::Running.as_str())),
-                    (":m", s(message)),
-                ],
-            )
-            .await?;
-        Ok(matches!(w, Written::Done))
-    }
-
-    async fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> Result<Option<String>, MetaError> {
-        // One conditional write: the first solve stores its draw, every later one reads it back.
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(project_pk(project_id), run_sk(run_id))))
-            .update_expression("SET permutation_secret = if_not_exists(permutation_secret, :s)")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":s", s(fresh))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match out {
-            Ok(out) => {
-                let stored = out.attributes.as_ref().and_then(|a| opt_s(a, "permutation_secret"));
-                stored.map(Some).ok_or_else(|| MetaError::Backend("run secret: the update returned no secret".into()))
-            }
-            Err(SdkError::ServiceError(se)) if se.err().is_conditional_check_failed_exception() => Ok(None),
-            Err(e) => Err(backend("run secret", e)),
-        }
-    }
-
     async fn counted_shards(&self, project_id: &str, run_id: &str) -> Result<Vec<u32>, MetaError> {
+        if !self.project_live(project_id).await? {
+            return Ok(Vec::new());
+        }
         let prefix = shard_prefix(run_id);
         let markers = self.query_partition("counted shards", &project_pk(project_id), SortKeys::BeginsWith(&prefix)).await?;
         let mut shards = markers
@@ -1013,27 +1048,36 @@ impl MetaStore for DynamoMeta {
         shards.sort_unstable();
         Ok(shards)
     }
+}
 
+impl WatchStore for DynamoMeta {
     async fn get_watch(&self, project_id: &str, target: &WatchTarget) -> Result<Option<Watch>, MetaError> {
-        let Some(item) = self.get_item("get watch", watch_key(project_id, target)).await? else { return Ok(None) };
+        // The project's item and the watched one, in one strongly consistent batch read.
+        let watched = watch_key(project_id, target);
+        let watched_sk = watched.get("sk").cloned();
+        let items = self.batch_get("get watch", vec![project_key(project_id), watched]).await?;
+        let live = items.iter().any(|i| opt_s(i, "sk").as_deref() == Some(PROJECT_SK) && !get_bool(i, "deleted"));
+        let Some(item) = items.into_iter().find(|i| i.get("sk") == watched_sk.as_ref()).filter(|_| live) else { return Ok(None) };
         let Some(fingerprint) = opt_s(&item, "watch_fingerprint") else { return Ok(None) };
         Ok(Some(Watch { fingerprint, since_secs: get_n(&item, "watch_since")?, redrives: get_n(&item, "watch_redrives")? }))
     }
 
     async fn put_watch(&self, project_id: &str, target: &WatchTarget, watch: &Watch) -> Result<bool, MetaError> {
-        let w = self
-            .update_one(
-                "put watch",
+        let items = vec![
+            self.live_project_check(project_id)?,
+            self.update(
                 watch_key(project_id, target),
                 "SET watch_fingerprint = :f, watch_since = :t, watch_redrives = :r",
-                "attribute_exists(pk)",
+                Some("attribute_exists(pk)"),
                 &[],
                 vec![(":f", s(&watch.fingerprint)), (":t", n(watch.since_secs)), (":r", n(watch.redrives))],
-            )
-            .await?;
-        Ok(matches!(w, Written::Done))
+            )?,
+        ];
+        Ok(matches!(self.transact("put watch", items).await?, Written::Done))
     }
+}
 
+impl StatusStore for DynamoMeta {
     async fn status_counters(&self) -> Result<StatusCounters, MetaError> {
         let Some(item) = self.get_item("status counters", stats_key()).await? else { return Ok(StatusCounters::default()) };
         let project_count: i64 = match item.get("project_count") {

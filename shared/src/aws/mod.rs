@@ -6,7 +6,7 @@
 //! its own (`UPLOAD_S3_*`, `UPLOAD_STS_ENDPOINT`) because locally it is a different server
 //! (SeaweedFS) from the working bucket's (LocalStack). In AWS none of these are set.
 
-pub mod client_store;
+pub mod client_bucket;
 pub mod dynamo;
 pub mod s3;
 pub mod sqs;
@@ -73,26 +73,32 @@ pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
 }
 
-/// The pipeline wired to AWS: DynamoDB metadata, the two S3 buckets and SQS.
-pub type AwsPipeline = crate::service::pipeline::Pipeline<
-    dynamo::DynamoMeta,
-    s3::S3Blobs,
-    s3::S3Blobs,
-    sqs::SqsQueue,
-    client_store::S3ClientStores,
->;
+/// The ports in AWS: DynamoDB metadata, the two S3 buckets, SQS, clients' S3 stores and STS.
+pub struct AwsPorts;
+
+impl crate::service::ports::Ports for AwsPorts {
+    type Meta = dynamo::DynamoMeta;
+    type Work = s3::S3Blobs;
+    type Uploads = s3::S3Blobs;
+    type Queue = sqs::SqsQueue;
+    type ClientStores = client_bucket::S3ClientStoreOpener;
+    type Credentials = sts::StsIssuer;
+}
+
+/// The pipeline wired to AWS.
+pub type AwsPipeline = crate::service::pipeline::Pipeline<AwsPorts>;
 
 /// Builds the pipeline from the environment (once per cold start).
 pub async fn pipeline_from_env() -> Result<AwsPipeline, crate::service::config::ConfigError> {
     let settings = crate::service::config::Settings::from_env()?;
     let config = sdk_config().await;
-    Ok(crate::service::pipeline::Pipeline {
+    Ok(AwsPipeline {
         meta: dynamo::DynamoMeta::new(dynamodb_client(&config), settings.table_name.clone())
             .with_item_lifetime(settings.limits.project_lifetime_secs),
         work: s3::S3Blobs::new(work_s3_client(&config), settings.work_bucket.clone()),
         uploads: s3::S3Blobs::new(upload_s3_client(&config), settings.upload.bucket.clone()),
         queue: sqs::SqsQueue::new(sqs_client(&config)),
-        client_stores: client_store::S3ClientStores::new(settings.pull.clone(), settings.limits.max_upload_bytes),
+        client_stores: client_bucket::S3ClientStoreOpener::new(settings.pull.clone(), settings.limits.max_upload_bytes),
         settings,
     })
 }

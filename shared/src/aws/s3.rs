@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -66,6 +67,13 @@ pub(super) fn metadata_of(map: Option<&std::collections::HashMap<String, String>
     m
 }
 
+/// The GET of bytes `range` of `key`, for the work bucket and for clients' buckets alike (they
+/// differ only in how they read the body and word failures). `None` for an empty range: nothing
+/// to ask for, and S3 would refuse the header `bytes=n-(n-1)`.
+pub(super) fn ranged_get(client: &aws_sdk_s3::Client, bucket: &str, key: &str, range: &Range<u64>) -> Option<GetObjectFluentBuilder> {
+    (!range.is_empty()).then(|| client.get_object().bucket(bucket).key(key).range(format!("bytes={}-{}", range.start, range.end - 1)))
+}
+
 /// The whole body of a GET answer (a failure while reading it names the key).
 async fn read_body(key: &str, body: ByteStream) -> Result<Bytes, BlobError> {
     Ok(body.collect().await.map_err(|e| BlobError::Backend(format!("{key}: reading body: {e}")))?.into_bytes())
@@ -80,18 +88,8 @@ impl BlobReader for S3Blobs {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
+        let Some(request) = ranged_get(&self.client, &self.bucket, key, &range) else { return Ok(Bytes::new()) };
+        let out = request.send().await.map_err(|e| map_err(key, e))?;
         let body = read_body(key, out.body).await?;
         if body.len() as u64 != range.end - range.start {
             return Err(BlobError::Backend(format!(

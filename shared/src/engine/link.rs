@@ -3,21 +3,25 @@
 //!
 //! ```text
 //! fan-out:  packed::pack each party  → shard::plan over the block indexes
-//! compare:  per shard, Entries views over shard.entry_spans() (the byte ranges a compare
-//!           function GETs) → dice::compare_shard → candidates::encode (the shard's object)
+//! compare:  per shard, compare::span_reads (the byte ranges a compare function GETs, sliced
+//!           here from memory) → compare::compare_spans → candidates::encode (the shard's
+//!           object, written only when it holds candidates, as the service does)
 //! solve:    CandidateReader over every shard object → candidates::merge (sorted, deduplicated)
+//!           → solve::match_two_parties / solve::group_by_component (in `pprl link`)
 //! ```
 //!
-//! Shard files round-trip through the binary candidate format on purpose: the format is part of
-//! the path being twinned, and a mismatch between writer and reader would show up here first.
-//! Shards run one after another; `compare_shard` is parallel inside (rayon).
+//! The compare and solve steps are the engine's [`compare`](super::compare) and
+//! [`solve`](super::solve) modules, which the service's pipeline runs too; only the I/O around
+//! them differs. Shard files round-trip through the binary candidate format on purpose: the
+//! format is part of the path being twinned, and a mismatch between writer and reader would show
+//! up here first. Shards run one after another; the kernel is parallel inside (rayon).
 
 use std::ops::Range;
 
 use super::candidates::{self, Candidate, CandidateReader};
-use super::dice;
+use super::compare::{self, NoPartyData};
 use super::encoding::PartyEncodings;
-use super::packed::{self, BlockIndex, Entries};
+use super::packed::{self, BlockIndex};
 use super::shard;
 
 /// The merged candidates of a run, in the anonlink order, plus the run's comparison count (the
@@ -38,6 +42,12 @@ pub enum LinkError {
     InvalidThreshold(f64),
     #[error("mismatch in encoding sizes: party 0 has {expected}-byte encodings, party {party} has {found}-byte encodings")]
     EncodingSizeMismatch { party: usize, expected: usize, found: usize },
+    #[error("shard {shard}: {source}")]
+    UnknownParty {
+        shard: u32,
+        #[source]
+        source: NoPartyData,
+    },
     #[error("shard {shard} needs bytes {range:?} of party {party}'s data, which has only {len} bytes")]
     SpanOutOfRange { shard: u32, party: u32, range: Range<u64>, len: usize },
     #[error("shard {shard}: {source}")]
@@ -100,16 +110,17 @@ pub fn link_with_progress(
     // Compare: one candidate file per shard, exactly as a compare function would store it.
     let mut shard_files = Vec::with_capacity(plan.shards.len());
     for sh in &plan.shards {
-        let mut inputs = Vec::new();
-        for (party, span) in sh.entry_spans() {
-            let bytes = party_span(&data, sh.index, party, &span, encoding_size)?;
-            let entries = Entries::new(bytes, encoding_size, span.start)
-                .map_err(|source| LinkError::Shard { shard: sh.index, source })?;
-            inputs.push((party, entries));
-        }
-        let cands = dice::compare_shard(sh, threshold, &inputs)
+        let reads = compare::span_reads(sh, |party| data.get(party as usize).map(|_| encoding_size))
+            .map_err(|source| LinkError::UnknownParty { shard: sh.index, source })?;
+        let spans = reads
+            .iter()
+            .map(|read| Ok((read, party_span(&data, sh.index, read.party, &read.bytes)?)))
+            .collect::<Result<Vec<_>, LinkError>>()?;
+        let cands = compare::compare_spans(sh, threshold, spans)
             .map_err(|source| LinkError::Shard { shard: sh.index, source })?;
-        shard_files.push((sh.index, candidates::encode(&cands)));
+        if !cands.is_empty() {
+            shard_files.push((sh.index, candidates::encode(&cands)));
+        }
 
         status.shards_done += 1;
         status.comparisons_done += sh.comparisons;
@@ -146,16 +157,9 @@ fn check_inputs(parties: &[PartyEncodings], threshold: f64) -> Result<(), LinkEr
     Ok(())
 }
 
-/// The bytes of `party`'s data.bin that a compare function would fetch for `span` (a ranged GET
-/// in the service).
-fn party_span<'a>(
-    data: &'a [Vec<u8>],
-    shard: u32,
-    party: u32,
-    span: &Range<u64>,
-    encoding_size: usize,
-) -> Result<&'a [u8], LinkError> {
-    let range = shard::byte_range(span, encoding_size);
+/// The bytes `range` of `party`'s data.bin, which a compare function would fetch with a ranged
+/// GET.
+fn party_span<'a>(data: &'a [Vec<u8>], shard: u32, party: u32, range: &Range<u64>) -> Result<&'a [u8], LinkError> {
     let party_data = data.get(party as usize).map(Vec::as_slice).unwrap_or(&[]);
     let out_of_range =
         || LinkError::SpanOutOfRange { shard, party, range: range.clone(), len: party_data.len() };

@@ -3,7 +3,7 @@
 
 use std::env;
 
-use super::client_store::{Network, PullPolicy};
+use super::pull_policy::{Network, PullPolicy};
 use crate::engine::sizing::{ComputeProfile, SizingPolicy};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,13 +141,44 @@ impl Default for WatchdogSettings {
     }
 }
 
+/// The queue whose dead-letter queue a message came from: which step failed it on every delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterSource {
+    /// The ingest queue (S3 notifications of incoming objects: uploads, run starts, deletes).
+    Ingest,
+    /// The shard queue (shards and their dispatch ranges).
+    Shard,
+    /// The solve queue (solve messages and merge steps).
+    Solve,
+}
+
+/// The dead-letter queue of each pipeline queue, by ARN. Fan-out consumes all three; the ARN an
+/// event arrives from says which queue's message it is, so its body is read as that queue's
+/// message and never guessed from its shape.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterQueues {
+    pub ingest_arn: String,
+    pub shard_arn: String,
+    pub solve_arn: String,
+}
+
+impl DeadLetterQueues {
+    /// Which queue's dead letters arrive from `arn`; `None` when it is none of them.
+    pub fn source_of(&self, arn: &str) -> Option<DeadLetterSource> {
+        [(&self.ingest_arn, DeadLetterSource::Ingest), (&self.shard_arn, DeadLetterSource::Shard), (&self.solve_arn, DeadLetterSource::Solve)]
+            .into_iter()
+            .find(|(known, _)| !known.is_empty() && known.as_str() == arn)
+            .map(|(_, source)| source)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub table_name: String,
     pub work_bucket: String,
     pub shard_queue_url: String,
     pub solve_queue_url: String,
-    pub dead_letter_queue_arns: Vec<String>,
+    pub dead_letter_queues: DeadLetterQueues,
     pub upload: UploadSettings,
     /// Pulling uploads from object stores that clients name (off unless configured).
     pub pull: PullPolicy,
@@ -239,9 +270,11 @@ impl Settings {
             work_bucket: required("WORK_BUCKET")?,
             shard_queue_url: optional("SHARD_QUEUE_URL").unwrap_or_default(),
             solve_queue_url: optional("SOLVE_QUEUE_URL").unwrap_or_default(),
-            dead_letter_queue_arns: optional("DEAD_LETTER_QUEUE_ARNS")
-                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-                .unwrap_or_default(),
+            dead_letter_queues: DeadLetterQueues {
+                ingest_arn: optional("INGEST_DEAD_LETTER_QUEUE_ARN").unwrap_or_default(),
+                shard_arn: optional("SHARD_DEAD_LETTER_QUEUE_ARN").unwrap_or_default(),
+                solve_arn: optional("SOLVE_DEAD_LETTER_QUEUE_ARN").unwrap_or_default(),
+            },
             upload: UploadSettings {
                 enabled: flag("EXTERNAL_UPLOAD_ENABLED", true)?,
                 bucket: optional("UPLOAD_BUCKET").unwrap_or_default(),

@@ -17,15 +17,16 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use tracing::{error, warn, Instrument};
 
 use super::pipeline::events::s3_event_keys;
-use super::pipeline::{Pipeline, PipelineError, ShardQueueMessage};
-use super::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
+use super::pipeline::{Pipeline, PipelineError, PipelinePorts, ShardQueueMessage};
+use super::ports::{BlobStore, Ports, ProjectStore, RunStore, ShardCounter, WorkQueue};
 use super::retry::jitter;
 
 /// When a message whose failure is worth retrying soon becomes visible again.
 pub const RETRY_SOON: RangeInclusive<Duration> = Duration::from_secs(2)..=Duration::from_secs(8);
 
-async fn for_each_record<M, B, U, Q: WorkQueue, C, F, Fut>(pipeline: &Pipeline<M, B, U, Q, C>, event: SqsEvent, mut handle: F) -> SqsBatchResponse
+async fn for_each_record<P: Ports, F, Fut>(pipeline: &Pipeline<P>, event: SqsEvent, mut handle: F) -> SqsBatchResponse
 where
+    P::Queue: WorkQueue,
     F: FnMut(SqsMessage) -> Fut,
     Fut: std::future::Future<Output = Result<(), PipelineError>>,
 {
@@ -44,7 +45,10 @@ type RecordSource = (String, Option<String>, Option<String>);
 
 /// The batch response for handled records: failed ones are reported (and those worth a prompt
 /// retry made visible again soon); the rest are deleted by Lambda.
-async fn report<M, B, U, Q: WorkQueue, C>(pipeline: &Pipeline<M, B, U, Q, C>, outcomes: Vec<(RecordSource, Result<(), PipelineError>)>) -> SqsBatchResponse {
+async fn report<P: Ports>(pipeline: &Pipeline<P>, outcomes: Vec<(RecordSource, Result<(), PipelineError>)>) -> SqsBatchResponse
+where
+    P::Queue: WorkQueue,
+{
     let mut response = SqsBatchResponse::default();
     let mut retry_soon = Vec::new();
     for ((id, arn, receipt_handle), outcome) in outcomes {
@@ -65,7 +69,10 @@ async fn report<M, B, U, Q: WorkQueue, C>(pipeline: &Pipeline<M, B, U, Q, C>, ou
 }
 
 /// Best effort: if it fails, the message waits for the visibility timeout as it would anyway.
-async fn make_visible_soon<M, B, U, Q: WorkQueue, C>(pipeline: &Pipeline<M, B, U, Q, C>, id: &str, arn: Option<&str>, receipt_handle: Option<&str>) {
+async fn make_visible_soon<P: Ports>(pipeline: &Pipeline<P>, id: &str, arn: Option<&str>, receipt_handle: Option<&str>)
+where
+    P::Queue: WorkQueue,
+{
     let s = &pipeline.settings;
     let known = [s.shard_queue_url.as_str(), s.solve_queue_url.as_str(), s.watchdog.ingest_queue_url.as_str()];
     let (Some(queue_url), Some(receipt_handle)) = (arn.and_then(|arn| queue_url_of(arn, &known)), receipt_handle) else {
@@ -103,11 +110,8 @@ pub fn is_scheduled_event(payload: &serde_json::Value) -> bool {
 }
 
 /// Runs `step` on one Lambda payload: an SQS batch, or (fan-out only) the watchdog's schedule.
-pub async fn handle_payload<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
-    step: Step,
-    pipeline: &Pipeline<M, B, U, Q, C>,
-    payload: serde_json::Value,
-) -> Result<serde_json::Value, PipelineError> {
+pub async fn handle_payload<P: PipelinePorts>(step: Step, pipeline: &Pipeline<P>, payload: serde_json::Value) -> Result<serde_json::Value, PipelineError>
+{
     if step == Step::FanOut && is_scheduled_event(&payload) {
         let sweep = pipeline.watchdog(crate::service::time::now_secs()).await?;
         return Ok(serde_json::json!({
@@ -140,11 +144,8 @@ impl Step {
 }
 
 /// Runs `step` on one SQS event.
-pub async fn handle<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
-    step: Step,
-    pipeline: &Pipeline<M, B, U, Q, C>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
+pub async fn handle<P: PipelinePorts>(step: Step, pipeline: &Pipeline<P>, event: SqsEvent) -> SqsBatchResponse
+{
     match step {
         Step::FanOut => fan_out(pipeline, event).await,
         Step::Compare => compare(pipeline, event).await,
@@ -157,15 +158,13 @@ fn body(record: &SqsMessage) -> Result<&str, PipelineError> {
 }
 
 /// fan-out: S3 notifications from the ingest queue, and dead letters from every DLQ.
-pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores>(
-    pipeline: &Pipeline<M, B, U, Q, C>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
+pub async fn fan_out<P: PipelinePorts>(pipeline: &Pipeline<P>, event: SqsEvent) -> SqsBatchResponse
+{
     for_each_record(pipeline, event, |record| async move {
         let body = body(&record)?;
-        let source = record.event_source_arn.as_deref().unwrap_or_default();
-        if pipeline.settings.dead_letter_queue_arns.iter().any(|arn| arn == source) {
-            return pipeline.on_dead_letter(body).await;
+        let arn = record.event_source_arn.as_deref().unwrap_or_default();
+        if let Some(source) = pipeline.settings.dead_letter_queues.source_of(arn) {
+            return pipeline.on_dead_letter(source, body).await;
         }
         for key in s3_event_keys(body)? {
             pipeline.on_incoming(&key).await?;
@@ -178,10 +177,12 @@ pub async fn fan_out<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: 
 /// compare: shard messages, and the range messages of a run's dispatch (`pipeline::dispatch`).
 /// The batch's shard messages are computed together; range messages and unreadable records one
 /// at a time.
-pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
-    pipeline: &Pipeline<M, B, U, Q, C>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
+pub async fn compare<P: Ports>(pipeline: &Pipeline<P>, event: SqsEvent) -> SqsBatchResponse
+where
+    P::Meta: ProjectStore + RunStore + ShardCounter,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     let mut outcomes = Vec::with_capacity(event.records.len());
     let (mut shard_sources, mut shards) = (Vec::new(), Vec::new());
     for record in event.records {
@@ -211,10 +212,12 @@ pub async fn compare<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
 }
 
 /// solve: solve messages and merge steps.
-pub async fn solve<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C>(
-    pipeline: &Pipeline<M, B, U, Q, C>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
+pub async fn solve<P: Ports>(pipeline: &Pipeline<P>, event: SqsEvent) -> SqsBatchResponse
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     for_each_record(pipeline, event, |record| async move { pipeline.on_solve_queue(body(&record)?).await }).await
 }
 

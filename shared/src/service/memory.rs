@@ -21,14 +21,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::aws_limits;
-use super::client_store::{ClientCredentials, ClientEndpoint, ClientStore};
+use super::pull_policy::{ClientCredentials, ClientEndpoint, ClientStoreAccess};
 use super::model::{
     self, IngestedParty, Party, Project, ProjectSummary, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
     UploadStart, UploadState, Watch, WatchTarget,
 };
 use super::ports::{
-    BlobError, BlobReader, BlobStore, ClientStores, CredentialError, CredentialIssuer, MetaError, MetaStore, Metadata, QueueError,
+    BlobError, BlobReader, BlobStore, ClientStoreOpener, CredentialError, CredentialIssuer, MetaError, Metadata, ProjectStore, QueueError, RunStore, ShardCounter,
+    StatusStore, TombstoneStore, UploadStore, WatchStore,
     TemporaryCredentials, WorkQueue,
 };
 use super::table::{self, Attrs};
@@ -38,6 +39,18 @@ use super::{retry, time};
 /// is always left consistent: every mutation below completes before the guard drops).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every port in memory (`Pipeline<MemoryPorts>`, `ApiState<MemoryPorts>`).
+pub struct MemoryPorts;
+
+impl super::ports::Ports for MemoryPorts {
+    type Meta = MemoryMeta;
+    type Work = MemoryBlobs;
+    type Uploads = MemoryBlobs;
+    type Queue = MemoryQueue;
+    type ClientStores = MemoryClientStoreOpener;
+    type Credentials = MemoryCredentials;
 }
 
 // ---- metadata ---------------------------------------------------------------------------------
@@ -255,7 +268,7 @@ impl MemoryMeta {
     }
 }
 
-impl MetaStore for MemoryMeta {
+impl ProjectStore for MemoryMeta {
     async fn create_project(&self, project: &Project, parties: &[Party]) -> Result<(), MetaError> {
         fits(&table::project_item(project))?;
         for p in parties {
@@ -264,6 +277,9 @@ impl MetaStore for MemoryMeta {
         let mut items = vec![project_item_name(&project.project_id)];
         items.extend(parties.iter().map(|p| party_item_name(&project.project_id, p.index)));
         items.push(stats_item_name());
+        // Read back by index, as the DynamoDB adapter's query returns them (sort key order).
+        let mut parties = parties.to_vec();
+        parties.sort_by_key(|p| p.index);
         self.transaction("create project", &items, |t| {
             if t.projects.contains_key(&project.project_id) {
                 return Err(MetaError::Conflict(format!("project {} already exists", project.project_id)));
@@ -272,7 +288,7 @@ impl MetaStore for MemoryMeta {
                 project.project_id.clone(),
                 ProjectEntry {
                     project: project.clone(),
-                    parties: parties.to_vec(),
+                    parties: parties.clone(),
                     runs: BTreeMap::new(),
                     watches: BTreeMap::new(),
                     deleted: false,
@@ -306,19 +322,6 @@ impl MetaStore for MemoryMeta {
         Ok((page, next))
     }
 
-    async fn list_tombstones(&self, limit: usize) -> Result<Vec<Tombstone>, MetaError> {
-        let t = lock(&self.tables);
-        let mut out: Vec<Tombstone> = t
-            .projects
-            .values()
-            .filter(|p| p.deleted)
-            .map(|p| Tombstone { project_id: p.project.project_id.clone(), deleted_secs: p.deleted_secs })
-            .collect();
-        out.sort_by(|a, b| (a.deleted_secs, &a.project_id).cmp(&(b.deleted_secs, &b.project_id)));
-        out.truncate(limit);
-        Ok(out)
-    }
-
     async fn get_project(&self, project_id: &str) -> Result<Option<(Project, Vec<Party>)>, MetaError> {
         let t = lock(&self.tables);
         if t.poisoned.contains(project_id) {
@@ -338,12 +341,29 @@ impl MetaStore for MemoryMeta {
         })
         .await
     }
+}
+
+impl TombstoneStore for MemoryMeta {
+    async fn list_tombstones(&self, limit: usize) -> Result<Vec<Tombstone>, MetaError> {
+        let t = lock(&self.tables);
+        let mut out: Vec<Tombstone> = t
+            .projects
+            .values()
+            .filter(|p| p.deleted)
+            .map(|p| Tombstone { project_id: p.project.project_id.clone(), deleted_secs: p.deleted_secs })
+            .collect();
+        out.sort_by(|a, b| (a.deleted_secs, &a.project_id).cmp(&(b.deleted_secs, &b.project_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
 
     async fn purge_project(&self, project_id: &str) -> Result<(), MetaError> {
         lock(&self.tables).projects.remove(project_id);
         Ok(())
     }
+}
 
+impl UploadStore for MemoryMeta {
     async fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> Result<(), MetaError> {
         let items = [project_item_name(project_id), party_item_name(project_id, party)];
         self.transaction("begin upload", &items, |t| {
@@ -398,17 +418,6 @@ impl MetaStore for MemoryMeta {
         }
     }
 
-    async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
-        let mut t = lock(&self.tables);
-        if let Some(p) = t.party_mut(project_id, party)
-            && p.upload_state == UploadState::Pending
-            && p.upload_id.as_deref() == Some(upload_id)
-        {
-            set_party_error(project_id, p, message)?;
-        }
-        Ok(())
-    }
-
     async fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
         let mut t = lock(&self.tables);
         if let Some(p) = t.party_mut(project_id, party)
@@ -420,6 +429,19 @@ impl MetaStore for MemoryMeta {
         Ok(())
     }
 
+    async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if let Some(p) = t.party_mut(project_id, party)
+            && p.upload_state == UploadState::Pending
+            && p.upload_id.as_deref() == Some(upload_id)
+        {
+            set_party_error(project_id, p, message)?;
+        }
+        Ok(())
+    }
+}
+
+impl RunStore for MemoryMeta {
     async fn create_run(&self, run: &Run) -> Result<(), MetaError> {
         fits(&table::run_item(run))?;
         let items = [project_item_name(&run.project_id), run_item_name(&run.project_id, &run.run_id)];
@@ -447,6 +469,11 @@ impl MetaStore for MemoryMeta {
     async fn get_run(&self, project_id: &str, run_id: &str) -> Result<Option<Run>, MetaError> {
         let mut t = lock(&self.tables);
         Ok(t.live_run_mut(project_id, run_id).map(|r| r.folded()))
+    }
+
+    async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
+        let mut t = lock(&self.tables);
+        Ok(t.live_run_mut(project_id, run_id).map(|r| RunHead { state: r.run.state, threshold: r.run.threshold }))
     }
 
     async fn delete_run(&self, project_id: &str, run_id: &str) -> Result<bool, MetaError> {
@@ -490,6 +517,58 @@ impl MetaStore for MemoryMeta {
         .await
     }
 
+    async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
+        let mut t = lock(&self.tables);
+        if let Some(r) = t.live_run_mut(project_id, run_id)
+            && r.run.state == RunState::Running
+            && r.run.stage == 2
+        {
+            r.run.stage = 3;
+        }
+        Ok(())
+    }
+
+    async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
+        let items = [run_item_name(project_id, run_id), stats_item_name()];
+        self.transaction("complete run", &items, |t| {
+            let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
+            if r.run.state != RunState::Running {
+                return Ok(false);
+            }
+            r.run.state = RunState::Completed;
+            r.run.time_completed = Some(time_completed.to_string());
+            let comparisons = r.run.total_comparisons;
+            let micros = compute_micros(r.run.time_started.as_deref(), time_completed);
+            t.completed_comparisons += comparisons;
+            t.completed_micros += micros;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
+        let mut t = lock(&self.tables);
+        match t.live_run_mut(project_id, run_id) {
+            Some(r) if !r.run.state.is_final() => {
+                let mut failed = r.run.clone();
+                failed.state = RunState::Error;
+                failed.error = Some(message.to_string());
+                fits(&table::run_item(&failed))?;
+                r.run = failed;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> Result<Option<String>, MetaError> {
+        let mut t = lock(&self.tables);
+        let Some(entry) = t.live_run_mut(project_id, run_id) else { return Ok(None) };
+        Ok(Some(entry.secret.get_or_insert_with(|| fresh.to_string()).clone()))
+    }
+}
+
+impl ShardCounter for MemoryMeta {
     async fn record_shards(&self, project_id: &str, run_id: &str, shards: &[ShardTally]) -> Result<ShardsOutcome, MetaError> {
         // DynamoDB: one transaction of [project is live, put each marker if absent, add to each
         // counter `shard mod K` if it exists]; if any condition fails, one such transaction per
@@ -552,66 +631,13 @@ impl MetaStore for MemoryMeta {
         Ok(ShardsOutcome { counted, run })
     }
 
-    async fn get_run_head(&self, project_id: &str, run_id: &str) -> Result<Option<RunHead>, MetaError> {
-        let mut t = lock(&self.tables);
-        Ok(t.live_run_mut(project_id, run_id).map(|r| RunHead { state: r.run.state, threshold: r.run.threshold }))
-    }
-
-    async fn enter_output_stage(&self, project_id: &str, run_id: &str) -> Result<(), MetaError> {
-        let mut t = lock(&self.tables);
-        if let Some(r) = t.live_run_mut(project_id, run_id)
-            && r.run.state == RunState::Running
-            && r.run.stage == 2
-        {
-            r.run.stage = 3;
-        }
-        Ok(())
-    }
-
-    async fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> Result<bool, MetaError> {
-        let items = [run_item_name(project_id, run_id), stats_item_name()];
-        self.transaction("complete run", &items, |t| {
-            let Some(r) = t.live_run_mut(project_id, run_id) else { return Ok(false) };
-            if r.run.state != RunState::Running {
-                return Ok(false);
-            }
-            r.run.state = RunState::Completed;
-            r.run.time_completed = Some(time_completed.to_string());
-            let comparisons = r.run.total_comparisons;
-            let micros = compute_micros(r.run.time_started.as_deref(), time_completed);
-            t.completed_comparisons += comparisons;
-            t.completed_micros += micros;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
-        let mut t = lock(&self.tables);
-        match t.live_run_mut(project_id, run_id) {
-            Some(r) if !r.run.state.is_final() => {
-                let mut failed = r.run.clone();
-                failed.state = RunState::Error;
-                failed.error = Some(message.to_string());
-                fits(&table::run_item(&failed))?;
-                r.run = failed;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> Result<Option<String>, MetaError> {
-        let mut t = lock(&self.tables);
-        let Some(entry) = t.live_run_mut(project_id, run_id) else { return Ok(None) };
-        Ok(Some(entry.secret.get_or_insert_with(|| fresh.to_string()).clone()))
-    }
-
     async fn counted_shards(&self, project_id: &str, run_id: &str) -> Result<Vec<u32>, MetaError> {
         let mut t = lock(&self.tables);
         Ok(t.live_run_mut(project_id, run_id).map(|r| r.counted_shards.iter().copied().collect()).unwrap_or_default())
     }
+}
 
+impl WatchStore for MemoryMeta {
     async fn get_watch(&self, project_id: &str, target: &WatchTarget) -> Result<Option<Watch>, MetaError> {
         let mut t = lock(&self.tables);
         Ok(t.live_project_mut(project_id).and_then(|p| p.watches.get(target).cloned()))
@@ -632,7 +658,9 @@ impl MetaStore for MemoryMeta {
         }
         Ok(exists)
     }
+}
 
+impl StatusStore for MemoryMeta {
     async fn status_counters(&self) -> Result<StatusCounters, MetaError> {
         let t = lock(&self.tables);
         Ok(StatusCounters {
@@ -692,6 +720,19 @@ struct BlobInner {
     failing_reads: AtomicBool,
     /// How many `delete_prefix` calls still fail (DeleteObjects' per-key errors).
     failing_prefix_deletes: AtomicU64,
+    /// Work another invocation finishes just before the next `list` answers.
+    before_next_list: BeforeList,
+}
+
+type Interleaved = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct BeforeList(Mutex<Option<Interleaved>>);
+
+impl std::fmt::Debug for BeforeList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeList")
+    }
 }
 
 /// [`BlobStore`] in memory: one bucket.
@@ -721,6 +762,13 @@ impl MemoryBlobs {
     }
 
     /// While set, `put` answers a backend error.
+    /// Runs `work` (another invocation's, e.g. a twin's, to its end) once, just before the
+    /// next `list` answers: the interleaving that makes a caller's earlier check stale by the
+    /// time it lists.
+    pub fn before_next_list(&self, work: impl FnOnce() + Send + 'static) {
+        *lock(&self.inner.before_next_list.0) = Some(Box::new(work));
+    }
+
     pub fn fail_puts(&self, failing: bool) {
         self.inner.failing_puts.store(failing, Ordering::SeqCst);
     }
@@ -799,6 +847,10 @@ impl BlobStore for MemoryBlobs {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let interleaved = lock(&self.inner.before_next_list.0).take();
+        if let Some(work) = interleaved {
+            work();
+        }
         let objects = lock(&self.inner.objects);
         Ok(objects.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
     }
@@ -857,15 +909,15 @@ impl BlobStore for MemoryBlobs {
 
 // ---- stores that clients name ----------------------------------------------------------------
 
-/// [`ClientStores`] over in-memory buckets, one per (endpoint URL, bucket). Records the
+/// [`ClientStoreOpener`] over in-memory buckets, one per (endpoint URL, bucket). Records the
 /// credentials each open was given, for assertions.
 #[derive(Clone, Default)]
-pub struct MemoryClientStores {
+pub struct MemoryClientStoreOpener {
     buckets: Arc<Mutex<BTreeMap<(String, String), MemoryBlobs>>>,
     opened_with: Arc<Mutex<Vec<ClientCredentials>>>,
 }
 
-impl MemoryClientStores {
+impl MemoryClientStoreOpener {
     /// The bucket `bucket` of the store at `url` (e.g. `https://store.example.com`).
     pub fn bucket(&self, url: &str, bucket: &str) -> MemoryBlobs {
         lock(&self.buckets).entry((url.to_string(), bucket.to_string())).or_default().clone()
@@ -877,9 +929,9 @@ impl MemoryClientStores {
     }
 }
 
-impl ClientStores for MemoryClientStores {
+impl ClientStoreOpener for MemoryClientStoreOpener {
     type Reader = MemoryBlobs;
-    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<MemoryBlobs, BlobError> {
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStoreAccess, bucket: &str) -> Result<MemoryBlobs, BlobError> {
         lock(&self.opened_with).push(store.credentials.clone());
         Ok(self.bucket(&endpoint.url(), bucket))
     }
@@ -1017,7 +1069,7 @@ impl CredentialIssuer for MemoryCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::model::ShardOutcome;
+    use crate::service::meta_contract;
     use crate::service::model::ResultType;
     use crate::service::tokens::TokenHash;
 
@@ -1043,103 +1095,19 @@ mod tests {
         Run::created(project.into(), id.into(), 0.8, String::new(), String::new(), time::now_iso())
     }
 
-    fn upload(id: &str) -> UploadStart {
-        UploadStart { upload_id: id.into(), receipt_token_hash: TokenHash::of(id) }
-    }
+    /// A fresh [`MemoryMeta`] per case of the contract.
+    struct FreshMemory;
 
-    fn ingested() -> IngestedParty {
-        IngestedParty { record_count: 3, encoding_size: 8, entry_count: 3, block_count: 1 }
-    }
-
-    #[tokio::test]
-    async fn projects_list_oldest_first_and_vanish_when_marked_deleted() {
-        let m = MemoryMeta::new();
-        m.create_project(&project("b", "2020-01-02T00:00:00.000000+00:00"), &[party(0), party(1)]).await.unwrap();
-        m.create_project(&project("a", "2020-01-03T00:00:00.000000+00:00"), &[party(0), party(1)]).await.unwrap();
-        assert!(matches!(m.create_project(&project("a", "x"), &[]).await, Err(MetaError::Conflict(_))));
-        let ids: Vec<_> = m.list_projects().await.unwrap().into_iter().map(|p| p.project_id).collect();
-        assert_eq!(ids, ["b", "a"]);
-        assert_eq!(m.status_counters().await.unwrap().project_count, 2);
-
-        assert!(m.mark_project_deleted("b").await.unwrap());
-        assert!(!m.mark_project_deleted("b").await.unwrap());
-        assert!(!m.mark_project_deleted("zzz").await.unwrap());
-        assert!(m.get_project("b").await.unwrap().is_none());
-        assert_eq!(m.list_projects().await.unwrap().len(), 1);
-        assert_eq!(m.status_counters().await.unwrap().project_count, 1);
-        assert!(m.has_project_items("b"));
-        m.purge_project("b").await.unwrap();
-        assert!(!m.has_project_items("b"));
+    impl meta_contract::StoreFactory for FreshMemory {
+        type Store = MemoryMeta;
+        async fn fresh(&self) -> MemoryMeta {
+            MemoryMeta::new()
+        }
     }
 
     #[tokio::test]
-    async fn uploads_follow_their_state_machine() {
-        let m = MemoryMeta::new();
-        m.create_project(&project("p", "t"), &[party(0), party(1)]).await.unwrap();
-        m.begin_upload("p", 0, &upload("u1")).await.unwrap();
-        assert!(matches!(m.begin_upload("p", 0, &upload("u2")).await, Err(MetaError::Conflict(_))));
-        assert!(matches!(m.begin_upload("p", 7, &upload("u2")).await, Err(MetaError::NotFound(_))));
-
-        // Aborting someone else's upload id changes nothing; aborting ours resets the party.
-        m.abort_upload("p", 0, "other", None).await.unwrap();
-        assert_eq!(m.get_project("p").await.unwrap().unwrap().1[0].upload_state, UploadState::Pending);
-        m.abort_upload("p", 0, "u1", None).await.unwrap();
-        let parties = m.get_project("p").await.unwrap().unwrap().1;
-        assert_eq!(parties[0].upload_state, UploadState::NotStarted);
-        assert_eq!(parties[0].receipt_token_hash, None);
-
-        m.begin_upload("p", 0, &upload("u2")).await.unwrap();
-        m.fail_upload("p", 0, "u2", "bad base64").await.unwrap();
-        assert_eq!(m.get_project("p").await.unwrap().unwrap().1[0].upload_state, UploadState::Error);
-        assert!(!m.complete_upload("p", 0, "u2", &ingested()).await.unwrap(), "failed upload is no longer pending");
-
-        m.begin_upload("p", 0, &upload("u3")).await.unwrap();
-        assert!(m.complete_upload("p", 0, "u3", &ingested()).await.unwrap());
-        assert!(!m.complete_upload("p", 0, "u3", &ingested()).await.unwrap(), "redelivery");
-        assert!(matches!(m.begin_upload("p", 0, &upload("u4")).await, Err(MetaError::Conflict(_))));
-    }
-
-    #[tokio::test]
-    async fn runs_move_forward_only_and_count_each_shard_once() {
-        let m = MemoryMeta::new();
-        m.create_project(&project("p", "t"), &[party(0), party(1)]).await.unwrap();
-        m.create_run(&run("p", "r")).await.unwrap();
-        assert!(matches!(m.create_run(&run("p", "r")).await, Err(MetaError::Conflict(_))));
-        assert!(matches!(m.create_run(&run("gone", "r")).await, Err(MetaError::Conflict(_))));
-
-        let plan = RunPlan { shards_total: 2, total_comparisons: 10, time_started: "2020-01-01T00:00:00.000000+00:00".into() };
-        assert!(!m.start_run("p", "r", &plan).await.unwrap(), "not queued yet");
-        assert!(!m.record_shard("p", "r", 0, 5, 1).await.unwrap().counted, "not running yet");
-        assert!(m.claim_run("p", "r").await.unwrap());
-        assert!(!m.claim_run("p", "r").await.unwrap());
-        assert!(m.start_run("p", "r", &plan).await.unwrap());
-        assert!(!m.start_run("p", "r", &plan).await.unwrap());
-
-        let first = m.record_shard("p", "r", 0, 5, 1).await.unwrap();
-        assert!(first.counted);
-        let twin = m.record_shard("p", "r", 0, 5, 1).await.unwrap();
-        assert!(!twin.counted);
-        assert_eq!(twin.run.run().map(|r| r.comparisons_done), Some(5));
-        let RunAfterShard::Read(last) = m.record_shard("p", "r", 1, 5, 2).await.unwrap().run else {
-            panic!("the last shard of its counter reads the run")
-        };
-        assert_eq!((last.shards_done, last.comparisons_done, last.candidate_count), (2, 10, 3));
-
-        m.enter_output_stage("p", "r").await.unwrap();
-        assert_eq!(m.get_run("p", "r").await.unwrap().unwrap().stage, 3);
-        assert!(m.complete_run("p", "r", "2020-01-01T00:00:02.000000+00:00").await.unwrap());
-        assert!(!m.complete_run("p", "r", "2020-01-01T00:00:03.000000+00:00").await.unwrap());
-        assert!(!m.fail_run("p", "r", "late").await.unwrap(), "completed is final");
-        let c = m.status_counters().await.unwrap();
-        assert_eq!((c.completed_comparisons, c.completed_seconds), (10, 2.0));
-
-        m.create_run(&run("p", "r2")).await.unwrap();
-        assert!(m.fail_run("p", "r2", "boom").await.unwrap());
-        assert_eq!(m.get_run("p", "r2").await.unwrap().unwrap().error.as_deref(), Some("boom"));
-        assert!(m.delete_run("p", "r2").await.unwrap());
-        assert!(!m.delete_run("p", "r2").await.unwrap());
-        assert_eq!(m.record_shard("p", "r2", 0, 1, 1).await.unwrap(), ShardOutcome { counted: false, run: RunAfterShard::Deleted });
-        assert_eq!(m.list_runs("p").await.unwrap().len(), 1);
+    async fn the_memory_store_keeps_the_metadata_store_contract() {
+        meta_contract::check(&FreshMemory).await;
     }
 
     #[tokio::test]

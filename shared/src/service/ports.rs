@@ -1,7 +1,15 @@
 //! Ports: the narrow traits between the service logic and the outside world.
 //!
-//! Each function takes only the ports it uses, which matches the per-function IAM policies in
-//! `infra/template.yaml`. Futures are `Send` so handlers can run on tokio and inside axum.
+//! Each step takes only the ports it uses, and of the metadata store only the parts it needs
+//! ([`ProjectStore`], [`UploadStore`], [`RunStore`], [`ShardCounter`], [`TombstoneStore`],
+//! [`WatchStore`], [`StatusStore`]; [`MetaStore`] is their union). Why: a step's `where` clause
+//! is then the list of what it touches, checked by the compiler, so a reader (or a reviewer of
+//! the per-function IAM policies in `infra/template.yaml`, which it matches) sees what compare or
+//! the watchdog may change without reading them, and a change to one part of the store reaches
+//! only the steps that name it. [`Ports`] gathers the adapters a deployment wires in; the table
+//! of steps and their ports is in `docs/architecture.md`.
+//!
+//! Futures are `Send` so handlers can run on tokio and inside axum.
 
 use std::future::Future;
 use std::ops::Range;
@@ -9,11 +17,32 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::aws_limits::LimitExceeded;
-use super::client_store::{ClientEndpoint, ClientStore};
+use super::pull_policy::{ClientEndpoint, ClientStoreAccess};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, Run, RunHead, RunPlan, ShardOutcome, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone, UploadStart, Watch, WatchTarget,
 };
+
+/// The ports a deployment wires in, by role: AWS's adapters (`aws::AwsPorts`) or the in-memory
+/// ones (`memory::MemoryPorts`). A role says only what every port shares (cheap clones, usable
+/// across tasks), not which trait it implements: each step of the pipeline and each area of the
+/// API names, in its `where` clause, the ports it uses and the parts of the metadata store it
+/// needs (`P::Meta: RunStore, P::Work: BlobStore`), so the compiler holds it to that list, and a
+/// new port is one associated type here, whatever the number of steps.
+pub trait Ports: Send + Sync + 'static {
+    /// The metadata store ([`MetaStore`] and its parts).
+    type Meta: Send + Sync + Clone + 'static;
+    /// The working bucket.
+    type Work: Send + Sync + Clone + 'static;
+    /// The upload bucket (where data providers put large encodings).
+    type Uploads: Send + Sync + Clone + 'static;
+    /// The work queues.
+    type Queue: Send + Sync + Clone + 'static;
+    /// Object stores that clients name in ExternalData (fan-out pulls from them when allowed).
+    type ClientStores: Send + Sync + Clone + 'static;
+    /// The issuer of upload and result-download credentials (the api).
+    type Credentials: Send + Sync + Clone + 'static;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -34,10 +63,16 @@ pub enum MetaError {
     Limit(#[from] LimitExceeded),
 }
 
-/// Project, party and run metadata (DynamoDB in AWS). Every state change that could race is a
-/// conditional write, so concurrent requests and redelivered events cannot corrupt state.
-pub trait MetaStore: Send + Sync + Clone + 'static {
-    // ---- projects and parties -------------------------------------------------------------
+/// Project, party and run metadata (DynamoDB in AWS): the union of the metadata ports below,
+/// for what needs all of them (the adapters, the wiring, the tests). Every state change that
+/// could race is a conditional write, so concurrent requests and redelivered events cannot
+/// corrupt state; [`super::meta_contract`] states how each answers, for both stores.
+pub trait MetaStore: ProjectStore + TombstoneStore + UploadStore + RunStore + ShardCounter + WatchStore + StatusStore {}
+
+impl<T: ProjectStore + TombstoneStore + UploadStore + RunStore + ShardCounter + WatchStore + StatusStore> MetaStore for T {}
+
+/// Projects and their parties as the API creates, lists, reads and deletes them.
+pub trait ProjectStore: Send + Sync + Clone + 'static {
     /// Creates the project and its parties atomically and counts it for `/status`.
     fn create_project(&self, project: &Project, parties: &[Party]) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// All live projects (not being deleted), oldest first.
@@ -45,21 +80,28 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     /// At most `limit` live projects after `after` (a cursor: [`ProjectSummary::cursor`] of the
     /// last one seen), oldest first, and the cursor of the next page if there may be one.
     fn list_projects_page(&self, after: Option<&str>, limit: usize) -> impl Future<Output = Result<(Vec<ProjectSummary>, Option<String>), MetaError>> + Send;
-    /// Projects marked deleted whose purge has not finished (their tombstones), oldest delete
-    /// first, at most `limit`.
-    fn list_tombstones(&self, limit: usize) -> impl Future<Output = Result<Vec<Tombstone>, MetaError>> + Send;
     /// The project with all its parties (strongly consistent). `None` if unknown or being deleted.
     fn get_project(&self, project_id: &str) -> impl Future<Output = Result<Option<(Project, Vec<Party>)>, MetaError>> + Send;
     /// Marks the project as being deleted (it disappears from every read at once), leaves a
-    /// tombstone that [`MetaStore::list_tombstones`] finds until `purge_project`, and uncounts it.
+    /// tombstone that [`TombstoneStore::list_tombstones`] finds until `purge_project`, and uncounts it.
     /// Returns false if it was unknown or already being deleted.
     fn mark_project_deleted(&self, project_id: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+}
+
+/// Deleted projects until their purge (the watchdog's purge and expiry).
+pub trait TombstoneStore: Send + Sync + Clone + 'static {
+    /// Projects marked deleted whose purge has not finished (their tombstones), oldest delete
+    /// first, at most `limit`.
+    fn list_tombstones(&self, limit: usize) -> impl Future<Output = Result<Vec<Tombstone>, MetaError>> + Send;
     /// Removes every item of the project (project, parties, runs, shard markers).
     fn purge_project(&self, project_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+}
 
-    // ---- uploads ---------------------------------------------------------------------------
+/// A party's upload through its states (`not_started` → `pending` → `done`, or `error`).
+pub trait UploadStore: Send + Sync + Clone + 'static {
     /// Moves a party's upload from `not_started`/`error` to `pending` under `upload.upload_id`,
-    /// storing the receipt token hash. `Conflict` if an upload is already pending or done.
+    /// storing the receipt token hash. `Conflict` if an upload is already pending or done;
+    /// `NotFound` if the project is unknown or being deleted, or has no such party.
     fn begin_upload(&self, project_id: &str, party: u32, upload: &UploadStart) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// Undoes `begin_upload` when storing the upload failed (back to `not_started`, or `error`
     /// with a message), only if `upload_id` is still the pending one.
@@ -73,8 +115,10 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// Marks the pending upload `upload_id` as failed with a message a person understands.
     fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+}
 
-    // ---- runs ------------------------------------------------------------------------------
+/// Runs through their states (`created` → `queued` → `running` → `completed`, or `error`).
+pub trait RunStore: Send + Sync + Clone + 'static {
     /// Stores a new run in state `created` (fails with `Conflict` if the project is gone).
     fn create_run(&self, run: &Run) -> impl Future<Output = Result<(), MetaError>> + Send;
     fn list_runs(&self, project_id: &str) -> impl Future<Output = Result<Vec<Run>, MetaError>> + Send;
@@ -88,6 +132,22 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
     /// `queued` → `running` with the plan's totals and `time_started`, creating the run's shard
     /// counters. False if not queued.
     fn start_run(&self, project_id: &str, run_id: &str, plan: &RunPlan) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// `running` stage 2 → stage 3 ("compute output"); no-op if already there.
+    fn enter_output_stage(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
+    /// `running` → `completed` with `time_completed`; adds the run to the `/status` rate. False
+    /// if it was not running (already completed by a duplicate solve, deleted, failed).
+    fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// Any non-final state → `error` with a message. False if already final, or the run or its
+    /// project is gone.
+    fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
+    /// The run's permutation secret: stores `fresh` unless the run already has one, and returns
+    /// the one stored (so every solve of the run agrees). `None` if the run or its project is gone. It lives on
+    /// the run's metadata item, which no API response includes.
+    fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> impl Future<Output = Result<Option<String>, MetaError>> + Send;
+}
+
+/// Counting a started run's computed shards, each exactly once.
+pub trait ShardCounter: Send + Sync + Clone + 'static {
     /// Counts computed shards of a started run, each exactly once (its marker + one of the run's
     /// [`SHARD_COUNTERS`](super::model::SHARD_COUNTERS) counter items, with a check that the
     /// project is live, in one transaction for the batch where it can; the run item is not
@@ -102,28 +162,20 @@ pub trait MetaStore: Send + Sync + Clone + 'static {
             Ok(ShardOutcome { counted: outcome.counted.first().copied().unwrap_or(false), run: outcome.run })
         }
     }
-    /// `running` stage 2 → stage 3 ("compute output"); no-op if already there.
-    fn enter_output_stage(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
-    /// `running` → `completed` with `time_completed`; adds the run to the `/status` rate. False
-    /// if it was not running (already completed by a duplicate solve, deleted, failed).
-    fn complete_run(&self, project_id: &str, run_id: &str, time_completed: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
-    /// Any non-final state → `error` with a message. False if already final.
-    fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> impl Future<Output = Result<bool, MetaError>> + Send;
-
-    /// The run's permutation secret: stores `fresh` unless the run already has one, and returns
-    /// the one stored (so every solve of the run agrees). `None` if the run is gone. It lives on
-    /// the run's metadata item, which no API response includes.
-    fn run_secret(&self, project_id: &str, run_id: &str, fresh: &str) -> impl Future<Output = Result<Option<String>, MetaError>> + Send;
-
-    // ---- the watchdog (pipeline::watchdog) -----------------------------------------------------
     /// The shard indexes of the run counted so far (its shard markers), ascending.
     fn counted_shards(&self, project_id: &str, run_id: &str) -> impl Future<Output = Result<Vec<u32>, MetaError>> + Send;
+}
+
+/// The watchdog's notes on unfinished runs and uploads (`pipeline::watchdog`).
+pub trait WatchStore: Send + Sync + Clone + 'static {
     /// What the watchdog last noted about a run or a party's upload.
     fn get_watch(&self, project_id: &str, target: &WatchTarget) -> impl Future<Output = Result<Option<Watch>, MetaError>> + Send;
-    /// Notes `watch` on the run or party, only while it exists (false if it is gone).
+    /// Notes `watch` on the run or party, only while it and its project exist (false if not).
     fn put_watch(&self, project_id: &str, target: &WatchTarget, watch: &Watch) -> impl Future<Output = Result<bool, MetaError>> + Send;
+}
 
-    // ---- service status --------------------------------------------------------------------
+/// The service-wide counters `/status` reports.
+pub trait StatusStore: Send + Sync + Clone + 'static {
     fn status_counters(&self) -> impl Future<Output = Result<StatusCounters, MetaError>> + Send;
 }
 
@@ -133,7 +185,7 @@ pub enum BlobError {
     NotFound(String),
     #[error("object store error: {0}")]
     Backend(String),
-    /// An object store a client named (see [`ClientStores`]) failed in a way that retrying
+    /// An object store a client named (see [`ClientStoreOpener`]) failed in a way that retrying
     /// will not fix (the SDK already retried): refused address, access denied, unreachable. The
     /// message is for that client and never contains its credentials.
     #[error("{0}")]
@@ -147,7 +199,7 @@ pub enum BlobError {
 pub type Metadata = Vec<(String, String)>;
 
 /// Reading a bucket: all that ingestion does with the objects an upload names, whether they are
-/// in the service's upload bucket or in a store the client named ([`ClientStores`]).
+/// in the service's upload bucket or in a store the client named ([`ClientStoreOpener`]).
 pub trait BlobReader: Send + Sync + Clone + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<(Bytes, Metadata), BlobError>> + Send;
     fn get_range(&self, key: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes, BlobError>> + Send;
@@ -194,10 +246,10 @@ pub trait BlobStore: BlobReader {
 /// Opens buckets of object stores that clients name in ExternalData (`endpoint` +
 /// `credentials`), read only: ingestion never writes to or deletes from a client's store. The
 /// caller has checked the endpoint against the pull policy; the adapter enforces it again for
-/// every address it connects to (see [`super::client_store`]).
-pub trait ClientStores: Send + Sync + Clone + 'static {
+/// every address it connects to (see [`super::pull_policy`]).
+pub trait ClientStoreOpener: Send + Sync + Clone + 'static {
     type Reader: BlobReader;
-    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<Self::Reader, BlobError>;
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStoreAccess, bucket: &str) -> Result<Self::Reader, BlobError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,19 +275,8 @@ pub trait WorkQueue: Send + Sync + Clone + 'static {
     fn change_visibility(&self, queue_url: &str, receipt_handle: &str, visibility_secs: u32) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
-/// Temporary credentials a data provider uses to upload straight to the upload bucket.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct TemporaryCredentials {
-    #[serde(rename = "AccessKeyId")]
-    pub access_key_id: String,
-    #[serde(rename = "SecretAccessKey")]
-    pub secret_access_key: String,
-    #[serde(rename = "SessionToken")]
-    pub session_token: String,
-    /// ISO 8601.
-    #[serde(rename = "Expiration")]
-    pub expiration: String,
-}
+/// What a [`CredentialIssuer`] issues (defined with the API's shapes, which the client shares).
+pub use crate::wire::TemporaryCredentials;
 
 #[derive(Debug, thiserror::Error)]
 #[error("credential issuer error: {0}")]

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::client_store::ClientStore;
+use crate::service::pull_policy::ClientStoreAccess;
 use crate::service::ports::Metadata;
 
 /// Metadata naming the record count of binary encodings (on stored uploads and on objects
@@ -79,7 +79,7 @@ pub struct ObjectRef {
     /// The client's store and credentials, when the object is not in the service's upload
     /// bucket (pulls allowed by `Settings::pull`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<ClientStore>,
+    pub store: Option<ClientStoreAccess>,
 }
 
 /// The body of an [`UploadForm::External`] upload. Serialized as `{"encodings":

@@ -7,15 +7,18 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::error::ApiResult;
 use crate::service::model::StatusCounters;
-use crate::service::ports::{BlobStore, CredentialIssuer, MetaStore};
+use crate::service::ports::{Ports, StatusStore};
 
 /// The anonlink release whose comparison and solving behaviour the engine reproduces.
 pub const ANONLINK_VERSION: &str = "0.15.3";
 
 /// `{"status":"ok","project_count","rate"}`; `rate` is comparisons per second over completed runs.
-pub async fn status<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
-) -> ApiResult<Json<Value>> {
+pub async fn status<P: Ports>(
+    State(state): State<Shared<P>>,
+) -> ApiResult<Json<Value>>
+where
+    P::Meta: StatusStore,
+{
     let counters = state.meta.status_counters().await?;
     Ok(Json(json!({
         "status": "ok",

@@ -32,23 +32,25 @@ use tower::ServiceExt;
 
 use super::config::Settings;
 use super::model::{Party, Project};
-use super::ports::{BlobStore, CredentialIssuer, MetaStore};
+use super::ports::{BlobStore, CredentialIssuer, MetaStore, Ports, ProjectStore};
 use error::ApiError;
 
 /// Everything the handlers need: the metadata store, the working bucket, the issuer of upload
-/// credentials and the settings.
-#[derive(Clone)]
-pub struct ApiState<M: MetaStore, B: BlobStore, C: CredentialIssuer> {
-    pub meta: M,
+/// credentials and the settings. Each handler's `where` clause names the ports its area uses.
+pub struct ApiState<P: Ports> {
+    pub meta: P::Meta,
     /// The working bucket: uploads, run and delete requests go in, results come out.
-    pub work: B,
-    pub credentials: C,
+    pub work: P::Work,
+    pub credentials: P::Credentials,
     pub settings: Settings,
 }
 
-pub(crate) type Shared<M, B, C> = Arc<ApiState<M, B, C>>;
+pub(crate) type Shared<P> = Arc<ApiState<P>>;
 
-impl<M: MetaStore, B: BlobStore, C: CredentialIssuer> ApiState<M, B, C> {
+impl<P: Ports> ApiState<P>
+where
+    P::Meta: ProjectStore,
+{
     /// The live project and its parties, or the reference's 403 when it is unknown or deleted.
     pub(crate) async fn project(&self, project_id: &str) -> Result<(Project, Vec<Party>), ApiError> {
         self.meta.get_project(project_id).await?.ok_or(ApiError::InvalidAccess)
@@ -60,25 +62,25 @@ pub const BASE_PATH: &str = "/api/v1";
 
 /// The API router: every endpoint under `/api/v1`, problems for unknown paths and methods, and
 /// duplicate slashes collapsed before routing.
-pub fn router<M, B, C>(state: ApiState<M, B, C>) -> Router
+pub fn router<P: Ports>(state: ApiState<P>) -> Router
 where
-    M: MetaStore,
-    B: BlobStore,
-    C: CredentialIssuer,
+    P::Meta: MetaStore,
+    P::Work: BlobStore,
+    P::Credentials: CredentialIssuer,
 {
     let routes = Router::new()
-        .route("/status", get(general::status::<M, B, C>))
+        .route("/status", get(general::status::<P>))
         .route("/version", get(general::version))
-        .route("/projects", get(projects::list::<M, B, C>).post(projects::create::<M, B, C>))
-        .route("/projects/{project_id}", get(projects::describe::<M, B, C>).delete(projects::delete::<M, B, C>))
-        .route("/projects/{project_id}/parties", get(projects::parties::<M, B, C>))
-        .route("/projects/{project_id}/clks", axum::routing::post(uploads::clks::<M, B, C>))
-        .route("/projects/{project_id}/binaryclks", axum::routing::post(uploads::binary_clks::<M, B, C>))
-        .route("/projects/{project_id}/authorize-external-upload", get(uploads::authorize_external_upload::<M, B, C>))
-        .route("/projects/{project_id}/runs", get(runs::list::<M, B, C>).post(runs::create::<M, B, C>))
-        .route("/projects/{project_id}/runs/{run_id}", get(runs::describe::<M, B, C>).delete(runs::delete::<M, B, C>))
-        .route("/projects/{project_id}/runs/{run_id}/status", get(runs::status::<M, B, C>))
-        .route("/projects/{project_id}/runs/{run_id}/result", get(results::result::<M, B, C>))
+        .route("/projects", get(projects::list::<P>).post(projects::create::<P>))
+        .route("/projects/{project_id}", get(projects::describe::<P>).delete(projects::delete::<P>))
+        .route("/projects/{project_id}/parties", get(projects::parties::<P>))
+        .route("/projects/{project_id}/clks", axum::routing::post(uploads::clks::<P>))
+        .route("/projects/{project_id}/binaryclks", axum::routing::post(uploads::binary_clks::<P>))
+        .route("/projects/{project_id}/authorize-external-upload", get(uploads::authorize_external_upload::<P>))
+        .route("/projects/{project_id}/runs", get(runs::list::<P>).post(runs::create::<P>))
+        .route("/projects/{project_id}/runs/{run_id}", get(runs::describe::<P>).delete(runs::delete::<P>))
+        .route("/projects/{project_id}/runs/{run_id}/status", get(runs::status::<P>))
+        .route("/projects/{project_id}/runs/{run_id}/result", get(results::result::<P>))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(Arc::new(state));
     let api = Router::new()

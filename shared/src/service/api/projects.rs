@@ -15,7 +15,7 @@ use super::Shared;
 use crate::service::config::Limits;
 use crate::service::model::{Party, Project, ResultType, UploadState};
 use crate::service::pipeline::expiry::request_purge;
-use crate::service::ports::{BlobStore, CredentialIssuer, MetaStore};
+use crate::service::ports::{BlobStore, Ports, ProjectStore};
 use crate::service::{time, tokens};
 
 /// The reference's message for a missing or unknown `result_type` (also for the removed `mapping`).
@@ -180,11 +180,14 @@ impl ListQuery {
 /// GET `/projects`: live projects, oldest first, as the reference lists them (a JSON array,
 /// no token), one bounded page at a time: at most `MaxProjectsListed` (or `?page_size=`); when
 /// there are more, a `Link: <…?cursor=…>; rel="next"` header says where the next page starts.
-pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn list<P: Ports>(
+    State(state): State<Shared<P>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> ApiResult<Response> {
+) -> ApiResult<Response>
+where
+    P::Meta: ProjectStore,
+{
     check_admin_key(&state.settings.limits, &headers)?;
     let query = ListQuery::parse(query.as_deref(), state.settings.limits.max_projects_listed)?;
     let (projects, next) = state.meta.list_projects_page(query.cursor.as_deref(), query.page_size).await?;
@@ -201,11 +204,14 @@ pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 
 /// POST `/projects`: 201 `{"project_id","update_tokens","result_token"}`. An `Authorization`
 /// header, if sent, is ignored; the admin key is required when the service has one.
-pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn create<P: Ports>(
+    State(state): State<Shared<P>>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Value>)>
+where
+    P::Meta: ProjectStore,
+{
     check_admin_key(&state.settings.limits, &headers)?;
     let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
     let request = parse_json::<NewProject>(&headers, &body)?.validate()?;
@@ -258,11 +264,14 @@ pub(crate) fn parties_contributed(parties: &[Party]) -> usize {
 
 /// GET `/projects/{project_id}`: the ProjectDescription (result token, or a receipt for
 /// permutations projects).
-pub async fn describe<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn describe<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Value>>
+where
+    P::Meta: ProjectStore,
+{
     let (project, parties) = state.project(&project_id).await?;
     authorize(&project, &parties, &token, Allowed::ResultOrPermutationsReceipt)?;
     Ok(Json(json!({
@@ -306,11 +315,14 @@ fn party_status(party: &Party) -> Value {
 /// token sees every party; an update token sees only its own party, so no party learns another's
 /// state or failure reason. The reference's ProjectDescription is left as it is (its clients
 /// compare it whole).
-pub async fn parties<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn parties<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Value>>
+where
+    P::Meta: ProjectStore,
+{
     let (project, parties) = state.project(&project_id).await?;
     let access = authorize(&project, &parties, &token, Allowed::ResultOrUpdate)?;
     let visible: Vec<Value> = parties
@@ -330,11 +342,15 @@ pub async fn parties<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 
 /// DELETE `/projects/{project_id}`: 204. The project disappears from every read at once; the
 /// delete request object's S3 event makes fan-out purge its objects and items.
-pub async fn delete<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn delete<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<StatusCode>
+where
+    P::Meta: ProjectStore,
+    P::Work: BlobStore,
+{
     let (project, parties) = state.project(&project_id).await?;
     authorize(&project, &parties, &token, Allowed::ResultOnly)?;
     if !state.meta.mark_project_deleted(&project_id).await? {

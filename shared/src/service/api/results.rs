@@ -17,7 +17,7 @@ use super::extract::{AuthToken, RunIds};
 use super::Shared;
 use crate::service::keys;
 use crate::service::model::{ResultType, RunState};
-use crate::service::ports::{BlobError, BlobStore, CredentialIssuer, MetaStore};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, CredentialIssuer, Ports, ProjectStore, RunStore};
 
 /// How long a redirect or object address for a result stays valid.
 pub const RESULT_URL_TTL_SECS: u64 = 3600;
@@ -25,12 +25,17 @@ pub const RESULT_URL_TTL_SECS: u64 = 3600;
 /// The header asking for the similarity scores' object-store address instead of the JSON.
 pub const RETURN_OBJECT_STORE_ADDRESS: &str = "RETURN-OBJECT-STORE-ADDRESS";
 
-pub async fn result<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn result<P: Ports>(
+    State(state): State<Shared<P>>,
     RunIds { project_id, run_id }: RunIds,
     AuthToken(token): AuthToken,
     headers: HeaderMap,
-) -> ApiResult<Response> {
+) -> ApiResult<Response>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+    P::Credentials: CredentialIssuer,
+{
     let (project, parties) = state.project(&project_id).await?;
     let run = state.meta.get_run(&project_id, &run_id).await?.ok_or(ApiError::InvalidAccess)?;
     if !matches!(run.state, RunState::Completed | RunState::Error) {
@@ -62,10 +67,13 @@ fn missing_result(key: &str) -> ApiError {
 }
 
 /// The object inline as JSON, or a 303 to a presigned URL when it is too large to send.
-async fn serve_object<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    state: &super::ApiState<M, B, C>,
+async fn serve_object<P: Ports>(
+    state: &super::ApiState<P>,
     key: &str,
-) -> ApiResult<Response> {
+) -> ApiResult<Response>
+where
+    P::Work: BlobStore,
+{
     let (size, _) = state.work.head(key).await?.ok_or_else(|| missing_result(key))?;
     if size > state.settings.limits.max_response_bytes as u64 {
         let url = state.work.presign_get(key, RESULT_URL_TTL_SECS).await?;
@@ -83,10 +91,14 @@ async fn serve_object<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 /// candidate-pair file: STS credentials that can only read that one object (null where the
 /// service is not configured to issue them), plus a presigned `url` for clients without an S3
 /// library (see docs/api-compatibility.md, row 17).
-async fn object_store_address<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    state: &super::ApiState<M, B, C>,
+async fn object_store_address<P: Ports>(
+    state: &super::ApiState<P>,
     key: &str,
-) -> ApiResult<Response> {
+) -> ApiResult<Response>
+where
+    P::Work: BlobStore,
+    P::Credentials: CredentialIssuer,
+{
     state.work.head(key).await?.ok_or_else(|| missing_result(key))?;
     let bucket = &state.settings.work_bucket;
     let credentials = state.credentials.issue_download(bucket, key, RESULT_URL_TTL_SECS).await?;

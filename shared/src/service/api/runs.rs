@@ -20,7 +20,7 @@ use super::projects::{check_text, parties_contributed, project_error_message, pr
 use super::Shared;
 use crate::service::keys;
 use crate::service::model::{Party, Project, ResultType, Run, RunState};
-use crate::service::ports::{BlobStore, CredentialIssuer, MetaError, MetaStore};
+use crate::service::ports::{BlobStore, MetaError, Ports, ProjectStore, RunStore};
 use crate::service::{time, tokens};
 
 /// POST `/runs` body. Unknown fields are ignored, as connexion does.
@@ -52,22 +52,28 @@ fn run_description(run: &Run) -> Value {
 }
 
 /// The project, after checking the result token (every run endpoint but status and result).
-async fn project_for_result_token<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    state: &super::ApiState<M, B, C>,
+async fn project_for_result_token<P: Ports>(
+    state: &super::ApiState<P>,
     project_id: &str,
     token: &str,
-) -> Result<(Project, Vec<Party>), ApiError> {
+) -> Result<(Project, Vec<Party>), ApiError>
+where
+    P::Meta: ProjectStore,
+{
     let (project, parties) = state.project(project_id).await?;
     authorize(&project, &parties, token, Allowed::ResultOnly)?;
     Ok((project, parties))
 }
 
 /// GET `/projects/{project_id}/runs`: `[{"run_id","time_added","state"}]`.
-pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn list<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Value>>
+where
+    P::Meta: ProjectStore + RunStore,
+{
     project_for_result_token(&state, &project_id, &token).await?;
     let runs = state.meta.list_runs(&project_id).await?;
     let listed: Vec<Value> = runs
@@ -78,13 +84,17 @@ pub async fn list<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 }
 
 /// POST `/projects/{project_id}/runs`: 201 `{"run_id","threshold","name","notes"}`.
-pub async fn create<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn create<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Value>)>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+{
     let (project, parties) = project_for_result_token(&state, &project_id, &token).await?;
     let body = read_body(&headers, body, state.settings.limits.max_request_bytes).await?;
     let request: NewRun = parse_json(&headers, &body)?;
@@ -194,31 +204,41 @@ fn estimate_from_parties(
 }
 
 /// The run, after checking the result token.
-async fn run_for_result_token<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    state: &super::ApiState<M, B, C>,
+async fn run_for_result_token<P: Ports>(
+    state: &super::ApiState<P>,
     ids: &RunIds,
     token: &str,
-) -> Result<Run, ApiError> {
+) -> Result<Run, ApiError>
+where
+    P::Meta: ProjectStore + RunStore,
+{
     project_for_result_token(state, &ids.project_id, token).await?;
     state.meta.get_run(&ids.project_id, &ids.run_id).await?.ok_or(ApiError::InvalidAccess)
 }
 
 /// GET `/projects/{project_id}/runs/{run_id}`: `{"run_id","threshold","name","notes"}`.
-pub async fn describe<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn describe<P: Ports>(
+    State(state): State<Shared<P>>,
     ids: RunIds,
     AuthToken(token): AuthToken,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Value>>
+where
+    P::Meta: ProjectStore + RunStore,
+{
     let run = run_for_result_token(&state, &ids, &token).await?;
     Ok(Json(run_description(&run)))
 }
 
 /// DELETE `/projects/{project_id}/runs/{run_id}`: 204, then 403 for the deleted run.
-pub async fn delete<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn delete<P: Ports>(
+    State(state): State<Shared<P>>,
     ids: RunIds,
     AuthToken(token): AuthToken,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<StatusCode>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+{
     let RunIds { project_id, run_id } = &ids;
     project_for_result_token(&state, project_id, &token).await?;
     if !state.meta.delete_run(project_id, run_id).await? {
@@ -310,11 +330,14 @@ fn run_plan_estimate(settings: &crate::service::config::Settings, project: &Proj
 
 /// GET `/projects/{project_id}/runs/{run_id}/status` (result token, or a receipt for
 /// permutations projects).
-pub async fn status<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn status<P: Ports>(
+    State(state): State<Shared<P>>,
     ids: RunIds,
     AuthToken(token): AuthToken,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Value>>
+where
+    P::Meta: ProjectStore + RunStore,
+{
     let (project, parties) = state.project(&ids.project_id).await?;
     let run = state.meta.get_run(&ids.project_id, &ids.run_id).await?.ok_or(ApiError::InvalidAccess)?;
     authorize(&project, &parties, &token, Allowed::ResultOrPermutationsReceipt)?;

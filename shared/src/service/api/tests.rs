@@ -10,12 +10,12 @@ use tower::ServiceExt;
 
 use super::uploads::{ExternalUpload, ObjectRef};
 use super::{ApiState, BASE_PATH, ROUTES, router};
-use crate::service::client_store::PullPolicy;
+use crate::service::pull_policy::PullPolicy;
 use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys;
-use crate::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta};
+use crate::service::memory::{MemoryBlobs, MemoryCredentials, MemoryMeta, MemoryPorts};
 use crate::service::model::{IngestedParty, RunPlan};
-use crate::service::ports::{BlobStore, MetaStore};
+use crate::service::ports::{BlobStore, ProjectStore, RunStore, ShardCounter, UploadStore};
 use crate::service::time;
 
 const MAX_REQUEST: usize = 64 * 1024;
@@ -28,7 +28,7 @@ fn settings(upload_enabled: bool) -> Settings {
         work_bucket: "work".into(),
         shard_queue_url: String::new(),
         solve_queue_url: String::new(),
-        dead_letter_queue_arns: Vec::new(),
+        dead_letter_queues: Default::default(),
         upload: UploadSettings {
             enabled: upload_enabled,
             bucket: UPLOAD_BUCKET.into(),
@@ -121,7 +121,7 @@ impl Api {
     }
     fn with_settings(settings: Settings) -> Self {
         let (meta, work, credentials) = (MemoryMeta::new(), MemoryBlobs::new(), MemoryCredentials::new());
-        let app = router(ApiState { meta: meta.clone(), work: work.clone(), credentials: credentials.clone(), settings });
+        let app = router(ApiState::<MemoryPorts> { meta: meta.clone(), work: work.clone(), credentials: credentials.clone(), settings });
         Api { app, meta, work, credentials }
     }
     fn call(&self, method: Method, path: &str) -> Call<'_> {

@@ -22,11 +22,11 @@ use super::access::{Access, Allowed, authorize};
 use super::error::{ApiError, ApiResult};
 use super::extract::{AuthToken, ProjectId, discard_body, media_type, read_body};
 use super::Shared;
-use crate::service::client_store::{self, ClientCredentials, ClientStore, PullRefused};
+use crate::service::pull_policy::{self, ClientCredentials, ClientStoreAccess, PullRefused};
 use crate::service::config::Settings;
 use crate::service::keys;
 use crate::service::model::{Party, Project, UploadStart, UploadState};
-use crate::service::ports::{BlobStore, CredentialIssuer, Metadata, MetaError, MetaStore};
+use crate::service::ports::{BlobStore, CredentialIssuer, Metadata, MetaError, Ports, ProjectStore, UploadStore};
 use crate::service::tokens::{self, TokenHash};
 
 const TOKEN_ALREADY_USED: &str = "This token has already been used to upload clks.";
@@ -84,7 +84,7 @@ fn normalise_endpoint(endpoint: &str) -> String {
 fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData) -> Result<ObjectRef, ApiError> {
     let (upload, file) = (&settings.upload, &data.file);
     if let Some(region) = &file.region {
-        client_store::check_region(region).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+        pull_policy::check_region(region).map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
     }
     let elsewhere = file
         .endpoint
@@ -130,7 +130,7 @@ fn locate(settings: &Settings, project_id: &str, party: u32, data: &ExternalData
     Ok(ObjectRef {
         bucket: file.bucket.clone(),
         path: file.path.clone(),
-        store: Some(ClientStore { endpoint: endpoint.trim().to_string(), secure, region: file.region.clone(), credentials }),
+        store: Some(ClientStoreAccess { endpoint: endpoint.trim().to_string(), secure, region: file.region.clone(), credentials }),
     })
 }
 
@@ -463,8 +463,8 @@ struct Stored {
 
 
 /// Validates a JSON upload and decides what to store.
-fn plan_json_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    state: &super::ApiState<M, B, C>,
+fn plan_json_upload<P: Ports>(
+    state: &super::ApiState<P>,
     project: &Project,
     party: u32,
     body: Bytes,
@@ -530,12 +530,16 @@ fn uploading_party(project: &Project, parties: &[Party], token: &str) -> Result<
 
 /// Records the upload as pending, stores it, and answers 201 with a fresh receipt token; undoes
 /// the pending state if storing fails, so the token can be used again.
-async fn accept_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    state: &super::ApiState<M, B, C>,
+async fn accept_upload<P: Ports>(
+    state: &super::ApiState<P>,
     project_id: &str,
     party: u32,
     stored: Stored,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Value>)>
+where
+    P::Meta: UploadStore,
+    P::Work: BlobStore,
+{
     let receipt_token = tokens::generate();
     let upload = UploadStart { upload_id: tokens::generate(), receipt_token_hash: TokenHash::of(&receipt_token) };
     match state.meta.begin_upload(project_id, party, &upload).await {
@@ -556,13 +560,17 @@ async fn accept_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 }
 
 /// POST `/projects/{project_id}/clks` (`application/json`).
-pub async fn clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn clks<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Value>)>
+where
+    P::Meta: ProjectStore + UploadStore,
+    P::Work: BlobStore,
+{
     let (project, parties) = state.project(&project_id).await?;
     let party = uploading_party(&project, &parties, &token)?;
     if media_type(&headers).as_deref() != Some("application/json") {
@@ -583,13 +591,17 @@ fn header_int(headers: &HeaderMap, name: &str, min: u64, max: u64) -> Result<u64
 
 /// POST `/projects/{project_id}/binaryclks` (`application/octet-stream`, `Hash-Count`,
 /// `Hash-Size`): exactly count × size bytes, one encoding after another.
-pub async fn binary_clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn binary_clks<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Value>)>
+where
+    P::Meta: ProjectStore + UploadStore,
+    P::Work: BlobStore,
+{
     let (project, parties) = state.project(&project_id).await?;
     let party = uploading_party(&project, &parties, &token)?;
     if media_type(&headers).as_deref() != Some("application/octet-stream") {
@@ -633,11 +645,15 @@ pub async fn binary_clks<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
 
 /// GET `/projects/{project_id}/authorize-external-upload` → 201 credentials that allow only
 /// `PutObject` under the party's own prefix of the upload bucket.
-pub async fn authorize_external_upload<M: MetaStore, B: BlobStore, C: CredentialIssuer>(
-    State(state): State<Shared<M, B, C>>,
+pub async fn authorize_external_upload<P: Ports>(
+    State(state): State<Shared<P>>,
     ProjectId(project_id): ProjectId,
     AuthToken(token): AuthToken,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Value>)>
+where
+    P::Meta: ProjectStore,
+    P::Credentials: CredentialIssuer,
+{
     let upload = &state.settings.upload;
     if !upload.enabled {
         return Err(ApiError::FeatureDisabled);

@@ -65,12 +65,12 @@ use crate::engine::packed::{self, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
 use crate::service::keys::{self, IngestStep};
 use crate::service::model::{IngestedParty, Project};
-use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Ports};
 use crate::service::stored_upload::ExternalUpload;
 
 use super::ingestion::{Ingestion, Outcome, PART_BYTES, rejected};
 use super::upload_objects::{ChannelReader, Found};
-use super::{Pipeline, PipelineError};
+use super::{IngestPorts, Pipeline, PipelineError};
 
 /// Partitions of a party's entries: the first byte of the block key. Keys are SHA-256 prefixes,
 /// so partitions are even, and partition order is key order.
@@ -175,7 +175,7 @@ fn json_bytes<T: Serialize>(value: &T) -> Result<Bytes, PipelineError> {
 /// (sorted), or why the blocks file cannot be read (for the project's users).
 type ChunkParse = Result<(Vec<(BlockKey, u32)>, Vec<u32>), String>;
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Step 1, on the upload's event: plans the chunks and requests them. Delivered again once
     /// the requests are out, it requests again what is not done yet (see the module doc).
     pub(super) async fn start_blocked<S: BlobReader>(&self, project: &Project, party: u32, upload_id: &str, blocks: &Found<S>, count: u64, size: usize) -> Outcome {
@@ -534,7 +534,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         Ok(Ingestion::Done(IngestedParty { record_count: plan.record_count, encoding_size: plan.encoding_size as u32, entry_count, block_count }))
     }
 
-    async fn copy_partitions(&self, work: &WorkKeys, partitions: &[usize], merged: &[MergedPartition], stride: u64, out: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+    async fn copy_partitions(&self, work: &WorkKeys, partitions: &[usize], merged: &[MergedPartition], stride: u64, out: &mut MultipartWriter<'_, P::Work>) -> Result<(), PipelineError> {
         for (&partition, counts) in partitions.iter().zip(merged) {
             for range in blob_stream::chunks(0..counts.entries * stride, self.settings.limits.ingest_chunk_bytes, stride) {
                 out.write(&blob_stream::read_exact(&self.work, &work.partition_data(partition), range).await?).await?;
@@ -543,14 +543,17 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         Ok(())
     }
 
-    async fn copy_directory(&self, work: &WorkKeys, partition: usize, first_entry: u64, out: &mut MultipartWriter<'_, B>) -> Result<(), PipelineError> {
+    async fn copy_directory(&self, work: &WorkKeys, partition: usize, first_entry: u64, out: &mut MultipartWriter<'_, P::Work>) -> Result<(), PipelineError> {
         let (bytes, _) = self.work.get(&work.partition_index(partition)).await?;
         let index = BlockIndex::from_bytes(&bytes).map_err(|e| corrupt(&work.partition_index(partition), e))?;
         Ok(out.write(&packed::directory_bytes(&index.blocks, first_entry)).await?)
     }
 }
 
-impl<M, B: BlobStore, U, Q, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Work: BlobStore,
+{
     /// How many chunks and partitions of an upload's partitioned ingestion are done (0 for the
     /// other ingestions): what the watchdog counts as progress of a pending upload.
     pub(super) async fn ingestion_steps_done(&self, project_id: &str, party: u32, upload_id: &str) -> Result<u64, PipelineError> {

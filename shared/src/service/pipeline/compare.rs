@@ -1,7 +1,8 @@
 //! compare: one shard of one run.
 //!
-//! Reads only the shard's entry spans (one ranged GET per party), runs the engine's Dice kernel
-//! on all cores, writes the shard's candidates under a deterministic key, then counts the shard
+//! Reads only the shard's entry spans (one ranged GET per party), runs the engine's compare step
+//! ([`crate::engine::compare`], the Dice kernel on all cores; `pprl link` runs the same step on
+//! spans sliced from memory), writes the shard's candidates under a deterministic key, then counts the shard
 //! exactly once. Whichever invocation sees the last shard counted sends the solve message;
 //! duplicates of that message are harmless because solve completes a run only once.
 //!
@@ -30,24 +31,28 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tracing::info;
 
 use crate::engine::candidates;
-use crate::engine::dice;
-use crate::engine::packed::Entries;
-use crate::engine::shard::{self, Shard};
+use crate::engine::compare::{self as compare_step, SpanRead};
+use crate::engine::shard::Shard;
 use crate::service::model::{RunAfterShard, RunState, ShardTally};
 use crate::service::{keys, metrics};
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Ports, ProjectStore, RunStore, ShardCounter, WorkQueue};
 
-use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
+use super::{Pipeline, PipelineError, ShardMessage};
 
 pub const CANDIDATE_LIMIT_MESSAGE: &str = "This run has created more than the global limit of candidate pairs.";
 
 /// Requests in flight while a batch's spans are read or its candidate files written.
 const REQUESTS_IN_FLIGHT: usize = 8;
 
-/// One party's entry span of one shard: (party, first entry, encoding size, its bytes).
-type Span = (u32, u64, usize, Bytes);
+/// One party's entry span of one shard, and its bytes.
+type Span = (SpanRead, Bytes);
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + RunStore + ShardCounter,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// One shard message (a batch of one).
     pub async fn compare(&self, message: &ShardMessage) -> Result<(), PipelineError> {
         self.compare_batch(std::slice::from_ref(message)).await.pop().unwrap_or(Ok(()))
@@ -110,12 +115,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 .zip(spans)
                 .map(|(shard, spans)| {
                     let kernel_started = Instant::now();
-                    let inputs = spans
-                        .iter()
-                        .map(|(party, first, size, bytes)| Entries::new(bytes, *size, *first).map(|e| (*party, e)))
-                        .collect::<Result<Vec<_>, _>>()
+                    let found = compare_step::compare_spans(shard, threshold, spans.iter().map(|(read, bytes)| (read, &bytes[..])))
                         .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-                    let found = dice::compare_shard(shard, threshold, &inputs).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
                     Ok((found, kernel_started.elapsed()))
                 })
                 .collect()
@@ -184,9 +185,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             return Ok(());
         }
         if run.shards_done >= run.shards_total {
-            let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
-                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+            self.send_solve(project_id, run_id).await?;
         }
         Ok(())
     }
@@ -196,19 +195,13 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     /// ten shards usually share one party's span and read consecutive spans of the other).
     /// `None` when the data is gone with its run or project.
     async fn read_spans(&self, project_id: &str, run_id: &str, shards: &[Shard], sizes: &[u32]) -> Result<Option<(Vec<Vec<Span>>, u64)>, PipelineError> {
-        let mut wanted: Vec<Vec<(u32, u64, usize, Range<u64>)>> = Vec::with_capacity(shards.len());
+        let mut wanted: Vec<Vec<SpanRead>> = Vec::with_capacity(shards.len());
         let mut by_party: BTreeMap<u32, Vec<Range<u64>>> = BTreeMap::new();
         for shard in shards {
-            let mut spans = Vec::new();
-            for (party, span) in shard.entry_spans() {
-                let size = sizes
-                    .get(party as usize)
-                    .map(|&s| s as usize)
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| PipelineError::Corrupt(format!("party {party} has no ingested data")))?;
-                let range = shard::byte_range(&span, size);
-                by_party.entry(party).or_default().push(range.clone());
-                spans.push((party, span.start, size, range));
+            let spans = compare_step::span_reads(shard, |party| sizes.get(party as usize).map(|&s| s as usize))
+                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+            for read in &spans {
+                by_party.entry(read.party).or_default().push(read.bytes.clone());
             }
             wanted.push(spans);
         }
@@ -232,7 +225,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         let mut out = Vec::with_capacity(wanted.len());
         for spans in wanted {
             let mut shard_spans = Vec::with_capacity(spans.len());
-            for (party, first, size, range) in spans {
+            for span in spans {
+                let (party, range) = (span.party, &span.bytes);
                 let (_, read, bytes) = fetched
                     .iter()
                     .find(|(p, r, _)| *p == party && r.start <= range.start && range.end <= r.end)
@@ -241,7 +235,8 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
                 if to > bytes.len() {
                     return Err(PipelineError::Corrupt(format!("party {party}'s data ends before byte {}", range.end)));
                 }
-                shard_spans.push((party, first, size, bytes.slice(from..to)));
+                let bytes = bytes.slice(from..to);
+                shard_spans.push((span, bytes));
             }
             out.push(shard_spans);
         }

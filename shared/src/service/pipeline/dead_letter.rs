@@ -6,36 +6,55 @@
 use tracing::warn;
 
 use crate::service::keys::{self, Incoming};
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::config::DeadLetterSource;
+use crate::service::ports::{BlobError, BlobStore, Ports, RunStore, UploadStore};
 
-use super::dispatch::DispatchMessage;
 use super::events::s3_event_keys;
-use super::{Pipeline, PipelineError, ShardMessage, SolveMessage};
+use super::{Pipeline, PipelineError, ShardQueueMessage, SolveMessage};
 
 pub const RUN_FAILED_MESSAGE: &str = "Run failed with an internal server error.";
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
-    /// Handles one message from any dead-letter queue.
-    pub async fn on_dead_letter(&self, body: &str) -> Result<(), PipelineError> {
-        if let Ok(m) = serde_json::from_str::<ShardMessage>(body) {
-            warn!(project_id = m.project_id, run_id = m.run_id, shard = m.shard_index, "shard failed on every attempt");
-            let message = format!("{RUN_FAILED_MESSAGE} Shard {} could not be computed after repeated attempts.", m.shard_index);
-            self.fail_run(&m.project_id, &m.run_id, &message).await?;
-            return Ok(());
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: UploadStore + RunStore,
+    P::Work: BlobStore,
+{
+    /// Handles one message from the dead-letter queue of `source`, read as that queue's message.
+    pub async fn on_dead_letter(&self, source: DeadLetterSource, body: &str) -> Result<(), PipelineError> {
+        match source {
+            DeadLetterSource::Shard => self.on_dead_shard_queue_message(body).await,
+            DeadLetterSource::Solve => {
+                // Merge steps carry the run's fields too: either way the run cannot finish.
+                let m: SolveMessage = serde_json::from_str(body).map_err(|e| PipelineError::Event(format!("not a solve message: {e}")))?;
+                warn!(project_id = m.project_id, run_id = m.run_id, "solve failed on every attempt");
+                let message = format!("{RUN_FAILED_MESSAGE} The result could not be computed after repeated attempts.");
+                self.fail_run(&m.project_id, &m.run_id, &message).await?;
+                Ok(())
+            }
+            DeadLetterSource::Ingest => self.on_dead_ingest_message(body).await,
         }
-        // Before solve's: a range message has the fields of a solve message too.
-        if let Ok(m) = serde_json::from_str::<DispatchMessage>(body) {
-            warn!(project_id = m.project_id, run_id = m.run_id, pages = ?m.pages, "dispatch failed on every attempt");
-            let message = format!("{RUN_FAILED_MESSAGE} Its shards could not be dispatched after repeated attempts.");
-            self.fail_run(&m.project_id, &m.run_id, &message).await?;
-            return Ok(());
-        }
-        if let Ok(m) = serde_json::from_str::<SolveMessage>(body) {
-            warn!(project_id = m.project_id, run_id = m.run_id, "solve failed on every attempt");
-            let message = format!("{RUN_FAILED_MESSAGE} The result could not be computed after repeated attempts.");
-            self.fail_run(&m.project_id, &m.run_id, &message).await?;
-            return Ok(());
-        }
+    }
+
+    async fn on_dead_shard_queue_message(&self, body: &str) -> Result<(), PipelineError> {
+        let message = serde_json::from_str::<ShardQueueMessage>(body)
+            .map_err(|e| PipelineError::Event(format!("not a shard or dispatch message: {e}")))?;
+        let (project_id, run_id, message) = match message {
+            ShardQueueMessage::Shard(m) => {
+                warn!(project_id = m.project_id, run_id = m.run_id, shard = m.shard_index, "shard failed on every attempt");
+                let message = format!("{RUN_FAILED_MESSAGE} Shard {} could not be computed after repeated attempts.", m.shard_index);
+                (m.project_id, m.run_id, message)
+            }
+            ShardQueueMessage::Dispatch(m) => {
+                warn!(project_id = m.project_id, run_id = m.run_id, pages = ?m.pages, "dispatch failed on every attempt");
+                let message = format!("{RUN_FAILED_MESSAGE} Its shards could not be dispatched after repeated attempts.");
+                (m.project_id, m.run_id, message)
+            }
+        };
+        self.fail_run(&project_id, &run_id, &message).await?;
+        Ok(())
+    }
+
+    async fn on_dead_ingest_message(&self, body: &str) -> Result<(), PipelineError> {
         for key in s3_event_keys(body)? {
             match Incoming::parse(&key) {
                 Some(Incoming::Upload { project, party, upload }) => {

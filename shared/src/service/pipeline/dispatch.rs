@@ -29,7 +29,7 @@ use tracing::info;
 
 use crate::engine::sizing::{PAGE_BYTES, PAGE_SHARDS, split_pages};
 use crate::service::keys;
-use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobReader, BlobStore, Ports, RunStore, WorkQueue};
 
 use super::{Pipeline, PipelineError};
 
@@ -59,7 +59,12 @@ pub fn paginate(bodies: Vec<String>) -> Vec<Vec<String>> {
     pages
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: RunStore,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// fan-out's part: stores the pages (when there is more than one) and dispatches them all.
     pub(super) async fn dispatch_run(&self, project_id: &str, run_id: &str, bodies: Vec<String>) -> Result<(), PipelineError> {
         let pages = paginate(bodies);

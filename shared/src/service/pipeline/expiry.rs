@@ -19,10 +19,10 @@ use tracing::{info, warn};
 
 use crate::service::keys;
 use crate::service::model::Project;
-use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobStore, ProjectStore, TombstoneStore};
 use crate::service::time;
 
-use super::{Pipeline, PipelineError};
+use super::{IngestPorts, Pipeline, PipelineError};
 
 /// Tombstones looked at per sweep (the oldest first).
 const TOMBSTONES_PER_SWEEP: usize = 100;
@@ -47,7 +47,7 @@ pub fn lifetime_over(project: &Project, lifetime_secs: u64, now_secs: u64) -> bo
     }
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Deletes a project whose lifetime is over, as `DELETE /projects/{id}` does. False if it
     /// was deleted meanwhile.
     pub async fn expire_project(&self, project_id: &str) -> Result<bool, PipelineError> {

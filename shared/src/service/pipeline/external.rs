@@ -31,15 +31,15 @@ use crate::engine::packed::{self, BlockEntry, BlockIndex};
 use crate::service::blob_stream::{self, MultipartWriter};
 use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
-use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore};
 
 use crate::service::stored_upload::{self, ExternalUpload, UploadForm};
 
 use super::ingestion::{Ingestion, Outcome, PART_BYTES, check_schema_size, rejected};
 use super::upload_objects::Found;
-use super::{Pipeline, PipelineError};
+use super::{IngestPorts, Pipeline, PipelineError};
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Packs the objects an external upload names into the party's `data.bin` + `index.bin`.
     /// The error is a storage failure (retried); the [`Ingestion`] what became of the upload.
     pub(super) async fn ingest_external(&self, project: &Project, party: u32, upload_id: &str, reference: &[u8], bounds: SizeBounds) -> Outcome {
@@ -178,7 +178,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         records: std::ops::Range<u64>,
         size: usize,
         records_per_part: u64,
-        writer: &mut MultipartWriter<'_, B>,
+        writer: &mut MultipartWriter<'_, P::Work>,
         budget: &IngestBudget,
     ) -> Result<Option<u64>, PipelineError> {
         let stride = packed::entry_stride(size);

@@ -24,12 +24,12 @@ use crate::engine::sizing;
 use crate::service::keys::{self, Incoming, IngestStep};
 use crate::service::metrics;
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
-use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Metadata, ProjectStore, RunStore, TombstoneStore, UploadStore};
 use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
 use super::ingestion::{Ingestion, Rejected, check_schema_size};
-use super::{INLINE_SHARD_LIMIT, Pipeline, PipelineError, ShardMessage, SolveMessage};
+use super::{INLINE_SHARD_LIMIT, IngestPorts, Pipeline, PipelineError, ShardMessage};
 
 /// Marker written once every shard message of a run has been sent.
 pub(super) fn dispatched_key(project: &str, run: &str) -> String {
@@ -42,7 +42,7 @@ pub(super) struct PlannedShards {
     pub messages: Vec<(u32, String)>,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Handles one object created under `incoming/`.
     pub async fn on_incoming(&self, key: &str) -> Result<(), PipelineError> {
         match Incoming::parse(key) {
@@ -314,9 +314,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
         }
         if shards_total == 0 {
             // Nothing shares a block: solve publishes the empty result.
-            let solve = SolveMessage { project_id: project_id.into(), run_id: run_id.into() };
-            let body = serde_json::to_string(&solve).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+            self.send_solve(project_id, run_id).await?;
         } else {
             self.dispatch_run(project_id, run_id, bodies).await?;
         }

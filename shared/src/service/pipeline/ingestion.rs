@@ -15,9 +15,9 @@ use crate::engine::packed;
 use crate::service::blob_stream::MultipartWriter;
 use crate::service::keys;
 use crate::service::model::{IngestedParty, Project};
-use crate::service::ports::{BlobStore, ClientStores, MetaStore, WorkQueue};
+use crate::service::ports::{BlobStore, Ports};
 
-use super::{Pipeline, PipelineError};
+use super::{IngestPorts, Pipeline, PipelineError};
 
 /// Part size of the multipart upload of `data.bin` (grown for objects over 160 GB, so that
 /// 10 000 parts suffice).
@@ -58,7 +58,7 @@ pub(super) fn rejected(message: impl Into<String>) -> Outcome {
     Ok(Ingestion::Rejected(Rejected(message.into())))
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Packs decoded records and stores `data.bin` (in parts when large) and `index.bin`.
     pub(super) async fn store_packed(&self, project_id: &str, party: u32, decoded: &PartyEncodings) -> Result<IngestedParty, PipelineError> {
         let (data, index) = packed::pack(decoded);
@@ -82,7 +82,10 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
 
 }
 
-impl<M, B: BlobStore, U, Q, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Work: BlobStore,
+{
     /// Removes a partitioned ingestion's work objects and step requests (none for the other
     /// paths, whose only work object is the checkpoint they remove themselves).
     pub(super) async fn remove_ingestion_work(&self, project_id: &str, party: u32, upload_id: &str) -> Result<(), PipelineError> {

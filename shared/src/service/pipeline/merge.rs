@@ -71,7 +71,7 @@ use crate::service::blob_stream::MultipartWriter;
 use crate::service::config::Limits;
 use crate::service::keys;
 use crate::service::model::RunState;
-use crate::service::ports::{BlobError, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, Ports, ProjectStore, RunStore, WorkQueue};
 
 use super::{Pipeline, PipelineError, SolveMessage};
 
@@ -451,7 +451,12 @@ pub fn write_failure(e: io::Error) -> PipelineError {
     PipelineError::Worker(format!("writing a result: {e}"))
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// The run's merge tree, lowered to what memory allows.
     pub fn merge_tree(&self, shards: u32) -> Tree {
         let fan_in = SolveMemory::new(&self.settings.limits).fan_in(self.settings.limits.solve_merge_fan_in);
@@ -498,7 +503,9 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     /// Opens a merge's inputs. `None` when one is missing because the run is over (a twin
     /// finished it and cleaned up); a missing input of a running run is corrupt state.
     pub async fn open_run_inputs(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Option<Inputs>, PipelineError> {
-        let keys = self.present_shard_files(project_id, run_id, keys).await?;
+        let Some(keys) = self.present_shard_files(project_id, run_id, keys).await? else {
+            return Ok(None);
+        };
         let chunk = SolveMemory::new(&self.settings.limits).chunk_bytes(keys.len());
         match open_inputs(&self.work, keys, chunk).await {
             Ok(inputs) => Ok(Some(inputs)),
@@ -517,13 +524,24 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     /// without candidates (most shards of a run at a high threshold), so the shard files are
     /// the listed ones (S3 lists are strongly consistent, and a shard is counted only after its
     /// file is written). Merged files always exist and are kept.
-    async fn present_shard_files(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Vec<String>, PipelineError> {
+    ///
+    /// `None` when the run stopped running before the listing could be trusted. A twin solve
+    /// that completes the run removes its work files right after; a solve that passed its own
+    /// "still running" check just before would then list fewer files, read them as shards
+    /// without candidates and overwrite the twin's result with a smaller one (seen under load:
+    /// completed FEBRL4 runs answering `{"groups": []}`). Work files are removed only once the
+    /// run is final (completed, failed or deleted), so a run still running after the listing
+    /// was listed whole.
+    async fn present_shard_files(&self, project_id: &str, run_id: &str, keys: Vec<String>) -> Result<Option<Vec<String>>, PipelineError> {
         let prefix = keys::shard_candidates_prefix(project_id, run_id);
         if !keys.iter().any(|k| k.starts_with(&prefix)) {
-            return Ok(keys);
+            return Ok(Some(keys));
         }
         let present: std::collections::HashSet<String> = self.work.list(&prefix).await?.into_iter().collect();
-        Ok(keys.into_iter().filter(|k| !k.starts_with(&prefix) || present.contains(k)).collect())
+        if !self.meta.get_run(project_id, run_id).await?.is_some_and(|run| run.state == RunState::Running) {
+            return Ok(None);
+        }
+        Ok(Some(keys.into_iter().filter(|k| !k.starts_with(&prefix) || present.contains(k)).collect()))
     }
 
     /// One merge step of the tree: writes its file (unless a twin did), and sends the solve
@@ -558,9 +576,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
             tracing::info!(project_id, run_id, level, group, candidates = written, "merge step written");
         }
         if self.merged_present(project_id, run_id, level, &tree).await?.len() as u32 == tree.width(level) {
-            let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
-                .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+            self.send_solve(project_id, run_id).await?;
         }
         Ok(())
     }

@@ -36,7 +36,9 @@ use crate::engine::shard::Shard;
 
 use super::config::Settings;
 use super::metrics;
-use super::ports::{BlobError, MetaError, MetaStore, QueueError};
+use super::ports::{
+    BlobError, BlobStore, ClientStoreOpener, MetaError, MetaStore, Ports, ProjectStore, QueueError, RunStore, TombstoneStore, UploadStore, WorkQueue,
+};
 
 /// A message on the shard queue: one shard of one run. Small shards travel inline; large ones
 /// (many packed block pairs) are read from the work bucket.
@@ -111,21 +113,55 @@ impl PipelineError {
     }
 }
 
+/// The ports of ingestion, run start and purge (`fan_out`, `external`, `expiry`): every adapter
+/// but the credential issuer, and of the metadata store what those steps change. One name for
+/// the list that three files would otherwise repeat.
+pub trait IngestPorts:
+    Ports<Meta: ProjectStore + UploadStore + RunStore + TombstoneStore, Work: BlobStore, Uploads: BlobStore, Queue: WorkQueue, ClientStores: ClientStoreOpener>
+{
+}
+
+impl<P> IngestPorts for P where
+    P: Ports<Meta: ProjectStore + UploadStore + RunStore + TombstoneStore, Work: BlobStore, Uploads: BlobStore, Queue: WorkQueue, ClientStores: ClientStoreOpener>
+{
+}
+
+/// Every port the pipeline has: what fan-out's handler needs (ingestion, dead letters and the
+/// watchdog, which may redrive any step).
+pub trait PipelinePorts: Ports<Meta: MetaStore, Work: BlobStore, Uploads: BlobStore, Queue: WorkQueue, ClientStores: ClientStoreOpener> {}
+
+impl<P> PipelinePorts for P where P: Ports<Meta: MetaStore, Work: BlobStore, Uploads: BlobStore, Queue: WorkQueue, ClientStores: ClientStoreOpener> {}
+
 /// Everything the pipeline functions share: the ports and the settings.
-#[derive(Clone)]
-pub struct Pipeline<M, B, U, Q, C> {
-    pub meta: M,
+pub struct Pipeline<P: Ports> {
+    pub meta: P::Meta,
     /// The working bucket.
-    pub work: B,
+    pub work: P::Work,
     /// The upload bucket (where data providers put large encodings).
-    pub uploads: U,
-    pub queue: Q,
+    pub uploads: P::Uploads,
+    pub queue: P::Queue,
     /// Object stores that clients name in ExternalData (fan-out pulls from them when allowed).
-    pub client_stores: C,
+    pub client_stores: P::ClientStores,
     pub settings: Settings,
 }
 
-impl<M: MetaStore, B, U, Q, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Clone for Pipeline<P> {
+    fn clone(&self) -> Self {
+        Pipeline {
+            meta: self.meta.clone(),
+            work: self.work.clone(),
+            uploads: self.uploads.clone(),
+            queue: self.queue.clone(),
+            client_stores: self.client_stores.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: RunStore,
+{
     /// Puts a run in `error` with `message` unless it is final already; true if this call did
     /// it, which then counts the failure in the metrics (with the run as it stands, read once
     /// more on this rare path; a failed read costs the document, never the request).
@@ -139,6 +175,21 @@ impl<M: MetaStore, B, U, Q, C> Pipeline<M, B, U, Q, C> {
             Err(e) => tracing::warn!(project_id, run_id, error = %e, "failed run not counted in the metrics"),
         }
         Ok(true)
+    }
+}
+
+impl<P: Ports> Pipeline<P>
+where
+    P::Queue: WorkQueue,
+{
+    /// Asks solve to look at a run: sent by the shard that completes it, by the merge step that
+    /// completes a level of its merge tree, by the planner for a run without shards and by the
+    /// watchdog for a stalled run. Duplicates are harmless (solve completes a run only once).
+    pub async fn send_solve(&self, project_id: &str, run_id: &str) -> Result<(), PipelineError> {
+        let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
+            .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
+        self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+        Ok(())
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! The candidate files are fetched concurrently and merged as one stream in candidate order
 //! (−score, d0, d1, r0, r1), duplicates dropped; a run with more files than one invocation should
-//! read is first merged by a tree of invocations ([`super::merge`]). What happens to the stream:
+//! read is first merged by a tree of invocations ([`super::merge`]). What happens to the stream
+//! (the solving is the engine's [`solve`] step, which `pprl link` runs too; this module adds the
+//! I/O and the limits of a function's memory):
 //!
 //! - `similarity_scores`: written as it arrives, to the binary file and the JSON, both streamed
 //!   multipart uploads. Nothing is held per candidate.
@@ -37,7 +39,7 @@
 //! - similarity scores and two-party solves hold nothing per candidate: **no memory-derived
 //!   limit** (the configured one is then only a policy; raise it at will);
 //! - N-party solves hold every candidate ([`HELD_BYTES_PER_CANDIDATE`]) and the greedy state of
-//!   the largest component ([`SOLVER_BYTES_PER_CANDIDATE`]): the run fails before any fetch when
+//!   the largest component ([`solve::SOLVER_BYTES_PER_CANDIDATE`]): the run fails before any fetch when
 //!   its counted candidates cannot be held, and after the split when its largest component
 //!   cannot be solved. The limit is per run for holding and per component for solving.
 
@@ -47,24 +49,17 @@ use tracing::info;
 
 use crate::engine::candidates::{self, Candidate, CandidateWriter};
 use crate::engine::output::{self, PermutationSeed, SimilarityScoresWriter};
-use crate::engine::solver::{self, Components, TwoPartyGreedy};
+use crate::engine::solve::{self, ComponentGroups, ComponentLimits, HELD_BYTES_PER_CANDIDATE, Limited, TwoPartyMatches};
+use crate::engine::solver;
 use crate::service::{keys, metrics, tokens};
 use crate::service::model::{Party, ResultType, Run, RunState};
-use crate::service::ports::{BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobStore, Ports, ProjectStore, RunStore, WorkQueue};
 use crate::service::time;
 
 use super::merge::{self, SolveMemory, read_failure, with_uploads, write_failure};
 use super::{Pipeline, PipelineError, SolveMessage};
 
 pub const SOLVER_LIMIT_MESSAGE: &str = "Attempting to solve with more than the global limit of candidate pairs.";
-
-/// Bytes an N-party solve holds per candidate besides the solver: the candidate (24), its place
-/// in the component order (4), and the union-find over its records (measured with
-/// `bench/solve.sh --parties 3`; see `bench/README.md`).
-pub const HELD_BYTES_PER_CANDIDATE: u64 = 96;
-/// Bytes of [`solver::greedy_solve`]'s state per candidate of the component it solves (~170
-/// measured from its hash maps, plus headroom).
-pub const SOLVER_BYTES_PER_CANDIDATE: u64 = 200;
 
 /// What a solve ended with, when it did not fail.
 enum Solved {
@@ -74,7 +69,12 @@ enum Solved {
     OverLimit(&'static str),
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + RunStore,
+    P::Work: BlobStore,
+    P::Queue: WorkQueue,
+{
     /// Seed of a run's permutations: 256 bits from the operating system, drawn by the first
     /// solve and kept on the run's metadata item (no token reads it), so a retried solve
     /// publishes the same permutations. Nothing a data provider knows (the run id, its tokens,
@@ -192,22 +192,15 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
     ) -> Result<Solved, PipelineError> {
         let (readers, error) = inputs.candidate_readers()?;
         let group_scores = run.group_scores;
-        let matched = tokio::task::spawn_blocking(move || -> Result<Option<(u64, TwoPartyGreedy)>, PipelineError> {
-            let mut greedy = if group_scores { TwoPartyGreedy::keeping_scores() } else { TwoPartyGreedy::new() };
-            let mut pairs = 0u64;
-            for c in candidates::merge(readers) {
-                let c = c.map_err(|e| read_failure(&error, e))?;
-                if pairs >= limit {
-                    return Ok(None);
-                }
-                pairs += 1;
-                greedy.visit(&c).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            }
-            Ok(Some((pairs, greedy)))
+        let matched = tokio::task::spawn_blocking(move || {
+            let merged = candidates::merge(readers).map(|c| c.map_err(|e| read_failure(&error, e)));
+            solve::match_two_parties(merged, limit, group_scores)
         })
         .await
         .map_err(|e| PipelineError::Worker(e.to_string()))??;
-        let Some((pairs, greedy)) = matched else { return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE)) };
+        let Limited::Solved(TwoPartyMatches { candidates: pairs, greedy }) = matched else {
+            return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
+        };
 
         let groups_key = keys::result_groups(project_id, run_id);
         if group_scores && result_type == ResultType::Groups {
@@ -272,38 +265,21 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C> Pipeline<M, B, U
         counted: u64,
         group_scores: bool,
     ) -> Result<Solved, PipelineError> {
-        let budget = SolveMemory::new(&self.settings.limits).solver_budget(1);
+        let limits = ComponentLimits { candidates: limit, bytes: SolveMemory::new(&self.settings.limits).solver_budget(1) };
         let (readers, error) = inputs.candidate_readers()?;
         let groups_key = keys::result_groups(project_id, run_id);
         with_uploads(&self.work, vec![groups_key], move |uploads| {
             let [upload]: [merge::Upload; 1] = uploads.try_into().map_err(|_| PipelineError::Worker("missing uploads".into()))?;
+            let merged = candidates::merge(readers).map(|c| c.map_err(|e| read_failure(&error, e)));
             // The counted candidates bound the merged ones (the merge only drops duplicates).
-            let mut held: Vec<Candidate> = Vec::with_capacity(counted.min(limit) as usize);
-            for c in candidates::merge(readers) {
-                let c = c.map_err(|e| read_failure(&error, e))?;
-                if held.len() as u64 >= limit {
-                    return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
-                }
-                held.push(c);
-            }
-            if held.len() > u32::MAX as usize {
+            let Limited::Solved(ComponentGroups { candidates: pairs, groups, edges }) =
+                solve::group_by_component(merged, limits, counted, group_scores)?
+            else {
                 return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
-            }
-            let components = Components::of(&held);
-            let needed = held.len() as u64 * HELD_BYTES_PER_CANDIDATE + components.largest() as u64 * SOLVER_BYTES_PER_CANDIDATE;
-            if budget.is_some_and(|b| needed > b) {
-                return Ok(Solved::OverLimit(SOLVER_LIMIT_MESSAGE));
-            }
-            let groups = solver::greedy_solve_by_component(&held, &components);
-            let pairs = held.len() as u64;
-            drop(components);
-            if group_scores {
-                let edges = solver::group_edges(&groups, &held);
-                drop(held);
-                write_scored_groups(upload, &groups, &edges)?;
-            } else {
-                drop(held);
-                write_groups(upload, &groups)?;
+            };
+            match edges {
+                Some(edges) => write_scored_groups(upload, &groups, &edges)?,
+                None => write_groups(upload, &groups)?,
             }
             Ok(Solved::Written { pairs })
         })
@@ -321,4 +297,11 @@ fn write_scored_groups<G: AsRef<[(u32, u32)]>, E: AsRef<[Candidate]>>(mut upload
 fn write_groups<G: AsRef<[(u32, u32)]>>(mut upload: merge::Upload, groups: impl IntoIterator<Item = G>) -> Result<(), PipelineError> {
     output::write_groups(&mut upload, groups).map_err(write_failure)?;
     upload.commit().map_err(write_failure)
+}
+
+/// A candidate of another party pair in a two-party run's merged stream: corrupt shard files.
+impl From<solver::NotTwoParty> for PipelineError {
+    fn from(e: solver::NotTwoParty) -> Self {
+        PipelineError::Corrupt(e.to_string())
+    }
 }

@@ -5,12 +5,12 @@ use bytes::Bytes;
 
 use crate::engine::encoding::{BlockKey, PartyEncodings};
 use crate::engine::{link, output, solver};
-use crate::service::config::{Limits, Settings, UploadSettings, WatchdogSettings};
+use crate::service::config::{DeadLetterQueues, DeadLetterSource, Limits, Settings, UploadSettings, WatchdogSettings};
 use crate::service::keys::{self, IngestStep};
-use crate::service::client_store::PullPolicy;
-use crate::service::memory::{MemoryBlobs, MemoryClientStores, MemoryMeta, MemoryQueue};
+use crate::service::pull_policy::PullPolicy;
+use crate::service::memory::{MemoryBlobs, MemoryClientStoreOpener, MemoryMeta, MemoryPorts, MemoryQueue};
 use crate::service::model::*;
-use crate::service::ports::{BlobReader, BlobStore, MetaStore, WorkQueue};
+use crate::service::ports::{BlobReader, BlobStore, ProjectStore, RunStore, ShardCounter, UploadStore, WorkQueue};
 use crate::service::tokens::TokenHash;
 
 use crate::service::stored_upload::UploadForm;
@@ -22,7 +22,7 @@ const SHARDS: &str = "shards";
 const SOLVES: &str = "solves";
 const INCOMING: &str = "incoming";
 
-type TestPipeline = Pipeline<MemoryMeta, MemoryBlobs, MemoryBlobs, MemoryQueue, MemoryClientStores>;
+type TestPipeline = Pipeline<MemoryPorts>;
 
 fn pipeline(shard_target: u64) -> TestPipeline {
     let limits = Limits { shard_target_comparisons: shard_target, ..Limits::default() };
@@ -31,13 +31,13 @@ fn pipeline(shard_target: u64) -> TestPipeline {
         work: MemoryBlobs::new(),
         uploads: MemoryBlobs::new(),
         queue: MemoryQueue::new(),
-        client_stores: MemoryClientStores::default(),
+        client_stores: MemoryClientStoreOpener::default(),
         settings: Settings {
             table_name: "t".into(),
             work_bucket: "w".into(),
             shard_queue_url: SHARDS.into(),
             solve_queue_url: SOLVES.into(),
-            dead_letter_queue_arns: vec![],
+            dead_letter_queues: Default::default(),
             upload: UploadSettings {
                 enabled: true,
                 bucket: "u".into(),
@@ -1332,7 +1332,7 @@ async fn projects_past_their_lifetime_are_purged_even_when_the_purge_keeps_faili
     for _ in 0..3 {
         assert!(p.on_incoming(&delete).await.is_err());
     }
-    p.on_dead_letter(&event).await.unwrap();
+    p.on_dead_letter(DeadLetterSource::Ingest, &event).await.unwrap();
     assert!(p.meta.has_project_items(&project), "the tombstone stays");
     // The watchdog requests it again (here: its request object was lost too).
     p.work.delete(&delete).await.unwrap();
@@ -1521,4 +1521,82 @@ async fn a_run_failed_is_counted_once_by_whoever_failed_it() {
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert_eq!((docs[0]["Outcome"].as_str(), docs[0]["Runs"].as_u64()), (Some("failed"), Some(1)));
     assert!(docs[0].get("RunDuration").is_none(), "it never started");
+}
+
+/// A dead letter is read as a message of the queue it came from (the event's source ARN says
+/// which), never guessed from its body: a merge step from the solve queue fails its run like a
+/// solve message, a shard's names the shard, and a body that is not its queue's message is an
+/// error.
+#[tokio::test]
+async fn dead_letters_are_read_as_messages_of_the_queue_they_came_from() {
+    let queues = DeadLetterQueues { ingest_arn: "arn:ingest".into(), shard_arn: "arn:shard".into(), solve_arn: "arn:solve".into() };
+    assert_eq!(queues.source_of("arn:ingest"), Some(DeadLetterSource::Ingest));
+    assert_eq!(queues.source_of("arn:shard"), Some(DeadLetterSource::Shard));
+    assert_eq!(queues.source_of("arn:solve"), Some(DeadLetterSource::Solve));
+    assert_eq!(queues.source_of("arn:other"), None);
+    assert_eq!(DeadLetterQueues::default().source_of(""), None, "an event without a source ARN is no dead letter");
+
+    let p = pipeline(300);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    post_run(&p, &project, "merged", 0.6).await;
+    post_run(&p, &project, "sharded", 0.6).await;
+    let merge = super::merge::MergeMessage { project_id: project.clone(), run_id: "merged".into(), level: 1, group: 0 };
+    p.on_dead_letter(DeadLetterSource::Solve, &serde_json::to_string(&merge).unwrap()).await.unwrap();
+    let shard = ShardMessage { project_id: project.clone(), run_id: "sharded".into(), shard_index: 7, shard: None, encoding_sizes: vec![] };
+    p.on_dead_letter(DeadLetterSource::Shard, &serde_json::to_string(&shard).unwrap()).await.unwrap();
+    let error = |run: Option<Run>| run.and_then(|r| r.error).unwrap_or_default();
+    let merged = error(p.meta.get_run(&project, "merged").await.unwrap());
+    assert!(merged.starts_with(super::dead_letter::RUN_FAILED_MESSAGE) && merged.contains("result could not be computed"), "{merged}");
+    let sharded = error(p.meta.get_run(&project, "sharded").await.unwrap());
+    assert!(sharded.contains("Shard 7"), "{sharded}");
+    assert!(p.on_dead_letter(DeadLetterSource::Shard, r#"{"Records": []}"#).await.is_err(), "an S3 event is no shard-queue message");
+}
+
+/// Found under load on the local stack: a solve that passed its "still running" check just
+/// before its twin completed the run and removed the run's work files listed none of the shard
+/// files and overwrote the twin's groups with `{"groups":[]}`. The listing is trusted only if
+/// the run is still running after it.
+#[tokio::test]
+async fn a_solve_whose_twin_completes_the_run_meanwhile_keeps_the_twins_result() {
+    let p = pipeline(300);
+    let data = parties(7, 2, 40, false);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    post_run(&p, &project, "run1", 0.3).await;
+    for (i, d) in data.iter().enumerate() {
+        upload(&p, &project, i as u32, upload_body(d, false)).await;
+    }
+    loop {
+        let shards = p.queue.take(SHARDS);
+        if shards.is_empty() {
+            break;
+        }
+        for body in shards {
+            match serde_json::from_str(&body).unwrap() {
+                ShardQueueMessage::Shard(m) => p.compare(&m).await.unwrap(),
+                ShardQueueMessage::Dispatch(m) => p.dispatch(&m).await.unwrap(),
+            }
+        }
+    }
+    let solves = p.queue.take(SOLVES);
+    let body = solves.first().expect("the last shard asks for the solve").clone();
+    let twin = p.clone();
+    let twin_body = body.clone();
+    // The twin runs to its end on its own thread and runtime while this solve waits in `list`.
+    p.work.before_next_list(move || {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(twin.on_solve_queue(&twin_body)).unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+    p.on_solve_queue(&body).await.unwrap();
+
+    assert_eq!(p.meta.get_run(&project, "run1").await.unwrap().unwrap().state, RunState::Completed);
+    let encodings: Vec<PartyEncodings> = data.into_iter().map(|d| d.0).collect();
+    let expected = link::link(&encodings, 0.3, 300).unwrap();
+    assert!(!expected.candidates.is_empty(), "the case needs matches to lose");
+    let (got, _) = p.work.get(&keys::result_groups(&project, "run1")).await.unwrap();
+    let want = output::groups_json(&solver::greedy_solve(expected.candidates));
+    assert_eq!(String::from_utf8_lossy(&got), want);
 }

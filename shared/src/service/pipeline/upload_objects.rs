@@ -5,11 +5,11 @@
 
 use bytes::Bytes;
 
-use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStores, MetaStore, Metadata, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, ClientStoreOpener, Metadata};
 use crate::service::stored_upload::ObjectRef;
 
 use super::ingestion::Rejected;
-use super::{Pipeline, PipelineError};
+use super::{IngestPorts, Pipeline, PipelineError};
 
 /// Where an upload's object is read from: the service's upload bucket or a client's store.
 #[derive(Clone)]
@@ -49,13 +49,13 @@ pub(super) struct Found<S> {
     pub(super) metadata: Metadata,
 }
 
-pub(super) type Source<U, C> = Origin<U, <C as ClientStores>::Reader>;
+pub(super) type Source<U, C> = Origin<U, <C as ClientStoreOpener>::Reader>;
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: IngestPorts> Pipeline<P> {
     /// Opens the store an object is in (checking a client's endpoint against the pull policy
     /// again: it may have changed since the api accepted the upload), heads the object and
     /// checks it against the upload cap.
-    pub(super) async fn find(&self, object: &ObjectRef, what: &str) -> Result<Result<Found<Source<U, C>>, Rejected>, PipelineError> {
+    pub(super) async fn find(&self, object: &ObjectRef, what: &str) -> Result<Result<Found<Source<P::Uploads, P::ClientStores>>, Rejected>, PipelineError> {
         let path = &object.path;
         let (store, place) = match &object.store {
             None => (Origin::Own(self.uploads.clone()), format!("'{path}'")),

@@ -41,10 +41,10 @@ use tracing::{info, warn};
 
 use crate::service::{keys, metrics};
 use crate::service::model::{Party, Project, Run, RunState, UploadState, Watch, WatchTarget};
-use crate::service::ports::{BlobError, BlobStore, ClientStores, MetaStore, WorkQueue};
+use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStoreOpener, Ports, ProjectStore, RunStore, ShardCounter, TombstoneStore, UploadStore, WatchStore, WorkQueue};
 
 use super::fan_out::dispatched_key;
-use super::{Pipeline, PipelineError, SolveMessage};
+use super::{Pipeline, PipelineError};
 
 /// Stall periods a stalled run waits while its queue holds at least as much work as the run
 /// still needs, before its work is sent again anyway.
@@ -92,7 +92,14 @@ enum RunStep {
     Solve,
 }
 
-impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pipeline<M, B, U, Q, C> {
+impl<P: Ports> Pipeline<P>
+where
+    P::Meta: ProjectStore + UploadStore + RunStore + TombstoneStore + ShardCounter + WatchStore,
+    P::Work: BlobStore,
+    P::Uploads: BlobStore,
+    P::Queue: WorkQueue,
+    P::ClientStores: ClientStoreOpener,
+{
     /// One sweep: unfinished purges, then live projects from where the last sweep stopped,
     /// within the sweep's budget. `now_secs` is the current Unix time. An error is returned only
     /// when the sweep could not run at all (the listing or the cursor unreadable); a project
@@ -316,9 +323,7 @@ impl<M: MetaStore, B: BlobStore, U: BlobStore, Q: WorkQueue, C: ClientStores> Pi
                 "shards"
             }
             RunStep::Solve => {
-                let body = serde_json::to_string(&SolveMessage { project_id: project_id.into(), run_id: run_id.into() })
-                    .map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-                self.queue.send(&self.settings.solve_queue_url, vec![body]).await?;
+                self.send_solve(project_id, run_id).await?;
                 "solve"
             }
         };

@@ -1,4 +1,4 @@
-//! [`ClientStores`] on S3: read-only access to object stores that clients name in ExternalData,
+//! [`ClientStoreOpener`] on S3: read-only access to object stores that clients name in ExternalData,
 //! with the client's credentials and nothing of ours.
 //!
 //! Each open builds an S3 client from scratch (no environment, no credentials of the service):
@@ -32,10 +32,10 @@ use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::{Bytes, BytesMut};
 
-use crate::service::client_store::{ClientCredentials, ClientEndpoint, ClientStore, PullPolicy};
-use crate::service::ports::{BlobError, BlobReader, ClientStores, Metadata};
+use crate::service::pull_policy::{ClientCredentials, ClientEndpoint, ClientStoreAccess, PullPolicy};
+use crate::service::ports::{BlobError, BlobReader, ClientStoreOpener, Metadata};
 
-use super::s3::metadata_of;
+use super::s3::{metadata_of, ranged_get};
 
 /// Time to open a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,25 +50,25 @@ pub const BODY_GRACE: Duration = Duration::from_secs(60);
 
 /// Opens clients' stores; one per fan-out cold start.
 #[derive(Clone, Debug)]
-pub struct S3ClientStores {
+pub struct S3ClientStoreOpener {
     http: SharedHttpClient,
     max_object_bytes: u64,
 }
 
-impl S3ClientStores {
+impl S3ClientStoreOpener {
     /// `max_object_bytes` bounds a whole-object read whose length the store does not announce.
     pub fn new(policy: PullPolicy, max_object_bytes: u64) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
             .build_with_resolver(PolicyResolver { policy: Arc::new(policy) });
-        S3ClientStores { http, max_object_bytes }
+        S3ClientStoreOpener { http, max_object_bytes }
     }
 }
 
-impl ClientStores for S3ClientStores {
+impl ClientStoreOpener for S3ClientStoreOpener {
     type Reader = ClientBucket;
 
-    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStore, bucket: &str) -> Result<ClientBucket, BlobError> {
+    fn open(&self, endpoint: &ClientEndpoint, store: &ClientStoreAccess, bucket: &str) -> Result<ClientBucket, BlobError> {
         let c = &store.credentials;
         let credentials = Credentials::new(&c.access_key_id, &c.secret_access_key, c.session_token.clone(), None, "client-store");
         let config = aws_sdk_s3::Config::builder()
@@ -272,18 +272,8 @@ impl BlobReader for ClientBucket {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await
-            .map_err(|e| self.error(key, e))?;
+        let Some(request) = ranged_get(&self.client, &self.bucket, key, &range) else { return Ok(Bytes::new()) };
+        let out = request.send().await.map_err(|e| self.error(key, e))?;
         let wanted = range.end - range.start;
         let body = self.read_body(key, out.body, wanted, Some(wanted)).await?;
         if body.len() as u64 != wanted {
@@ -310,7 +300,7 @@ impl BlobReader for ClientBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::client_store::PullRefused;
+    use crate::service::pull_policy::PullRefused;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -318,8 +308,8 @@ mod tests {
         PullPolicy { enabled: true, allow_http: true, allow_loopback, allowed_networks: Vec::new(), allowed_ports: Vec::new() }
     }
 
-    fn store() -> ClientStore {
-        ClientStore {
+    fn store() -> ClientStoreAccess {
+        ClientStoreAccess {
             endpoint: "unused".into(),
             secure: Some(false),
             region: None,
@@ -374,7 +364,7 @@ mod tests {
     async fn a_name_resolving_to_loopback_is_refused_at_connect_time() {
         let (port, accepted) = fake_store(&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]).await;
         // `localhost` stands for any name that resolves to a forbidden address (DNS rebinding).
-        let stores = S3ClientStores::new(policy(false), 1 << 20);
+        let stores = S3ClientStoreOpener::new(policy(false), 1 << 20);
         let bucket = stores.open(&endpoint("localhost", port), &store(), "b").unwrap();
         let error = bucket.head("k").await.unwrap_err().to_string();
         assert!(error.contains("could not be reached"), "the same text as any unreachable store: {error}");
@@ -386,7 +376,7 @@ mod tests {
         // The store's message quotes the key: it must not come through.
         let xml = r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>key AKIDCLIENTKEY0001 denied</Message><RequestId>1</RequestId></Error>"#;
         let (port, _) = fake_store(format!("HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{xml}", xml.len())).await;
-        let stores = S3ClientStores::new(policy(true), 1 << 20);
+        let stores = S3ClientStoreOpener::new(policy(true), 1 << 20);
         let bucket = stores.open(&endpoint("localhost", port), &store(), "b").unwrap();
         let error = bucket.get_range("k", 0..8).await.unwrap_err().to_string();
         assert!(error.contains("denied access") && error.contains("AccessDenied"), "{error}");
@@ -406,12 +396,12 @@ mod tests {
     #[tokio::test]
     async fn bodies_longer_than_asked_for_are_refused() {
         let (port, _) = fake_store(&b"HTTP/1.1 206 Partial Content\r\ncontent-length: 16\r\n\r\n0123456789abcdef"[..]).await;
-        let stores = S3ClientStores::new(policy(true), 1 << 20);
+        let stores = S3ClientStoreOpener::new(policy(true), 1 << 20);
         let bucket = stores.open(&endpoint("127.0.0.1", port), &store(), "b").unwrap();
         let error = bucket.get_range("k", 0..8).await.unwrap_err().to_string();
         assert!(error.contains("more than the 8 bytes"), "{error}");
         let (port, _) = fake_store(&b"HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\n0123456789abcdef"[..]).await;
-        let small = S3ClientStores::new(policy(true), 8);
+        let small = S3ClientStoreOpener::new(policy(true), 8);
         let bucket = small.open(&endpoint("127.0.0.1", port), &store(), "b").unwrap();
         let error = bucket.get("k").await.unwrap_err().to_string();
         assert!(error.contains("larger than the limit of 8 bytes"), "{error}");

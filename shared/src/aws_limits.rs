@@ -2,11 +2,13 @@
 //!
 //! DynamoDB, S3 and SQS refuse requests over these limits; the emulators of the local stack
 //! mostly do not, and the in-memory adapters would not either. So both the AWS adapters
-//! (`aws::*`, before the SDK call) and the in-memory adapters ([`super::memory`]) check every
+//! (`aws::*`, before the SDK call) and the in-memory adapters (`service::memory`) check every
 //! request against the functions here: a design that only works because an emulator is kinder
 //! than AWS fails in the unit tests instead of in production. Callers that build requests out
-//! of many pieces (the SQS batches of [`plan_sqs_batches`], the parts of
-//! [`super::blob_stream::MultipartWriter`]) size them from the same constants.
+//! of many pieces (the SQS batches of [`plan_sqs_batches`], the parts of the service's
+//! `service::blob_stream::MultipartWriter` and of the `pprl upload` client) size them from the
+//! same constants; that is why this module needs no feature: the client builds without the
+//! service layer.
 //!
 //! Each refusal is a [`LimitExceeded`] saying which limit and by how much, so that the caller
 //! (or the person reading the run's error) knows what to change.
@@ -223,6 +225,7 @@ mod tests {
         assert!(matches!(check_s3_parts("k", &[(1, S3_MIN_PART_BYTES - 1), (2, 1)]), Err(LimitExceeded::S3PartSize { number: 1, .. })));
     }
 
+    #[cfg(feature = "service")]
     #[test]
     fn the_api_bounds_fit_dynamodb() {
         // create_project writes the project, its parties and the status counter in one transaction.

@@ -403,7 +403,7 @@ impl ClientCredentials {
 /// Where an upload's object is when a client's store holds it: what the api writes into the
 /// upload reference for fan-out (the endpoint as the client gave it; fan-out checks it again).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientStore {
+pub struct ClientStoreAccess {
     pub endpoint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
@@ -412,7 +412,7 @@ pub struct ClientStore {
     pub credentials: ClientCredentials,
 }
 
-impl ClientStore {
+impl ClientStoreAccess {
     pub fn region(&self) -> &str {
         self.region.as_deref().unwrap_or(DEFAULT_REGION)
     }
