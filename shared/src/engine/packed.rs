@@ -124,6 +124,31 @@ impl BlockIndex {
 
     /// Parses and validates an index (layout and checks in the module doc).
     pub fn from_bytes(b: &[u8]) -> Result<Self, FormatError> {
+        let header = IndexHeader::from_bytes(b)?;
+        header.check_object_len(b.len() as u64)?;
+        let mut check = DirectoryCheck::default();
+        let blocks = check.rows(&b[INDEX_HEADER_LEN..])?;
+        check.finish(&header)?;
+        Ok(BlockIndex { encoding_size: header.encoding_size, record_count: header.record_count, entry_count: header.entry_count, blocks })
+    }
+}
+
+/// The fixed-size start of `index.bin`. Read on its own, it lets the directory be read in
+/// windows of rows ([`directory_range`]) and checked as it goes ([`DirectoryCheck`]), which is
+/// how fan-out plans a run without holding either party's directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexHeader {
+    pub encoding_size: u32,
+    pub record_count: u64,
+    pub entry_count: u64,
+    pub block_count: u64,
+}
+
+impl IndexHeader {
+    pub const LEN: u64 = INDEX_HEADER_LEN as u64;
+
+    /// Parses the header at the start of `b` (which may hold more of the index).
+    pub fn from_bytes(b: &[u8]) -> Result<Self, FormatError> {
         if b.len() < INDEX_HEADER_LEN {
             return Err(FormatError::Length {
                 what: "block index header",
@@ -138,51 +163,83 @@ impl BlockIndex {
         if version != INDEX_VERSION {
             return Err(FormatError::UnsupportedVersion(version));
         }
-        let encoding_size = read_u32(b, 12);
-        let record_count = read_u64(b, 16);
-        let entry_count = read_u64(b, 24);
-        let block_count = read_u64(b, 32);
-        // Check the declared block count against the actual length before allocating for it.
-        let directory_len = b.len() - INDEX_HEADER_LEN;
-        let expected_len = block_count.checked_mul(INDEX_BLOCK_LEN as u64);
-        if expected_len != Some(directory_len as u64) {
+        Ok(IndexHeader { encoding_size: read_u32(b, 12), record_count: read_u64(b, 16), entry_count: read_u64(b, 24), block_count: read_u64(b, 32) })
+    }
+
+    /// Checks the declared block count against the object's length (before anything is
+    /// allocated for it), then the encoding size.
+    pub fn check_object_len(&self, object_len: u64) -> Result<(), FormatError> {
+        let directory_len = object_len.saturating_sub(INDEX_HEADER_LEN as u64);
+        let expected_len = self.block_count.checked_mul(INDEX_BLOCK_LEN as u64);
+        if expected_len != Some(directory_len) {
             return Err(FormatError::Length {
                 what: "block index directory",
                 expected: expected_len.unwrap_or(u64::MAX),
-                actual: directory_len as u64,
+                actual: directory_len,
             });
         }
-        if encoding_size == 0 || !encoding_size.is_multiple_of(8) {
-            return Err(FormatError::BadEncodingSize(encoding_size as usize));
+        if self.encoding_size == 0 || !self.encoding_size.is_multiple_of(8) {
+            return Err(FormatError::BadEncodingSize(self.encoding_size as usize));
         }
-        let mut blocks = Vec::with_capacity(block_count as usize);
-        let mut next_entry = 0u64;
-        for raw in b[INDEX_HEADER_LEN..].chunks_exact(INDEX_BLOCK_LEN) {
+        Ok(())
+    }
+}
+
+/// The bytes of `index.bin` holding directory rows `rows`.
+pub fn directory_range(rows: std::ops::Range<u64>) -> std::ops::Range<u64> {
+    let row = INDEX_BLOCK_LEN as u64;
+    INDEX_HEADER_LEN as u64 + rows.start * row..INDEX_HEADER_LEN as u64 + rows.end * row
+}
+
+/// Checks directory rows in order, a window at a time: ascending keys, contiguous non-empty
+/// blocks, and (once every row is read) exactly the declared entries.
+#[derive(Default)]
+pub struct DirectoryCheck {
+    last_key: Option<BlockKey>,
+    next_entry: u64,
+    rows: u64,
+}
+
+impl DirectoryCheck {
+    /// The blocks of the next rows (`raw` holds whole rows).
+    pub fn rows(&mut self, raw: &[u8]) -> Result<Vec<BlockEntry>, FormatError> {
+        if !raw.len().is_multiple_of(INDEX_BLOCK_LEN) {
+            return Err(FormatError::InconsistentIndex(format!("a window of {} bytes is not whole directory rows", raw.len())));
+        }
+        let mut blocks = Vec::with_capacity(raw.len() / INDEX_BLOCK_LEN);
+        for row in raw.chunks_exact(INDEX_BLOCK_LEN) {
             let mut key = [0u8; 16];
-            key.copy_from_slice(&raw[..16]);
-            let block = BlockEntry { key: BlockKey(key), first_entry: read_u64(raw, 16), len: read_u64(raw, 24) };
-            if let Some(previous) = blocks.last().map(|p: &BlockEntry| p.key)
-                && previous >= block.key
-            {
+            key.copy_from_slice(&row[..16]);
+            let block = BlockEntry { key: BlockKey(key), first_entry: read_u64(row, 16), len: read_u64(row, 24) };
+            if self.last_key.is_some_and(|previous| previous >= block.key) {
                 return Err(FormatError::InconsistentIndex("blocks are not in ascending key order".into()));
             }
-            if block.first_entry != next_entry || block.len == 0 {
+            if block.first_entry != self.next_entry || block.len == 0 {
                 return Err(FormatError::InconsistentIndex(format!(
-                    "block {} does not continue at entry {next_entry} with at least one entry",
-                    blocks.len()
+                    "block {} does not continue at entry {} with at least one entry",
+                    self.rows, self.next_entry
                 )));
             }
-            next_entry = next_entry
+            self.next_entry = self
+                .next_entry
                 .checked_add(block.len)
                 .ok_or_else(|| FormatError::InconsistentIndex("entry count overflows".into()))?;
+            self.last_key = Some(block.key);
+            self.rows += 1;
             blocks.push(block);
         }
-        if next_entry != entry_count {
+        Ok(blocks)
+    }
+
+    /// Every row was read: they must cover the entries the header declares.
+    pub fn finish(&self, header: &IndexHeader) -> Result<(), FormatError> {
+        if self.next_entry != header.entry_count {
             return Err(FormatError::InconsistentIndex(format!(
-                "blocks cover {next_entry} entries but the index declares {entry_count}"
+                "blocks cover {} entries but the index declares {}",
+                self.next_entry, header.entry_count
             )));
         }
-        Ok(BlockIndex { encoding_size, record_count, entry_count, blocks })
+        Ok(())
     }
 }
 

@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use super::packed::{BlockIndex, common_blocks, entry_stride};
+use super::packed::{BlockEntry, BlockIndex, common_blocks, entry_stride};
 
 /// One comparison task: entries `a` of party `party_a` against entries `b` of party `party_b`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -152,58 +152,100 @@ impl Packing {
     }
 }
 
+/// The planner as a stream: fed the block pairs of one party pair after another (in key
+/// order, as [`common_blocks`] gives them), it hands out each shard as soon as it is complete.
+/// Fan-out feeds it from `index.bin` read in windows, so planning holds one packing shard and
+/// the split chunks of one block pair, never a party's whole directory or the whole plan;
+/// [`plan`] feeds it from indexes in memory. Both give the same shards, since they are the same
+/// code.
+pub struct ShardPlanner {
+    target: u64,
+    next_index: u32,
+    total: u64,
+    packing: Packing,
+    ready: Vec<Shard>,
+}
+
+impl ShardPlanner {
+    pub fn new(target_comparisons: u64) -> Self {
+        ShardPlanner { target: target_comparisons.max(1), next_index: 0, total: 0, packing: Packing::default(), ready: Vec::new() }
+    }
+
+    /// The next block the parties `party_a < party_b` share, after all of their shared blocks
+    /// of lower key.
+    pub fn block_pair(&mut self, party_a: u32, party_b: u32, block_a: &BlockEntry, block_b: &BlockEntry) {
+        let comparisons = block_a.len.saturating_mul(block_b.len);
+        self.total = self.total.saturating_add(comparisons);
+        if comparisons > self.target {
+            self.close_packing();
+            for (ra, rb) in split_to_chunks(self.target, block_a.len, block_b.len) {
+                let task = ShardTask {
+                    party_a,
+                    party_b,
+                    a: block_a.first_entry + ra.start..block_a.first_entry + ra.end,
+                    b: block_b.first_entry + rb.start..block_b.first_entry + rb.end,
+                };
+                let comparisons = task.comparisons();
+                self.emit(vec![task], comparisons);
+            }
+            return;
+        }
+        let task = ShardTask {
+            party_a,
+            party_b,
+            a: block_a.first_entry..block_a.first_entry + block_a.len,
+            b: block_b.first_entry..block_b.first_entry + block_b.len,
+        };
+        if !self.packing.fits(&task, self.target) {
+            self.close_packing();
+        }
+        self.packing.push(task);
+    }
+
+    /// The current party pair has no more shared blocks: a new party pair starts a new packing
+    /// shard, so spans stay contiguous.
+    pub fn end_party_pair(&mut self) {
+        self.close_packing();
+    }
+
+    /// The shards completed since the last call, in shard order.
+    pub fn take_ready(&mut self) -> Vec<Shard> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Comparisons of every block pair fed so far.
+    pub fn total_comparisons(&self) -> u64 {
+        self.total
+    }
+
+    fn close_packing(&mut self) {
+        let done = std::mem::take(&mut self.packing);
+        self.emit(done.tasks, done.comparisons);
+    }
+
+    fn emit(&mut self, tasks: Vec<ShardTask>, comparisons: u64) {
+        if !tasks.is_empty() {
+            self.ready.push(Shard { index: self.next_index, tasks, comparisons });
+            self.next_index += 1;
+        }
+    }
+}
+
 /// Plans all comparisons of `indexes` (party i = `indexes[i]`) into shards of about
 /// `target_comparisons` (see the module doc for the rules).
 pub fn plan(indexes: &[BlockIndex], target_comparisons: u64) -> Plan {
-    let target = target_comparisons.max(1);
-    let mut shards: Vec<Shard> = Vec::new();
-    let mut total = 0u64;
-    let mut packing = Packing::default();
-
-    fn emit(shards: &mut Vec<Shard>, tasks: Vec<ShardTask>, comparisons: u64) {
-        if !tasks.is_empty() {
-            shards.push(Shard { index: shards.len() as u32, tasks, comparisons });
-        }
-    }
-
+    let mut planner = ShardPlanner::new(target_comparisons);
+    let mut shards = Vec::new();
     for i in 0..indexes.len() {
         for j in i + 1..indexes.len() {
             for (block_a, block_b) in common_blocks(&indexes[i], &indexes[j]) {
-                let comparisons = block_a.len.saturating_mul(block_b.len);
-                total = total.saturating_add(comparisons);
-                if comparisons > target {
-                    let done = std::mem::take(&mut packing);
-                    emit(&mut shards, done.tasks, done.comparisons);
-                    for (ra, rb) in split_to_chunks(target, block_a.len, block_b.len) {
-                        let task = ShardTask {
-                            party_a: i as u32,
-                            party_b: j as u32,
-                            a: block_a.first_entry + ra.start..block_a.first_entry + ra.end,
-                            b: block_b.first_entry + rb.start..block_b.first_entry + rb.end,
-                        };
-                        let comparisons = task.comparisons();
-                        emit(&mut shards, vec![task], comparisons);
-                    }
-                    continue;
-                }
-                let task = ShardTask {
-                    party_a: i as u32,
-                    party_b: j as u32,
-                    a: block_a.first_entry..block_a.first_entry + block_a.len,
-                    b: block_b.first_entry..block_b.first_entry + block_b.len,
-                };
-                if !packing.fits(&task, target) {
-                    let done = std::mem::take(&mut packing);
-                    emit(&mut shards, done.tasks, done.comparisons);
-                }
-                packing.push(task);
+                planner.block_pair(i as u32, j as u32, block_a, block_b);
             }
-            // A new party pair starts a new packing shard: spans stay contiguous.
-            let done = std::mem::take(&mut packing);
-            emit(&mut shards, done.tasks, done.comparisons);
+            planner.end_party_pair();
+            shards.extend(planner.take_ready());
         }
     }
-    Plan { shards, total_comparisons: total }
+    Plan { shards, total_comparisons: planner.total_comparisons() }
 }
 
 #[cfg(test)]

@@ -169,24 +169,40 @@ impl SizingPolicy {
 }
 
 /// Plans a run: [`shard::plan`] at the target [`SizingPolicy::shard_target`] gives, grown a
-/// little while block rounding leaves the count over the cap. Returns the plan and its target.
+/// little while block rounding leaves the count over the cap ([`SizingPolicy::retarget`]).
+/// Returns the plan and its target. Fan-out runs the same steps over streamed indexes.
 pub fn plan_run(indexes: &[BlockIndex], policy: &SizingPolicy) -> (Plan, u64) {
     let total = total_comparisons(indexes);
-    let bound = policy.compare.max_shard_comparisons().max(1);
     let mut target = policy.shard_target(total);
     let mut plan = shard::plan(indexes, target);
-    // Rounding of the split grid (and packing) can leave a few shards over the cap; a few
-    // percent more per shard fixes it. Bounded: blocked plans may never fit (their shard count
-    // also follows block boundaries), and then the count stands.
-    for _ in 0..8 {
-        if plan.shards.len() as u64 <= policy.shard_cap() || target >= bound || target >= total {
-            break;
+    for _ in 0..RETARGET_ROUNDS {
+        match policy.retarget(total, target, plan.shards.len() as u64) {
+            Some(larger) => {
+                target = larger;
+                plan = shard::plan(indexes, target);
+            }
+            None => break,
         }
-        let ratio = plan.shards.len() as f64 / policy.shard_cap() as f64;
-        target = ((target as f64 * ratio * 1.01).ceil() as u64).max(target + 1).min(bound);
-        plan = shard::plan(indexes, target);
     }
     (plan, target)
+}
+
+/// How many times a plan over the shard cap is made again at a larger target.
+pub const RETARGET_ROUNDS: usize = 8;
+
+impl SizingPolicy {
+    /// Rounding of the split grid (and packing) can leave a plan at `target` with `shards` a few
+    /// over the cap; a few percent more per shard fixes it. `None` when the plan stands: it
+    /// fits, or shards cannot grow (blocked plans may never fit, since their shard count also
+    /// follows block boundaries; then the count stands).
+    pub fn retarget(&self, total: u64, target: u64, shards: u64) -> Option<u64> {
+        let bound = self.compare.max_shard_comparisons().max(1);
+        if shards <= self.shard_cap() || target >= bound || target >= total {
+            return None;
+        }
+        let ratio = shards as f64 / self.shard_cap() as f64;
+        Some(((target as f64 * ratio * 1.01).ceil() as u64).max(target + 1).min(bound))
+    }
 }
 
 /// The block index of an unblocked party of `records` records (one block holding them all), for
@@ -212,16 +228,25 @@ pub struct PlanFacts {
 
 impl PlanFacts {
     pub fn of(plan: &Plan, target: u64, encoding_size: usize) -> Self {
-        let stride = entry_stride(encoding_size) as u64;
-        let fetched_entries: u64 =
-            plan.shards.iter().flat_map(|s| s.entry_spans()).map(|(_, span)| span.end - span.start).sum();
-        PlanFacts {
-            shards: plan.shards.len() as u64,
-            comparisons: plan.total_comparisons,
-            max_shard_comparisons: plan.shards.iter().map(|s| s.comparisons).max().unwrap_or(0),
-            fetched_bytes: fetched_entries.saturating_mul(stride),
-            shard_target: target,
+        let mut facts = PlanFacts::empty(target);
+        for shard in &plan.shards {
+            facts.add(shard, encoding_size);
         }
+        facts
+    }
+
+    /// The facts of a plan at `target` before any shard, for plans read shard by shard.
+    pub fn empty(target: u64) -> Self {
+        PlanFacts { shards: 0, comparisons: 0, max_shard_comparisons: 0, fetched_bytes: 0, shard_target: target }
+    }
+
+    pub fn add(&mut self, shard: &shard::Shard, encoding_size: usize) {
+        let stride = entry_stride(encoding_size) as u64;
+        let fetched_entries: u64 = shard.entry_spans().iter().map(|(_, span)| span.end - span.start).sum();
+        self.shards += 1;
+        self.comparisons = self.comparisons.saturating_add(shard.comparisons);
+        self.max_shard_comparisons = self.max_shard_comparisons.max(shard.comparisons);
+        self.fetched_bytes = self.fetched_bytes.saturating_add(fetched_entries.saturating_mul(stride));
     }
 }
 

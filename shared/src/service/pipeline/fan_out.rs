@@ -10,8 +10,8 @@
 //!
 //! Memory: an inline upload (at most the api's request limit) is decoded and packed in memory;
 //! an upload in the upload bucket is streamed or partitioned (bounds in [`super::external`] and
-//! [`super::blocked_ingestion`]); while planning,
-//! the block indexes of the project's parties (32 bytes per block per party).
+//! [`super::blocked_ingestion`]); planning reads the parties' block indexes in windows
+//! ([`super::planning`]).
 
 use std::time::Instant;
 
@@ -19,8 +19,6 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::engine::encoding::{self, SizeBounds};
-use crate::engine::packed::BlockIndex;
-use crate::engine::sizing;
 use crate::service::keys::{self, Incoming, IngestStep};
 use crate::service::metrics;
 use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
@@ -29,17 +27,11 @@ use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
 
 use super::ingestion::{Ingestion, Rejected, check_schema_size};
-use super::{INLINE_SHARD_LIMIT, IngestPorts, Pipeline, PipelineError, ShardMessage};
+use super::{IngestPorts, Pipeline, PipelineError};
 
 /// Marker written once every shard message of a run has been sent.
 pub(super) fn dispatched_key(project: &str, run: &str) -> String {
     format!("{}dispatched", keys::run_work_prefix(project, run))
-}
-
-/// A run's shards as planned: their messages in shard order, `(shard index, body)`.
-pub(super) struct PlannedShards {
-    pub total_comparisons: u64,
-    pub messages: Vec<(u32, String)>,
 }
 
 impl<P: IngestPorts> Pipeline<P> {
@@ -342,53 +334,6 @@ impl<P: IngestPorts> Pipeline<P> {
             "The run needs {planned} comparisons and the project's other runs used {others}: more than the {limit} \
              allowed per project (MaxComparisonsPerProject)."
         )))
-    }
-
-    /// Plans the run's shards (deterministic: the same parties' data always give the same shards)
-    /// and builds their messages, storing the descriptions too large to travel inline.
-    pub(super) async fn plan_shards(&self, project_id: &str, run_id: &str, parties: &[Party]) -> Result<PlannedShards, PipelineError> {
-        let mut indexes = Vec::with_capacity(parties.len());
-        for p in parties {
-            let (bytes, _) = self.work.get(&keys::party_index(project_id, p.index)).await?;
-            let index = BlockIndex::from_bytes(&bytes)
-                .map_err(|e| PipelineError::Corrupt(format!("block index of party {}: {e}", p.index)))?;
-            indexes.push(index);
-        }
-        let policy = self.settings.limits.sizing();
-        let (plan, estimate) = tokio::task::spawn_blocking(move || {
-            let (plan, target) = sizing::plan_run(&indexes, &policy);
-            let encoding_size = indexes.first().map(|i| i.encoding_size as usize).unwrap_or(128);
-            let smaller = indexes.iter().map(|i| i.record_count).min().unwrap_or(0);
-            // The threshold only moves the candidate estimate; the log line shows the plan.
-            let estimate = sizing::estimate(&sizing::PlanFacts::of(&plan, target, encoding_size), &policy, 0.8, smaller);
-            (plan, estimate)
-        })
-        .await
-        .map_err(|e| PipelineError::Worker(e.to_string()))?;
-        info!(project_id, run_id, shards = estimate.shards, shard_target = estimate.shard_target_comparisons,
-              shard_cap = estimate.shard_cap, max_shard_seconds = estimate.max_shard_seconds,
-              dispatch_messages = estimate.dispatch_messages, "run sized");
-        let encoding_sizes = super::compare::encoding_sizes(parties);
-        let mut messages = Vec::with_capacity(plan.shards.len());
-        for s in plan.shards {
-            let index = s.index;
-            let inline = serde_json::to_vec(&s).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
-            let shard = if inline.len() <= INLINE_SHARD_LIMIT {
-                Some(s)
-            } else {
-                self.work.put(&keys::shard(project_id, run_id, index), Bytes::from(inline), &Vec::new()).await?;
-                None
-            };
-            let message = ShardMessage {
-                project_id: project_id.into(),
-                run_id: run_id.into(),
-                shard_index: index,
-                shard,
-                encoding_sizes: encoding_sizes.clone(),
-            };
-            messages.push((index, serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?));
-        }
-        Ok(PlannedShards { total_comparisons: plan.total_comparisons, messages })
     }
 
     /// A run deleted while fan-out planned or dispatched it: the api removed the run's objects

@@ -27,6 +27,7 @@ pub mod ingestion;
 pub mod blocked_ingestion;
 pub mod upload_objects;
 pub mod merge;
+pub mod planning;
 pub mod solve;
 pub mod watchdog;
 
