@@ -248,29 +248,30 @@ pub fn plan(indexes: &[BlockIndex], target_comparisons: u64) -> Plan {
     Plan { shards, total_comparisons: planner.total_comparisons() }
 }
 
+/// An index of blocks `(id, size)` (duplicate ids dropped), for planner tests here and in the
+/// service.
+#[cfg(test)]
+pub(crate) fn test_index(blocks: &[(u32, u64)]) -> BlockIndex {
+    use super::encoding::BlockKey;
+    let mut entries: Vec<BlockEntry> =
+        blocks.iter().map(|(id, len)| BlockEntry { key: BlockKey::of(&id.to_string()), first_entry: 0, len: *len }).collect();
+    entries.sort_by_key(|e| e.key);
+    entries.dedup_by_key(|e| e.key);
+    let mut first = 0;
+    for e in &mut entries {
+        e.first_entry = first;
+        first += e.len;
+    }
+    BlockIndex { encoding_size: 128, record_count: first, entry_count: first, blocks: entries }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::test_index as index;
     use crate::engine::packed::total_comparisons;
-    use crate::engine::encoding::BlockKey;
-    use crate::engine::packed::BlockEntry;
     use proptest::prelude::*;
     use std::collections::HashMap;
-
-    fn index(blocks: &[(u32, u64)]) -> BlockIndex {
-        let mut entries: Vec<BlockEntry> = blocks
-            .iter()
-            .map(|(id, len)| BlockEntry { key: BlockKey::of(&id.to_string()), first_entry: 0, len: *len })
-            .collect();
-        entries.sort_by_key(|e| e.key);
-        entries.dedup_by_key(|e| e.key);
-        let mut first = 0;
-        for e in &mut entries {
-            e.first_entry = first;
-            first += e.len;
-        }
-        BlockIndex { encoding_size: 128, record_count: first, entry_count: first, blocks: entries }
-    }
 
     #[test]
     fn split_matches_the_reference_examples() {

@@ -254,24 +254,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::blocking::BlockKey;
     use crate::engine::packed::BlockIndex;
-    use crate::engine::shard;
+    use crate::engine::shard::{self, test_index as index};
     use crate::service::memory::MemoryBlobs;
     use proptest::prelude::*;
-
-    fn index(blocks: &[(u32, u64)]) -> BlockIndex {
-        let mut entries: Vec<BlockEntry> =
-            blocks.iter().map(|(id, len)| BlockEntry { key: BlockKey::of(&id.to_string()), first_entry: 0, len: *len }).collect();
-        entries.sort_by_key(|e| e.key);
-        entries.dedup_by_key(|e| e.key);
-        let mut first = 0;
-        for e in &mut entries {
-            e.first_entry = first;
-            first += e.len;
-        }
-        BlockIndex { encoding_size: 128, record_count: first, entry_count: first, blocks: entries }
-    }
 
     fn store(indexes: &[BlockIndex]) -> (MemoryBlobs, Vec<String>) {
         let blobs = MemoryBlobs::new();
