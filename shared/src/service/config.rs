@@ -66,6 +66,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The largest `.json` encodings object (and its blocks file) fan-out ingests: JSON is
+    /// decoded in memory (the file, the decoded records at ¾ of it and their packed copy: about
+    /// 2.6× the file), so a third of the function's memory; binary uploads are streamed and
+    /// partitioned whatever their size. `None` outside a function: no memory-derived limit.
+    pub fn max_json_object_bytes(&self) -> Option<u64> {
+        self.function_memory_mb.map(|mb| mb.saturating_mul(1024 * 1024) / 3)
+    }
+
     /// How runs are sized into shards (fan-out plans with it; the api estimates with it).
     pub fn sizing(&self) -> SizingPolicy {
         SizingPolicy { target_comparisons: self.shard_target_comparisons, max_shards: self.max_shards_per_run, compare: self.compare }

@@ -21,7 +21,11 @@
 //! - **Binary encodings with a blocks file**: partitioned over many invocations, each of bounded
 //!   memory and time (`blocked_ingestion`); this module only finds and checks the objects.
 //! - **`.json` encodings** (`{"clks": [...]}`) are decoded in memory as inline uploads are:
-//!   about the decoded size (¾ of the file) plus its packed copy. Use binary for large uploads.
+//!   about the decoded size (¾ of the file) plus its packed copy. A `.json` object (or its
+//!   blocks file) over `Limits::max_json_object_bytes` (a third of the function's memory) is
+//!   rejected with a message that says to upload binary, instead of the function being killed
+//!   on every delivery: JSON is the reference's format for modest parties, binary the one for
+//!   national scale.
 
 use bytes::Bytes;
 use tracing::info;
@@ -93,6 +97,18 @@ impl<P: IngestPorts> Pipeline<P> {
 
     /// `{"clks": [...]}` (and maybe a blocks file), decoded in memory.
     async fn ingest_json_file<S: BlobReader>(&self, project: &Project, party: u32, encodings: &Found<S>, blocks: Option<&Found<S>>, size: usize, bounds: SizeBounds) -> Outcome {
+        if let Some(max) = self.settings.limits.max_json_object_bytes() {
+            for (what, found) in std::iter::once(("encodings", encodings)).chain(blocks.map(|b| ("blocks file", b))) {
+                if found.len > max {
+                    return rejected(format!(
+                        "The {what} '{}' is {} bytes of JSON, over the {max} bytes this service decodes in memory \
+                         (a third of the ingesting function's memory). Upload the encodings in binary instead \
+                         (`pprl upload` sends binary, with the blocks as NDJSON): binary uploads of any size are streamed.",
+                        found.path, found.len
+                    ));
+                }
+            }
+        }
         let (body, _) = encodings.store.get(&encodings.path).await?;
         let mut decoded = match encoding::decode_clks_file(&body, size, bounds) {
             Ok(d) => d,

@@ -1600,3 +1600,31 @@ async fn a_solve_whose_twin_completes_the_run_meanwhile_keeps_the_twins_result()
     let want = output::groups_json(&solver::greedy_solve(expected.candidates));
     assert_eq!(String::from_utf8_lossy(&got), want);
 }
+
+/// A `.json` encodings object larger than fan-out can decode in memory is refused with a message
+/// that says to upload binary, instead of the function being killed on every delivery; the same
+/// records in binary are ingested under the same memory.
+#[tokio::test]
+async fn json_encodings_over_what_memory_decodes_are_refused_and_binary_is_not() {
+    let mut p = pipeline(1_000_000);
+    p.settings.limits.function_memory_mb = Some(1); // decodes JSON up to 349,525 bytes
+    let (count, size) = (20_000usize, 16usize);
+    let raw: Vec<u8> = (0..count * size).map(|i| (i * 7 % 251) as u8).collect();
+    let b64 = |r: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(r)
+    };
+    let json = serde_json::to_vec(&serde_json::json!({ "clks": raw.chunks(size).map(b64).collect::<Vec<_>>() })).unwrap();
+    assert!(json.len() > 349_525);
+    let project = create_project(&p, ResultType::Groups, 2, false).await;
+    external_upload(&p, &project, 0, ("a.json", json.clone(), count as u64, size), None).await;
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    assert_eq!(parties[0].upload_state, UploadState::Error, "{:?}", parties[0]);
+    let message = parties[0].error.as_deref().unwrap_or_default();
+    assert!(message.contains(&format!("{} bytes of JSON", json.len())) && message.contains("binary"), "{message}");
+    assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
+
+    external_upload(&p, &project, 1, ("b.bin", raw, count as u64, size), None).await;
+    let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+    assert_eq!(parties[1].upload_state, UploadState::Done, "{:?}", parties[1]);
+}
