@@ -1140,6 +1140,31 @@ mod tests {
     }
 
     #[test]
+    fn each_upload_state_reads_back_from_its_item_and_an_item_lacking_its_data_is_corrupt() {
+        let start = UploadStart { upload_id: "u".into(), receipt_token_hash: TokenHash::of("r") };
+        let ingested = IngestedParty { record_count: 3, encoding_size: 128, entry_count: 6, block_count: 2 };
+        for upload in [
+            Upload::NotStarted,
+            Upload::Pending(start.clone()),
+            Upload::Done { start: start.clone(), ingested: ingested.clone() },
+            Upload::Error { start: start.clone(), message: "bad base64".into() },
+        ] {
+            let party = Party { upload, ..Party::new(3, TokenHash::of("t")) };
+            assert_eq!(party_from(&item(table::party_item("p", &party))).unwrap(), party);
+        }
+        let lacking = |upload: Upload, attribute: &str| {
+            let mut attrs = table::party_item("p", &Party { upload, ..Party::new(3, TokenHash::of("t")) });
+            attrs.retain(|(name, _)| name != attribute);
+            party_from(&item(attrs))
+        };
+        let done = Upload::Done { start: start.clone(), ingested };
+        assert!(matches!(lacking(Upload::Pending(start.clone()), "upload_id"), Err(MetaError::Backend(_))));
+        assert!(matches!(lacking(done.clone(), "receipt_token_hash"), Err(MetaError::Backend(_))));
+        assert!(matches!(lacking(done, "record_count"), Err(MetaError::Backend(_))));
+        assert!(matches!(lacking(Upload::Error { start, message: "m".into() }, "error"), Err(MetaError::Backend(_))));
+    }
+
+    #[test]
     fn a_transaction_cancelled_by_a_conflict_is_a_retryable_conflict() {
         let reason = |code: &str| CancellationReason::builder().code(code).build();
         let conflict = TransactionCanceledException::builder()
