@@ -31,7 +31,7 @@ use crate::service::memory::compute_micros;
 use crate::service::model::{
     self, IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
-    UploadStart, UploadState, Watch, WatchTarget,
+    Upload, UploadStart, UploadState, Watch, WatchTarget,
 };
 use crate::service::ports::{MetaError, ProjectStore, RunStore, ShardCounter, StatusStore, TombstoneStore, UploadStore, WatchStore};
 use crate::service::retry;
@@ -156,25 +156,28 @@ fn project_from(item: &Item) -> Result<Project, MetaError> {
     })
 }
 
+/// Reads a party, refusing an item whose state lacks what it must have (an id once begun, the
+/// ingestion record once done, a message once failed). Attributes a state does not have are
+/// ignored.
 fn party_from(item: &Item) -> Result<Party, MetaError> {
-    let ingested = match item.get("record_count") {
-        None => None,
-        Some(_) => Some(IngestedParty {
-            record_count: get_n(item, "record_count")?,
-            encoding_size: get_n(item, "encoding_size")?,
-            entry_count: get_n(item, "entry_count")?,
-            block_count: get_n(item, "block_count")?,
-        }),
+    let start = || -> Result<UploadStart, MetaError> {
+        Ok(UploadStart { upload_id: get_s(item, "upload_id")?, receipt_token_hash: TokenHash(get_s(item, "receipt_token_hash")?) })
     };
-    Ok(Party {
-        index: get_n(item, "party_index")?,
-        update_token_hash: TokenHash(get_s(item, "update_token_hash")?),
-        upload_state: UploadState::parse(&get_s(item, "upload_state")?).ok_or_else(|| corrupt("upload_state", item))?,
-        upload_id: opt_s(item, "upload_id"),
-        receipt_token_hash: opt_s(item, "receipt_token_hash").map(TokenHash),
-        error: opt_s(item, "error"),
-        ingested,
-    })
+    let upload = match UploadState::parse(&get_s(item, "upload_state")?).ok_or_else(|| corrupt("upload_state", item))? {
+        UploadState::NotStarted => Upload::NotStarted,
+        UploadState::Pending => Upload::Pending(start()?),
+        UploadState::Done => Upload::Done {
+            start: start()?,
+            ingested: IngestedParty {
+                record_count: get_n(item, "record_count")?,
+                encoding_size: get_n(item, "encoding_size")?,
+                entry_count: get_n(item, "entry_count")?,
+                block_count: get_n(item, "block_count")?,
+            },
+        },
+        UploadState::Error => Upload::Error { start: start()?, message: get_s(item, "error")? },
+    };
+    Ok(Party { index: get_n(item, "party_index")?, update_token_hash: TokenHash(get_s(item, "update_token_hash")?), upload })
 }
 
 fn run_from(item: &Item) -> Result<Run, MetaError> {
@@ -684,7 +687,7 @@ impl UploadStore for DynamoMeta {
         let mut values = vec![(":pending", s(UploadState::Pending.as_str())), (":u", s(upload_id))];
         let expression = match error {
             Some(message) => {
-                message_fits(project_pk(project_id), party_sk(party), message)?;
+                table::check_upload_error(project_id, party, upload_id, message)?;
                 values.push((":error", s(UploadState::Error.as_str())));
                 values.push((":m", s(message)));
                 "SET upload_state = :error, #error = :m"
@@ -722,11 +725,11 @@ impl UploadStore for DynamoMeta {
     }
 
     async fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
-        message_fits(project_pk(project_id), party_sk(party), message)?;
+        table::check_upload_error(project_id, party, upload_id, message)?;
         self.update_one(
             "reject upload",
             key(project_pk(project_id), party_sk(party)),
-            "SET upload_state = :error, #error = :m",
+            "SET upload_state = :error, #error = :m REMOVE record_count, encoding_size, entry_count, block_count",
             "upload_state = :done AND upload_id = :u",
             &[("#error", "error")],
             vec![
@@ -741,7 +744,7 @@ impl UploadStore for DynamoMeta {
     }
 
     async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
-        message_fits(project_pk(project_id), party_sk(party), message)?;
+        table::check_upload_error(project_id, party, upload_id, message)?;
         self.update_one(
             "fail upload",
             key(project_pk(project_id), party_sk(party)),
@@ -1134,6 +1137,31 @@ mod tests {
         // Within the limits the request does go out (and fails here: nothing listens).
         run.name = String::new();
         assert!(matches!(meta.create_run(&run).await, Err(MetaError::Backend(_))));
+    }
+
+    #[test]
+    fn each_upload_state_reads_back_from_its_item_and_an_item_lacking_its_data_is_corrupt() {
+        let start = UploadStart { upload_id: "u".into(), receipt_token_hash: TokenHash::of("r") };
+        let ingested = IngestedParty { record_count: 3, encoding_size: 128, entry_count: 6, block_count: 2 };
+        for upload in [
+            Upload::NotStarted,
+            Upload::Pending(start.clone()),
+            Upload::Done { start: start.clone(), ingested: ingested.clone() },
+            Upload::Error { start: start.clone(), message: "bad base64".into() },
+        ] {
+            let party = Party { upload, ..Party::new(3, TokenHash::of("t")) };
+            assert_eq!(party_from(&item(table::party_item("p", &party))).unwrap(), party);
+        }
+        let lacking = |upload: Upload, attribute: &str| {
+            let mut attrs = table::party_item("p", &Party { upload, ..Party::new(3, TokenHash::of("t")) });
+            attrs.retain(|(name, _)| name != attribute);
+            party_from(&item(attrs))
+        };
+        let done = Upload::Done { start: start.clone(), ingested };
+        assert!(matches!(lacking(Upload::Pending(start.clone()), "upload_id"), Err(MetaError::Backend(_))));
+        assert!(matches!(lacking(done.clone(), "receipt_token_hash"), Err(MetaError::Backend(_))));
+        assert!(matches!(lacking(done, "record_count"), Err(MetaError::Backend(_))));
+        assert!(matches!(lacking(Upload::Error { start, message: "m".into() }, "error"), Err(MetaError::Backend(_))));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::pull_policy::{ClientCredentials, ClientEndpoint, ClientStoreAccess};
 use super::model::{
     self, IngestedParty, Party, Project, ProjectSummary, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally, ShardsOutcome, StatusCounters,
     Tombstone,
-    UploadStart, UploadState, Watch, WatchTarget,
+    Upload, UploadStart, Watch, WatchTarget,
 };
 use super::ports::{
     BlobError, BlobReader, BlobStore, ClientStoreOpener, CredentialError, CredentialIssuer, MetaError, Metadata, ProjectStore, QueueError, RunStore, ShardCounter,
@@ -373,69 +373,61 @@ impl UploadStore for MemoryMeta {
                 .iter_mut()
                 .find(|p| p.index == party)
                 .ok_or_else(|| MetaError::NotFound(format!("party {party} of project {project_id}")))?;
-            if !matches!(p.upload_state, UploadState::NotStarted | UploadState::Error) {
-                return Err(MetaError::Conflict(format!("party {party} upload is {}", p.upload_state.as_str())));
+            if !p.upload.may_begin() {
+                return Err(MetaError::Conflict(format!("party {party} upload is {}", p.upload.state().as_str())));
             }
-            p.upload_state = UploadState::Pending;
-            p.upload_id = Some(upload.upload_id.clone());
-            p.receipt_token_hash = Some(upload.receipt_token_hash.clone());
-            p.error = None;
-            p.ingested = None;
+            p.upload = Upload::Pending(upload.clone());
             Ok(())
         })
         .await
     }
 
     async fn abort_upload(&self, project_id: &str, party: u32, upload_id: &str, error: Option<&str>) -> Result<(), MetaError> {
+        if let Some(message) = error {
+            table::check_upload_error(project_id, party, upload_id, message)?;
+        }
         let mut t = lock(&self.tables);
         if let Some(p) = t.party_mut(project_id, party)
-            && p.upload_state == UploadState::Pending
-            && p.upload_id.as_deref() == Some(upload_id)
+            && let Some(start) = p.upload.pending(upload_id)
         {
-            match error {
-                Some(message) => set_party_error(project_id, p, message)?,
-                None => {
-                    p.upload_state = UploadState::NotStarted;
-                    p.upload_id = None;
-                    p.receipt_token_hash = None;
-                    p.error = None;
-                }
-            }
+            p.upload = match error {
+                Some(message) => Upload::Error { start: start.clone(), message: message.into() },
+                None => Upload::NotStarted,
+            };
         }
         Ok(())
     }
 
     async fn complete_upload(&self, project_id: &str, party: u32, upload_id: &str, ingested: &IngestedParty) -> Result<bool, MetaError> {
         let mut t = lock(&self.tables);
-        match t.party_mut(project_id, party) {
-            Some(p) if p.upload_state == UploadState::Pending && p.upload_id.as_deref() == Some(upload_id) => {
-                p.upload_state = UploadState::Done;
-                p.ingested = Some(ingested.clone());
-                p.error = None;
-                Ok(true)
-            }
-            _ => Ok(false),
+        if let Some(p) = t.party_mut(project_id, party)
+            && let Some(start) = p.upload.pending(upload_id)
+        {
+            p.upload = Upload::Done { start: start.clone(), ingested: ingested.clone() };
+            return Ok(true);
         }
+        Ok(false)
     }
 
     async fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        table::check_upload_error(project_id, party, upload_id, message)?;
         let mut t = lock(&self.tables);
         if let Some(p) = t.party_mut(project_id, party)
-            && p.upload_state == UploadState::Done
-            && p.upload_id.as_deref() == Some(upload_id)
+            && let Upload::Done { start, .. } = &p.upload
+            && start.upload_id == upload_id
         {
-            set_party_error(project_id, p, message)?;
+            p.upload = Upload::Error { start: start.clone(), message: message.into() };
         }
         Ok(())
     }
 
     async fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), MetaError> {
+        table::check_upload_error(project_id, party, upload_id, message)?;
         let mut t = lock(&self.tables);
         if let Some(p) = t.party_mut(project_id, party)
-            && p.upload_state == UploadState::Pending
-            && p.upload_id.as_deref() == Some(upload_id)
+            && let Some(start) = p.upload.pending(upload_id)
         {
-            set_party_error(project_id, p, message)?;
+            p.upload = Upload::Error { start: start.clone(), message: message.into() };
         }
         Ok(())
     }
@@ -682,16 +674,6 @@ fn run_item_name(project_id: &str, run_id: &str) -> String {
 }
 fn stats_item_name() -> String {
     item_name(table::STATS.into(), table::STATS.into())
-}
-
-/// Puts the party's upload in `error` with `message`, if the party item still fits.
-fn set_party_error(project_id: &str, p: &mut Party, message: &str) -> Result<(), MetaError> {
-    let mut failed = p.clone();
-    failed.upload_state = UploadState::Error;
-    failed.error = Some(message.to_string());
-    fits(&table::party_item(project_id, &failed))?;
-    *p = failed;
-    Ok(())
 }
 
 /// Microseconds a run computed for (`time_started` → `time_completed`); 0 when unknown.

@@ -20,7 +20,7 @@ use futures::FutureExt;
 use super::aws_limits::{DYNAMODB_MAX_ITEM_BYTES, LimitExceeded};
 use super::model::{
     IngestedParty, Party, Project, ProjectSummary, ResultType, Run, RunAfterShard, RunHead, RunPlan, RunState, SHARD_COUNTERS, ShardTally,
-    StatusCounters, Tombstone, UploadStart, UploadState, Watch, WatchTarget,
+    StatusCounters, Tombstone, Upload, UploadStart, Watch, WatchTarget,
 };
 use super::ports::{MetaError, MetaStore};
 use super::time;
@@ -176,13 +176,17 @@ async fn projects_are_created_once_listed_in_order_and_vanish_when_deleted<M: Me
 
 async fn uploads_follow_their_state_machine<M: MetaStore>(m: &M) {
     m.create_project(&project("p", T1), &[party(0), party(1)]).await.unwrap();
-    let pending = |id: &str| Party {
-        upload_state: UploadState::Pending,
-        upload_id: Some(id.into()),
-        receipt_token_hash: Some(upload(id).receipt_token_hash),
-        ..party(0)
-    };
-    let failed = |id: &str, message: &str| Party { upload_state: UploadState::Error, error: Some(message.into()), ..pending(id) };
+    let with = |upload: Upload| Party { upload, ..party(0) };
+    let pending = |id: &str| with(Upload::Pending(upload(id)));
+    let failed = |id: &str, message: &str| with(Upload::Error { start: upload(id), message: message.into() });
+
+    // No upload yet: nothing to abort, fail, complete or reject.
+    m.abort_upload("p", 0, "u1", None).await.unwrap();
+    m.abort_upload("p", 0, "u1", Some("storing failed")).await.unwrap();
+    m.fail_upload("p", 0, "u1", "bad base64").await.unwrap();
+    m.reject_upload("p", 0, "u1", "sizes differ").await.unwrap();
+    assert!(!m.complete_upload("p", 0, "u1", &ingested()).await.unwrap());
+    assert_eq!(party_of(m, "p", 0).await, party(0), "not started: nothing changed");
 
     m.begin_upload("p", 0, &upload("u1")).await.unwrap();
     assert_eq!(party_of(m, "p", 0).await, pending("u1"));
@@ -195,9 +199,12 @@ async fn uploads_follow_their_state_machine<M: MetaStore>(m: &M) {
 
     // Another upload's id changes nothing; the pending one's resets the party.
     m.abort_upload("p", 0, "other", None).await.unwrap();
+    m.abort_upload("p", 0, "other", Some("storing failed")).await.unwrap();
     m.fail_upload("p", 0, "other", "not ours").await.unwrap();
+    m.reject_upload("p", 0, "other", "not ours").await.unwrap();
+    m.reject_upload("p", 0, "u1", "not ingested yet").await.unwrap();
     assert!(!m.complete_upload("p", 0, "other", &ingested()).await.unwrap());
-    assert_eq!(party_of(m, "p", 0).await, pending("u1"));
+    assert_eq!(party_of(m, "p", 0).await, pending("u1"), "only the pending upload's own id moves it; reject wants a done one");
     m.abort_upload("p", 0, "u1", None).await.unwrap();
     assert_eq!(party_of(m, "p", 0).await, party(0), "aborted without a message: as if never begun");
 
@@ -205,6 +212,11 @@ async fn uploads_follow_their_state_machine<M: MetaStore>(m: &M) {
     m.fail_upload("p", 0, "u2", "bad base64").await.unwrap();
     assert_eq!(party_of(m, "p", 0).await, failed("u2", "bad base64"));
     assert!(!m.complete_upload("p", 0, "u2", &ingested()).await.unwrap(), "a failed upload is no longer pending");
+    m.fail_upload("p", 0, "u2", "failed again").await.unwrap();
+    m.abort_upload("p", 0, "u2", None).await.unwrap();
+    m.abort_upload("p", 0, "u2", Some("storing failed")).await.unwrap();
+    m.reject_upload("p", 0, "u2", "sizes differ").await.unwrap();
+    assert_eq!(party_of(m, "p", 0).await, failed("u2", "bad base64"), "a failed upload stays as it failed");
 
     m.begin_upload("p", 0, &upload("u3")).await.unwrap();
     assert_eq!(party_of(m, "p", 0).await, pending("u3"), "a new upload after an error clears it");
@@ -212,24 +224,38 @@ async fn uploads_follow_their_state_machine<M: MetaStore>(m: &M) {
     assert_eq!(party_of(m, "p", 0).await, failed("u3", "storing failed"));
 
     m.begin_upload("p", 0, &upload("u4")).await.unwrap();
-    m.reject_upload("p", 0, "u4", "not ingested yet").await.unwrap();
-    assert_eq!(party_of(m, "p", 0).await, pending("u4"), "only a done upload is rejected");
     assert!(m.complete_upload("p", 0, "u4", &ingested()).await.unwrap());
-    let done = Party { upload_state: UploadState::Done, ingested: Some(ingested()), ..pending("u4") };
+    let done = with(Upload::Done { start: upload("u4"), ingested: ingested() });
     assert_eq!(party_of(m, "p", 0).await, done);
     assert!(!m.complete_upload("p", 0, "u4", &ingested()).await.unwrap(), "a redelivered completion");
     let r = m.begin_upload("p", 0, &upload("u5")).await;
     assert!(matches!(r, Err(MetaError::Conflict(_))), "done: {r:?}");
     m.fail_upload("p", 0, "u4", "too late").await.unwrap();
     m.abort_upload("p", 0, "u4", None).await.unwrap();
+    m.abort_upload("p", 0, "u4", Some("too late")).await.unwrap();
     m.reject_upload("p", 0, "u3", "an older upload").await.unwrap();
+    m.reject_upload("p", 0, "other", "not ours").await.unwrap();
     assert_eq!(party_of(m, "p", 0).await, done, "only a pending upload fails or aborts; only the done one is rejected");
 
     m.reject_upload("p", 0, "u4", "sizes differ").await.unwrap();
-    assert_eq!(party_of(m, "p", 0).await, Party { upload_state: UploadState::Error, error: Some("sizes differ".into()), ..done });
+    assert_eq!(party_of(m, "p", 0).await, failed("u4", "sizes differ"), "rejected: what ingestion found is dropped");
+    m.reject_upload("p", 0, "u4", "again").await.unwrap();
+    assert_eq!(party_of(m, "p", 0).await, failed("u4", "sizes differ"), "a redelivered rejection");
     m.begin_upload("p", 0, &upload("u6")).await.unwrap();
-    assert_eq!(party_of(m, "p", 0).await, pending("u6"), "what ingestion found is cleared by the next upload");
+    assert_eq!(party_of(m, "p", 0).await, pending("u6"));
     assert_eq!(party_of(m, "p", 1).await, party(1), "the other party is untouched");
+
+    // Unknown projects and parties: nothing to change, nothing created.
+    for (project_id, index) in [("zzz", 0), ("p", 7)] {
+        m.abort_upload(project_id, index, "u6", None).await.unwrap();
+        m.abort_upload(project_id, index, "u6", Some("storing failed")).await.unwrap();
+        m.fail_upload(project_id, index, "u6", "bad base64").await.unwrap();
+        m.reject_upload(project_id, index, "u6", "sizes differ").await.unwrap();
+        assert!(!m.complete_upload(project_id, index, "u6", &ingested()).await.unwrap());
+    }
+    assert_eq!(m.get_project("zzz").await.unwrap(), None);
+    let (_, parties) = m.get_project("p").await.unwrap().expect("the project");
+    assert_eq!(parties.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1], "no party 7 was created");
 }
 
 async fn concurrent_uploads_of_one_party_begin_once<M: MetaStore>(m: &M) {
@@ -241,7 +267,7 @@ async fn concurrent_uploads_of_one_party_begin_once<M: MetaStore>(m: &M) {
         (Err(MetaError::Conflict(_)), Ok(())) => "b",
         _ => panic!("exactly one of two concurrent uploads begins, the other conflicts: {a:?}, {b:?}"),
     };
-    assert_eq!(party_of(m, "p", 0).await.upload_id.as_deref(), Some(winner));
+    assert_eq!(party_of(m, "p", 0).await.upload.upload_id(), Some(winner));
 }
 
 async fn runs_move_forward_only<M: MetaStore>(m: &M) {
@@ -497,7 +523,18 @@ async fn writes_dynamodb_would_refuse_are_refused_and_write_nothing<M: MetaStore
     assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
     let r = m.abort_upload("p", 0, "u", Some(&too_long)).await;
     assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
-    assert_eq!(party_of(m, "p", 0).await.upload_state, UploadState::Pending, "nothing written");
+    // A message that fits alone but not with the rest of the party's item.
+    let nearly = "x".repeat(DYNAMODB_MAX_ITEM_BYTES - 100);
+    let r = m.fail_upload("p", 0, "u", &nearly).await;
+    assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+    // Refused before the state is looked at: the same answer for an upload that is not pending.
+    let r = m.fail_upload("p", 0, "other", &too_long).await;
+    assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+    assert_eq!(party_of(m, "p", 0).await.upload, Upload::Pending(upload("u")), "nothing written");
+    assert!(m.complete_upload("p", 0, "u", &ingested()).await.unwrap());
+    let r = m.reject_upload("p", 0, "u", &too_long).await;
+    assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
+    assert_eq!(party_of(m, "p", 0).await.upload, Upload::Done { start: upload("u"), ingested: ingested() }, "nothing written");
 
     // 50 shards on 50 counters: the project check, 50 markers and 50 counters.
     assert!(m.claim_run("p", "r").await.unwrap());

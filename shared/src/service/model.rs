@@ -85,6 +85,8 @@ pub struct Tombstone {
     pub deleted_secs: u64,
 }
 
+/// The name of an upload's state, as stored (DynamoDB's `upload_state`, which its condition
+/// expressions compare) and as logged. What each state holds is [`Upload`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UploadState {
@@ -115,31 +117,78 @@ impl UploadState {
 }
 
 /// One data provider of a project (index = position of its update token).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Party {
     pub index: u32,
     pub update_token_hash: TokenHash,
-    pub upload_state: UploadState,
-    /// The upload currently pending or done (its objects are keyed by it).
-    pub upload_id: Option<String>,
-    pub receipt_token_hash: Option<TokenHash>,
-    pub error: Option<String>,
-    /// Filled by ingestion.
-    pub ingested: Option<IngestedParty>,
+    pub upload: Upload,
 }
 
 impl Party {
     /// A party as a project is created: no upload yet.
     pub fn new(index: u32, update_token_hash: TokenHash) -> Self {
-        Party {
-            index,
-            update_token_hash,
-            upload_state: UploadState::NotStarted,
-            upload_id: None,
-            receipt_token_hash: None,
-            error: None,
-            ingested: None,
+        Party { index, update_token_hash, upload: Upload::NotStarted }
+    }
+}
+
+/// Where a party's upload stands, each state with what it has: an upload that began has its id
+/// (its objects are keyed by it) and its receipt token for good, a done one what ingestion
+/// found, a failed one why. So no reader checks that a pending upload has an id or a done one
+/// its ingestion record: the type says so (the metadata stores refuse to read an item that
+/// breaks it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Upload {
+    /// Nothing uploaded yet, or the last upload was withdrawn (`abort_upload` without a message).
+    NotStarted,
+    /// Stored, being ingested.
+    Pending(UploadStart),
+    Done { start: UploadStart, ingested: IngestedParty },
+    /// Failed: storing, ingestion, or its encoding size disagreed with the others' (what that
+    /// ingestion found is dropped). The party may upload again with the same token.
+    Error { start: UploadStart, message: String },
+}
+
+impl Upload {
+    pub fn state(&self) -> UploadState {
+        match self {
+            Upload::NotStarted => UploadState::NotStarted,
+            Upload::Pending(_) => UploadState::Pending,
+            Upload::Done { .. } => UploadState::Done,
+            Upload::Error { .. } => UploadState::Error,
         }
+    }
+
+    /// The upload that began last (pending, done or failed).
+    pub fn start(&self) -> Option<&UploadStart> {
+        match self {
+            Upload::NotStarted => None,
+            Upload::Pending(start) | Upload::Done { start, .. } | Upload::Error { start, .. } => Some(start),
+        }
+    }
+
+    pub fn upload_id(&self) -> Option<&str> {
+        self.start().map(|start| start.upload_id.as_str())
+    }
+
+    /// The pending upload, if it is `upload_id` (the one an event or a step is about).
+    pub fn pending(&self, upload_id: &str) -> Option<&UploadStart> {
+        match self {
+            Upload::Pending(start) if start.upload_id == upload_id => Some(start),
+            _ => None,
+        }
+    }
+
+    /// What ingestion found, once done.
+    pub fn ingested(&self) -> Option<&IngestedParty> {
+        match self {
+            Upload::Done { ingested, .. } => Some(ingested),
+            _ => None,
+        }
+    }
+
+    /// Whether the party may upload now: nothing uploaded yet, or the last upload failed.
+    pub fn may_begin(&self) -> bool {
+        matches!(self, Upload::NotStarted | Upload::Error { .. })
     }
 }
 
@@ -153,8 +202,8 @@ pub struct IngestedParty {
     pub block_count: u64,
 }
 
-/// What `begin_upload` stores.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What `begin_upload` stores, and every later state of that upload keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadStart {
     pub upload_id: String,
     pub receipt_token_hash: TokenHash,

@@ -97,7 +97,9 @@ pub trait TombstoneStore: Send + Sync + Clone + 'static {
     fn purge_project(&self, project_id: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
 }
 
-/// A party's upload through its states (`not_started` → `pending` → `done`, or `error`).
+/// A party's upload through its states (`not_started` → `pending` → `done`, or `error`;
+/// [`super::model::Upload`]). A message that would not fit the party's item is refused with
+/// `Limit` before the upload's state is looked at, so that answer does not depend on the state.
 pub trait UploadStore: Send + Sync + Clone + 'static {
     /// Moves a party's upload from `not_started`/`error` to `pending` under `upload.upload_id`,
     /// storing the receipt token hash. `Conflict` if an upload is already pending or done;
@@ -110,8 +112,8 @@ pub trait UploadStore: Send + Sync + Clone + 'static {
     /// upload is no longer the pending one (a redelivered event, a deleted project).
     fn complete_upload(&self, project_id: &str, party: u32, upload_id: &str, ingested: &IngestedParty) -> impl Future<Output = Result<bool, MetaError>> + Send;
     /// Puts an ingested (done) upload `upload_id` back in `error` with a message, when its data
-    /// turn out not to fit the other parties' (encoding sizes differ). The party may then upload
-    /// again with the same token, as with any failed upload.
+    /// turn out not to fit the other parties' (encoding sizes differ); what ingestion found is
+    /// dropped. The party may then upload again with the same token, as with any failed upload.
     fn reject_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;
     /// Marks the pending upload `upload_id` as failed with a message a person understands.
     fn fail_upload(&self, project_id: &str, party: u32, upload_id: &str, message: &str) -> impl Future<Output = Result<(), MetaError>> + Send;

@@ -6,7 +6,8 @@
 //! DynamoDB does ([`item_bytes`]), so both refuse an item over DynamoDB's 400 KB.
 
 use super::aws_limits::{self, LimitExceeded};
-use super::model::{IngestedParty, Party, Project, Run, Watch, WatchTarget};
+use super::model::{IngestedParty, Party, Project, Run, Upload, UploadStart, Watch, WatchTarget};
+use super::tokens::TokenHash;
 
 /// One attribute value, of the three types the service stores.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,19 +107,28 @@ pub fn party_item(project_id: &str, p: &Party) -> Attrs {
         [
             ("party_index", n(p.index)),
             ("update_token_hash", s(&p.update_token_hash.0)),
-            ("upload_state", s(p.upload_state.as_str())),
+            ("upload_state", s(p.upload.state().as_str())),
         ],
     );
-    let optional = [
-        ("upload_id", p.upload_id.clone()),
-        ("receipt_token_hash", p.receipt_token_hash.as_ref().map(|h| h.0.clone())),
-        ("error", p.error.clone()),
-    ];
-    extend(&mut item, optional.into_iter().filter_map(|(name, v)| Some((name, s(v?)))));
-    if let Some(i) = &p.ingested {
-        extend(&mut item, ingested_attrs(i));
+    if let Some(start) = p.upload.start() {
+        extend(&mut item, [("upload_id", s(&start.upload_id)), ("receipt_token_hash", s(&start.receipt_token_hash.0))]);
+    }
+    match &p.upload {
+        Upload::NotStarted | Upload::Pending(_) => {}
+        Upload::Done { ingested, .. } => extend(&mut item, ingested_attrs(ingested)),
+        Upload::Error { message, .. } => extend(&mut item, [("error", s(message))]),
     }
     item
+}
+
+/// Refuses, before either store looks at the party's state, an error message that would take
+/// the party's item past DynamoDB's item size once failed: both stores then answer an oversized
+/// message alike, whatever the upload's state, and the way DynamoDB itself would (token hashes
+/// have one length, so the item's size follows from the ids and the message).
+pub fn check_upload_error(project_id: &str, party: u32, upload_id: &str, message: &str) -> Result<(), LimitExceeded> {
+    let start = UploadStart { upload_id: upload_id.into(), receipt_token_hash: TokenHash::of("") };
+    let upload = Upload::Error { start, message: message.into() };
+    check_item(&party_item(project_id, &Party { upload, ..Party::new(party, TokenHash::of("")) }))
 }
 
 pub fn ingested_attrs(i: &IngestedParty) -> [(&'static str, Attr); 4] {

@@ -42,7 +42,7 @@ pub fn authorize(project: &Project, parties: &[Party], token: &str, allowed: All
     let receipt_of = || {
         parties
             .iter()
-            .find(|p| p.receipt_token_hash.as_ref().is_some_and(|h| h.matches(token)))
+            .find(|p| p.upload.start().is_some_and(|start| start.receipt_token_hash.matches(token)))
             .map(|p| p.index)
     };
     match allowed {

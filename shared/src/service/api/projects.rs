@@ -13,7 +13,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{AuthToken, ProjectId, parse_json, read_body};
 use super::Shared;
 use crate::service::config::Limits;
-use crate::service::model::{Party, Project, ResultType, UploadState};
+use crate::service::model::{Party, Project, ResultType, Upload};
 use crate::service::pipeline::expiry::request_purge;
 use crate::service::ports::{BlobStore, Ports, ProjectStore};
 use crate::service::{time, tokens};
@@ -247,19 +247,19 @@ where
 /// puts an upload in error when its encoding size disagrees with the others'). The reference's
 /// `error` flag.
 pub(crate) fn project_in_error(parties: &[Party]) -> bool {
-    parties.iter().any(|p| p.upload_state == UploadState::Error)
+    parties.iter().any(|p| matches!(p.upload, Upload::Error { .. }))
 }
 
 /// Why the project is in error, for run status messages.
 pub(crate) fn project_error_message(parties: &[Party]) -> Option<String> {
-    parties
-        .iter()
-        .find(|p| p.upload_state == UploadState::Error)
-        .map(|p| format!("upload of party {} failed: {}", p.index, p.error.as_deref().unwrap_or("unknown error")))
+    parties.iter().find_map(|p| match &p.upload {
+        Upload::Error { message, .. } => Some(format!("upload of party {} failed: {message}", p.index)),
+        _ => None,
+    })
 }
 
 pub(crate) fn parties_contributed(parties: &[Party]) -> usize {
-    parties.iter().filter(|p| p.upload_state == UploadState::Done).count()
+    parties.iter().filter(|p| matches!(p.upload, Upload::Done { .. })).count()
 }
 
 /// GET `/projects/{project_id}`: the ProjectDescription (result token, or a receipt for
@@ -292,18 +292,16 @@ where
 /// `done` with what was read.
 fn party_status(party: &Party) -> Value {
     let mut status = json!({"party": party.index});
-    let state = match party.upload_state {
-        UploadState::NotStarted => "pending",
-        UploadState::Pending => "ingesting",
-        UploadState::Error => {
-            status["reason"] = json!(party.error.as_deref().unwrap_or("unknown error"));
+    let state = match &party.upload {
+        Upload::NotStarted => "pending",
+        Upload::Pending(_) => "ingesting",
+        Upload::Error { message, .. } => {
+            status["reason"] = json!(message);
             "failed"
         }
-        UploadState::Done => {
-            if let Some(ingested) = &party.ingested {
-                status["records"] = json!(ingested.record_count);
-                status["encoding_size"] = json!(ingested.encoding_size);
-            }
+        Upload::Done { ingested, .. } => {
+            status["records"] = json!(ingested.record_count);
+            status["encoding_size"] = json!(ingested.encoding_size);
             "done"
         }
     };

@@ -197,7 +197,7 @@ fn estimate_from_parties(
     planned: Option<(u64, u64)>,
     threshold: f64,
 ) -> Option<crate::engine::sizing::Estimate> {
-    let ingested: Vec<_> = parties.iter().map(|p| p.ingested.as_ref()).collect::<Option<Vec<_>>>()?;
+    let ingested: Vec<_> = parties.iter().map(|p| p.upload.ingested()).collect::<Option<Vec<_>>>()?;
     let records: Vec<u64> = ingested.iter().map(|i| i.record_count).collect();
     let encoding_size = ingested.first().map(|i| i.encoding_size).unwrap_or(128);
     crate::engine::sizing::run_estimate(&settings.limits.sizing(), &records, encoding_size, project.uses_blocking, planned, threshold)

@@ -311,11 +311,11 @@ async fn describe_project_by_token_kind() {
     assert!(v.get("public_key").is_none() && v.get("paillier_context").is_none());
 
     // Ingestion marks the upload done; a failed one puts the project in error.
-    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload_id.clone().unwrap();
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload.upload_id().unwrap().to_owned();
     api.meta.complete_upload(&p.id, 0, &upload, &ingested()).await.unwrap();
     assert_eq!(api.get(&path).token(&p.result_token).send().await.json()["parties_contributed"], 1);
     api.receipt(&p, 1).await;
-    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[1].upload_id.clone().unwrap();
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[1].upload.upload_id().unwrap().to_owned();
     api.meta.fail_upload(&p.id, 1, &upload, "record 3 is not valid base64").await.unwrap();
     assert_eq!(api.get(&path).token(&p.result_token).send().await.json()["error"], true);
 }
@@ -753,7 +753,7 @@ async fn runs_cannot_be_posted_while_the_project_is_in_error() {
     let p = api.project("groups").await;
     let run = api.run(&p).await;
     api.receipt(&p, 0).await;
-    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload_id.clone().unwrap();
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload.upload_id().unwrap().to_owned();
     api.meta.fail_upload(&p.id, 0, &upload, "record 1 is not valid base64").await.unwrap();
 
     let detail = api.post(&format!("/projects/{}/runs", p.id)).token(&p.result_token).json(json!({"threshold": 0.5})).send().await.problem(409);
@@ -784,7 +784,7 @@ async fn run_status_follows_the_stages() {
         json!({"number": 1, "description": "waiting for CLKs", "progress": {"absolute": 0, "relative": 0.0, "description": "number of parties already contributed"}})
     );
     api.receipt(&p, 0).await;
-    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload_id.clone().unwrap();
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[0].upload.upload_id().unwrap().to_owned();
     api.meta.complete_upload(&p.id, 0, &upload, &ingested()).await.unwrap();
     assert_eq!(status().send().await.json()["current_stage"]["progress"]["relative"], 0.5);
 
@@ -1205,7 +1205,7 @@ async fn group_scores_is_a_run_option_of_groups_projects() {
 /// Marks party `party`'s upload ingested with `records` records.
 async fn ingest(api: &Api, p: &Project, party: usize, records: u64) {
     api.receipt(p, party).await;
-    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[party].upload_id.clone().unwrap();
+    let upload = api.meta.get_project(&p.id).await.unwrap().unwrap().1[party].upload.upload_id().unwrap().to_owned();
     let ingested = IngestedParty { record_count: records, encoding_size: 8, entry_count: records, block_count: 1 };
     api.meta.complete_upload(&p.id, party as u32, &upload, &ingested).await.unwrap();
 }
@@ -1253,7 +1253,7 @@ async fn party_upload_status_is_per_party_and_no_party_sees_another() {
 
     ingest(&api, &p, 0, 7).await;
     api.receipt(&p, 1).await;
-    let failing = api.meta.get_project(&p.id).await.unwrap().unwrap().1[1].upload_id.clone().unwrap();
+    let failing = api.meta.get_project(&p.id).await.unwrap().unwrap().1[1].upload.upload_id().unwrap().to_owned();
     api.meta.fail_upload(&p.id, 1, &failing, "record 3 is not valid base64").await.unwrap();
     api.receipt(&p, 2).await;
 

@@ -25,7 +25,7 @@ use super::Shared;
 use crate::service::pull_policy::{self, ClientCredentials, ClientStoreAccess, PullRefused};
 use crate::service::config::Settings;
 use crate::service::keys;
-use crate::service::model::{Party, Project, UploadStart, UploadState};
+use crate::service::model::{Party, Project, UploadStart};
 use crate::service::ports::{BlobStore, CredentialIssuer, Metadata, MetaError, Ports, ProjectStore, UploadStore};
 use crate::service::tokens::{self, TokenHash};
 
@@ -522,8 +522,8 @@ fn uploading_party(project: &Project, parties: &[Party], token: &str) -> Result<
     let Access::Update(index) = authorize(project, parties, token, Allowed::UpdateOnly)? else {
         return Err(ApiError::InvalidAccess);
     };
-    match parties.iter().find(|p| p.index == index).map(|p| p.upload_state) {
-        Some(UploadState::NotStarted | UploadState::Error) => Ok(index),
+    match parties.iter().find(|p| p.index == index) {
+        Some(party) if party.upload.may_begin() => Ok(index),
         _ => Err(ApiError::Forbidden(TOKEN_ALREADY_USED.into())),
     }
 }

@@ -260,7 +260,7 @@ pub(super) fn encoding_sizes(parties: &[crate::service::model::Party]) -> Vec<u3
     let len = parties.iter().map(|p| p.index as usize + 1).max().unwrap_or(0);
     let mut sizes = vec![0; len];
     for p in parties {
-        if let Some(i) = &p.ingested {
+        if let Some(i) = p.upload.ingested() {
             sizes[p.index as usize] = i.encoding_size;
         }
     }

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::engine::encoding::{self, SizeBounds};
 use crate::service::keys::{self, Incoming, IngestStep};
 use crate::service::metrics;
-use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, UploadState};
+use crate::service::model::{IngestedParty, Party, Project, RunPlan, RunState, Upload};
 use crate::service::ports::{BlobError, BlobReader, BlobStore, Metadata, ProjectStore, RunStore, TombstoneStore, UploadStore};
 use crate::service::stored_upload::{ExternalUpload, UploadForm};
 use crate::service::time;
@@ -67,10 +67,10 @@ impl<P: IngestPorts> Pipeline<P> {
             self.delete_step_request(step_key.as_deref()).await?;
             return self.delete_quietly(&key).await;
         };
-        if party.upload_id.as_deref() != Some(upload_id) || party.upload_state != UploadState::Pending {
+        if party.upload.pending(upload_id).is_none() {
             // A redelivered event for an upload already ingested, or superseded by a retry.
             info!(project_id, party_index, upload_id, "upload is no longer pending; nothing to do");
-            if party.upload_id.as_deref() != Some(upload_id) {
+            if party.upload.upload_id() != Some(upload_id) {
                 self.delete_quietly(&key).await?;
             }
             self.remove_ingestion_work(project_id, party_index, upload_id).await?;
@@ -141,7 +141,7 @@ impl<P: IngestPorts> Pipeline<P> {
 
     async fn upload_pending(&self, project_id: &str, party_index: u32, upload_id: &str) -> Result<bool, PipelineError> {
         Ok(self.meta.get_project(project_id).await?.is_some_and(|(_, parties)| {
-            parties.iter().any(|p| p.index == party_index && p.upload_id.as_deref() == Some(upload_id) && p.upload_state == UploadState::Pending)
+            parties.iter().any(|p| p.index == party_index && p.upload.pending(upload_id).is_some())
         }))
     }
 
@@ -215,15 +215,18 @@ impl<P: IngestPorts> Pipeline<P> {
 
     /// Whether every party's data is in and fits the others' (mismatches are reported here).
     pub(super) async fn parties_ready(&self, project: &Project, parties: &[Party]) -> Result<bool, PipelineError> {
-        if parties.len() != project.number_parties as usize
-            || parties.iter().any(|p| p.upload_state != UploadState::Done)
-        {
+        // Each party's upload and what its ingestion found, once every party's upload is done.
+        let done: Option<Vec<(u32, &str, &IngestedParty)>> = parties
+            .iter()
+            .map(|p| match &p.upload {
+                Upload::Done { start, ingested } => Some((p.index, start.upload_id.as_str(), ingested)),
+                _ => None,
+            })
+            .collect();
+        let Some(done) = done.filter(|done| done.len() == project.number_parties as usize) else {
             return Ok(false);
-        }
-        let ingested: Vec<IngestedParty> = parties.iter().filter_map(|p| p.ingested.clone()).collect();
-        if ingested.len() != parties.len() {
-            return Err(PipelineError::Corrupt(format!("project {}: a done party has no ingestion record", project.project_id)));
-        }
+        };
+        let ingested: Vec<&IngestedParty> = done.iter().map(|&(_, _, ingested)| ingested).collect();
         if ingested.iter().any(|i| i.encoding_size != ingested[0].encoding_size) {
             // As the reference does: the size the schema says, else the one most parties used
             // (ties: the lowest party's) is right; the other uploads go to `error`, so those
@@ -244,12 +247,10 @@ impl<P: IngestPorts> Pipeline<P> {
                 "Mismatch in encoding sizes: the parties uploaded encodings of {} bytes; expected {expected} bytes",
                 sizes.join(", ")
             );
-            for (party, facts) in parties.iter().zip(&ingested) {
-                if facts.encoding_size != expected
-                    && let Some(upload_id) = &party.upload_id
-                {
+            for (party, upload_id, facts) in done {
+                if facts.encoding_size != expected {
                     let why = format!("{message}. Please upload encodings of {expected} bytes again.");
-                    self.meta.reject_upload(&project.project_id, party.index, upload_id, &why).await?;
+                    self.meta.reject_upload(&project.project_id, party, upload_id, &why).await?;
                 }
             }
             for run in self.meta.list_runs(&project.project_id).await? {

@@ -227,7 +227,7 @@ where
         }
         let mut sizes = [0u64; 2];
         for p in parties.iter().take(2) {
-            sizes[p.index as usize % 2] = p.ingested.as_ref().map(|i| i.record_count).unwrap_or(0);
+            sizes[p.index as usize % 2] = p.upload.ingested().map(|i| i.record_count).unwrap_or(0);
         }
         let Some(seed) = self.permutation_seed(project_id, run_id).await? else {
             return Ok(Solved::Written { pairs }); // the run was deleted meanwhile

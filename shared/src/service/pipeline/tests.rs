@@ -120,6 +120,14 @@ async fn create_project(p: &TestPipeline, result_type: ResultType, n: u32, block
     project_id
 }
 
+/// Why the party's upload failed; panics if it did not.
+fn failure(party: &Party) -> &str {
+    match &party.upload {
+        Upload::Error { message, .. } => message,
+        other => panic!("party {}'s upload did not fail: {other:?}", party.index),
+    }
+}
+
 /// What the api does for a JSON upload: the party's upload pending, the body stored. Returns
 /// the stored request's key (whose S3 event starts ingestion).
 async fn store_upload(p: &TestPipeline, project: &str, party: u32, upload_id: &str, body: Vec<u8>) -> String {
@@ -322,8 +330,7 @@ async fn undecodable_uploads_fail_the_party_with_a_readable_message() {
     let project = create_project(&p, ResultType::Groups, 2, false).await;
     upload(&p, &project, 0, br#"{"clks": ["not base64!"]}"#.to_vec()).await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    assert_eq!(parties[0].upload_state, UploadState::Error);
-    let message = parties[0].error.clone().unwrap_or_default();
+    let message = failure(&parties[0]);
     assert!(message.to_lowercase().contains("base64"), "{message}");
 }
 
@@ -340,9 +347,8 @@ async fn mismatched_encoding_sizes_fail_the_runs_and_the_odd_party_can_upload_ag
     assert!(run.error.unwrap_or_default().contains("Mismatch in encoding sizes"));
     // Party 0's 8-byte encodings win the tie (lowest party); party 1's upload is in error...
     let (_, parties_now) = p.meta.get_project(&project).await.unwrap().unwrap();
-    assert_eq!(parties_now[0].upload_state, UploadState::Done);
-    assert_eq!(parties_now[1].upload_state, UploadState::Error);
-    assert!(parties_now[1].error.clone().unwrap_or_default().contains("expected 8 bytes"));
+    assert_eq!(parties_now[0].upload.state(), UploadState::Done);
+    assert!(failure(&parties_now[1]).contains("expected 8 bytes"));
     // ...so it can upload again, and a new run completes.
     let b = parties(2, 1, 5, false).remove(0);
     let key = store_upload(&p, &project, 1, "retry", upload_body(&b, false)).await;
@@ -522,8 +528,8 @@ async fn streamed_external_uploads_pack_like_in_memory_ingestion() {
         assert_eq!(p.work.object(&keys::party_index(&project, party)).unwrap().0.as_ref(), &index.to_bytes()[..]);
         let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
         let state = &parties[party as usize];
-        assert_eq!(state.upload_state, UploadState::Done, "{state:?}");
-        assert_eq!(state.ingested.as_ref().unwrap().entry_count, index.entry_count);
+        assert_eq!(state.upload.state(), UploadState::Done, "{state:?}");
+        assert_eq!(state.upload.ingested().unwrap().entry_count, index.entry_count);
     }
     assert_eq!(p.work.unfinished_multipart_uploads(), 0);
     assert!(p.uploads.keys().is_empty(), "ingested objects are deleted: {:?}", p.uploads.keys());
@@ -541,12 +547,10 @@ async fn external_uploads_that_do_not_match_their_declaration_fail_the_upload() 
     let blocks = serde_json::json!({"blocks": {"0": ["a"]}});
     external_upload(&p, &project, 2, ("b.bin", vec![1; 2 * 16], 2, 16), Some(serde_json::to_vec(&blocks).unwrap())).await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    for party in &parties[..3] {
-        assert_eq!(party.upload_state, UploadState::Error, "{party:?}");
-    }
-    assert!(parties[0].error.as_deref().unwrap().contains("did not match the expected size"), "{:?}", parties[0].error);
-    assert!(parties[1].error.as_deref().unwrap().contains("multiple of 8"), "{:?}", parties[1].error);
-    assert!(parties[2].error.as_deref().unwrap().contains("blocks"), "{:?}", parties[2].error);
+    let [first, second, third] = [0, 1, 2].map(|i| failure(&parties[i]));
+    assert!(first.contains("did not match the expected size"), "{first}");
+    assert!(second.contains("multiple of 8"), "{second}");
+    assert!(third.contains("blocks"), "{third}");
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
 }
 
@@ -573,8 +577,7 @@ async fn a_blocks_file_malformed_halfway_fails_the_upload_naming_the_record() {
         .await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
     for (party, expected) in [(0usize, "malformed after record 999"), (1, "after record 999")] {
-        assert_eq!(parties[party].upload_state, UploadState::Error, "{:?}", parties[party]);
-        let message = parties[party].error.as_deref().unwrap_or_default();
+        let message = failure(&parties[party]);
         assert!(message.contains(expected) && message.contains("blocks"), "{message}");
         assert!(p.work.object(&keys::party_data(&project, party as u32)).is_none());
         assert!(p.work.object(&keys::party_index(&project, party as u32)).is_none());
@@ -635,7 +638,7 @@ async fn partitioned_ingestion_under_duplicate_delivery_packs_like_in_memory() {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["assemble", "chunk", "merge"]);
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    assert_eq!(parties[0].upload_state, UploadState::Done, "{:?}", parties[0]);
+    assert_eq!(parties[0].upload.state(), UploadState::Done, "{:?}", parties[0]);
     assert_packed_like_in_memory(&p, &project, 0, raw, size, &blocks);
     // Late events of every kind after the ingestion ended change nothing.
     for step in [IngestStep::Chunk(0), IngestStep::Merge(7), IngestStep::Assemble] {
@@ -691,11 +694,11 @@ async fn partitioned_ingestion_resumes_after_a_crash() {
         }
         run_ingest_steps(&p, 1).await;
         let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-        assert_eq!(parties[party as usize].upload_state, UploadState::Pending, "lost merges keep it pending");
+        assert_eq!(parties[party as usize].upload.state(), UploadState::Pending, "lost merges keep it pending");
         p.on_incoming(&key).await.unwrap(); // the upload's event again: the lost merges
         run_ingest_steps(&p, 1).await;
         let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-        assert_eq!(parties[party as usize].upload_state, UploadState::Done, "{:?}", parties[party as usize]);
+        assert_eq!(parties[party as usize].upload.state(), UploadState::Done, "{:?}", parties[party as usize]);
         assert_packed_like_in_memory(&p, &project, party, raw.clone(), size, &blocks);
     }
     assert_eq!(ingestion_work_left(&p), Vec::<String>::new());
@@ -716,8 +719,7 @@ async fn a_record_listed_in_two_chunks_fails_the_upload() {
     let project = create_project(&p, ResultType::Groups, 2, true).await;
     external_upload_named(&p, &project, 0, ("a.bin", raw, count as u64, size), Some(("a.ndjson", ndjson))).await;
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    assert_eq!(parties[0].upload_state, UploadState::Error, "{:?}", parties[0]);
-    let message = parties[0].error.as_deref().unwrap_or_default();
+    let message = failure(&parties[0]);
     assert!(message.contains("record 5 more than once") && message.contains("blocks file"), "{message}");
     assert!(p.work.object(&keys::party_data(&project, 0)).is_none());
     assert_eq!(ingestion_work_left(&p), Vec::<String>::new());
@@ -748,8 +750,8 @@ async fn streamed_ingestion_pauses_at_its_budget_and_continues_exactly() {
         p.on_incoming(&key).await.unwrap();
         invocations += 1;
         let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-        if parties[0].upload_state != UploadState::Pending {
-            assert_eq!(parties[0].upload_state, UploadState::Done, "{:?}", parties[0]);
+        if parties[0].upload.state() != UploadState::Pending {
+            assert_eq!(parties[0].upload.state(), UploadState::Done, "{:?}", parties[0]);
             break;
         }
         assert!(p.work.object(&key).is_some(), "a paused ingestion keeps (and re-announces) its request");
@@ -818,11 +820,11 @@ async fn uploads_pulled_from_a_client_store_pack_like_uploads_to_ours() {
     let key1 = reference_upload(&p, &project, 1, &client_reference("mine/clks.bin", Some("mine/blocks.json"))).await;
 
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    assert!(parties.iter().all(|party| party.upload_state == UploadState::Done), "{parties:?}");
+    assert!(parties.iter().all(|party| party.upload.state() == UploadState::Done), "{parties:?}");
     let (data, index) = crate::engine::packed::pack(&PartyEncodings { encoding_size: size, data: raw.clone(), blocks: None });
     assert!(p.work.object(&keys::party_data(&project, 0)).unwrap().0 == data);
     assert_eq!(p.work.object(&keys::party_index(&project, 0)).unwrap().0.as_ref(), &index.to_bytes()[..]);
-    assert_eq!(parties[1].ingested.as_ref().unwrap().block_count, 3);
+    assert_eq!(parties[1].upload.ingested().unwrap().block_count, 3);
     assert_eq!(theirs.keys(), vec!["mine/blocks.json".to_string(), "mine/clks.bin".to_string()], "the client's objects are theirs");
     assert!(p.work.object(&key0).is_none() && p.work.object(&key1).is_none(), "references with credentials are deleted");
     let opened = p.client_stores.opened_with();
@@ -845,8 +847,7 @@ async fn pulls_the_policy_refuses_or_that_find_nothing_fail_the_upload_with_a_me
     reference_upload(&p, &project, 2, &client_reference("mine/missing.bin", None)).await;
 
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
-    let errors: Vec<String> = parties.iter().map(|party| party.error.clone().unwrap_or_default()).collect();
-    assert!(parties.iter().all(|party| party.upload_state == UploadState::Error), "{parties:?}");
+    let errors: Vec<&str> = parties.iter().map(failure).collect();
     assert!(errors[0].contains("Pulling encodings from another object store ('store.example.com')"), "{}", errors[0]);
     assert!(errors[1].contains("link-local") && errors[1].contains("169.254.169.254"), "{}", errors[1]);
     assert!(errors[2].contains("no encodings at 'mine/missing.bin' in bucket 'theirs' at store.example.com"), "{}", errors[2]);
@@ -1033,7 +1034,7 @@ async fn failing_object_reads_are_retried_and_change_nothing() {
     p.work.fail_reads(true);
     assert!(p.on_incoming(&key).await.is_err(), "a read failure is an error, so SQS redelivers");
     let party = p.meta.get_project(&project).await.unwrap().unwrap().1.remove(1);
-    assert_eq!(party.upload_state, UploadState::Pending, "not blamed on the data: {party:?}");
+    assert_eq!(party.upload.state(), UploadState::Pending, "not blamed on the data: {party:?}");
     p.work.fail_reads(false);
     p.on_incoming(&key).await.unwrap();
 
@@ -1262,7 +1263,7 @@ async fn watchdog_sweeps_are_bounded_survive_a_poisoned_project_and_still_resend
     for key in &lost_uploads {
         let project = key.split('/').nth(2).unwrap();
         let party = p.meta.get_project(project).await.unwrap().unwrap().1.remove(0);
-        assert_eq!(party.upload_state, UploadState::Done, "{project}");
+        assert_eq!(party.upload.state(), UploadState::Done, "{project}");
     }
     // A sweep with no time left looks at nothing and keeps its place.
     p.settings.watchdog.sweep_budget_secs = 0;

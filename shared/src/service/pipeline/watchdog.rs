@@ -40,7 +40,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::service::{keys, metrics};
-use crate::service::model::{Party, Project, Run, RunState, UploadState, Watch, WatchTarget};
+use crate::service::model::{Party, Project, Run, RunState, Upload, Watch, WatchTarget};
 use crate::service::ports::{BlobError, BlobReader, BlobStore, ClientStoreOpener, Ports, ProjectStore, RunStore, ShardCounter, TombstoneStore, UploadStore, WatchStore, WorkQueue};
 
 use super::fan_out::dispatched_key;
@@ -188,9 +188,11 @@ where
             }
             return Ok(());
         }
-        for party in parties.iter().filter(|p| p.upload_state == UploadState::Pending) {
-            sweep.watched += 1;
-            self.watch_upload(&project, party, now_secs, depths, sweep).await?;
+        for party in &parties {
+            if let Upload::Pending(start) = &party.upload {
+                sweep.watched += 1;
+                self.watch_upload(&project, party.index, &start.upload_id, now_secs, depths, sweep).await?;
+            }
         }
         for run in self.meta.list_runs(project_id).await?.into_iter().filter(|r| !r.state.is_final()) {
             sweep.watched += 1;
@@ -202,17 +204,17 @@ where
     async fn watch_upload(
         &self,
         project: &Project,
-        party: &Party,
+        party: u32,
+        upload_id: &str,
         now_secs: u64,
         depths: &mut HashMap<String, u64>,
         sweep: &mut Sweep,
     ) -> Result<(), PipelineError> {
         let project_id = project.project_id.as_str();
-        let Some(upload_id) = party.upload_id.as_deref() else { return Ok(()) };
-        let target = WatchTarget::Upload(party.index);
+        let target = WatchTarget::Upload(party);
         // A partitioned ingestion stays pending for many invocations: each step it finishes is
         // progress, so a long one is not taken for a stalled one.
-        let steps_done = self.ingestion_steps_done(project_id, party.index, upload_id).await?;
+        let steps_done = self.ingestion_steps_done(project_id, party, upload_id).await?;
         let fingerprint = format!("pending {upload_id} steps {steps_done}");
         let Progress::Stalled { redrives, stalled_secs } = self.progress(project_id, &target, &fingerprint, now_secs).await? else {
             return Ok(());
@@ -226,27 +228,27 @@ where
                  again {redrives} times. Please upload again.",
                 self.settings.watchdog.stall_after_secs
             );
-            warn!(project_id, party = party.index, upload_id, redrives, "stalled upload failed");
-            self.meta.fail_upload(project_id, party.index, upload_id, &message).await?;
+            warn!(project_id, party = party, upload_id, redrives, "stalled upload failed");
+            self.meta.fail_upload(project_id, party, upload_id, &message).await?;
             sweep.failed += 1;
             return Ok(());
         }
         // Writing the stored upload again makes S3 announce it again, so ingestion starts the
         // way it always does (with its retries and dead-letter queue).
-        let key = keys::upload(project_id, party.index, upload_id);
+        let key = keys::upload(project_id, party, upload_id);
         match self.work.get(&key).await {
             Ok((body, metadata)) => self.work.put(&key, body, &metadata).await?,
             Err(BlobError::NotFound(_)) => {
-                warn!(project_id, party = party.index, upload_id, "stalled upload has no stored data");
+                warn!(project_id, party = party, upload_id, "stalled upload has no stored data");
                 self.meta
-                    .fail_upload(project_id, party.index, upload_id, "The uploaded data was lost before it could be read; please upload again.")
+                    .fail_upload(project_id, party, upload_id, "The uploaded data was lost before it could be read; please upload again.")
                     .await?;
                 sweep.failed += 1;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         }
-        warn!(project_id, party = party.index, upload_id, redrives = redrives + 1, "stalled upload sent again");
+        warn!(project_id, party = party, upload_id, redrives = redrives + 1, "stalled upload sent again");
         self.note_redrive(project_id, &target, fingerprint, now_secs, redrives).await?;
         sweep.redriven += 1;
         Ok(())
