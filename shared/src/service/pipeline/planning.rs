@@ -7,22 +7,25 @@
 //! 951 MB at 2.5 M: bench/README.md). Here nothing is held whole:
 //!
 //! - each party's directory is read in windows of [`WINDOW_ROWS`] rows (ranged GETs), checked
-//!   as it is read (`DirectoryCheck`: the checks `BlockIndex::from_bytes` makes at once);
+//!   as it is read (`DirectoryCheck`: the checks `BlockIndex::from_bytes` makes at once), and
+//!   joined window against window without awaiting between rows;
 //! - the two directories of a party pair are merge-joined window by window (both are ascending
 //!   by key), and every shared block goes to the engine's [`ShardPlanner`], which hands out each
 //!   shard as soon as it is complete; its message is built (its description stored when too
 //!   large to travel inline) and the shard dropped.
 //!
-//! The plan is the engine's `sizing::plan_run`, step by step: a pass counts the comparisons
-//! (and the shards at the configured target), the target follows from them
-//! (`SizingPolicy::shard_target`, `SizingPolicy::retarget` while rounding leaves the count over
-//! the cap, each such round one more counting pass), and a last pass emits the shards. Each pass
-//! re-reads the directories (two parties' directories are read two or three times: seconds at
-//! S3's speed); what stays in memory is one window per party, one packing shard (at most
+//! The plan is the engine's `sizing::plan_run`, step by step: a first pass at the configured
+//! target counts the comparisons and builds the shards' messages while they fit the shard cap;
+//! the target follows from the comparisons (`SizingPolicy::shard_target`, then
+//! `SizingPolicy::retarget` while rounding leaves the count over the cap, each round a counting
+//! pass). When the target is the configured one and the first pass kept its messages (a blocked
+//! run of modest comparisons), that pass is the plan; otherwise a last pass at the final target
+//! builds them (an unblocked national run: its directories are one row per party, so passes are
+//! free). Each pass re-reads the directories; what stays in memory is one window per party, one packing shard (at most
 //! `MAX_BLOCK_PAIRS_PER_SHARD` tasks), the split chunks of one block pair, and the run's shard
 //! messages, which are small (a large shard's description is stored, its message names it).
 //! The time still grows with the parties (one invocation reads both directories); at 25 M
-//! records per party that is minutes, inside the 15.
+//! records per party (~78 M rows each) that is minutes, inside the 15.
 //!
 //! Deterministic: the same indexes give the same shards, so the watchdog's re-plan of a stalled
 //! run finds the shards it planned before.
@@ -106,17 +109,24 @@ impl<'a, B: BlobReader> Directory<'a, B> {
         Ok(())
     }
 
-    /// The next block, reading the next window when this one is used up.
-    async fn peek(&mut self) -> Result<Option<BlockEntry>, PipelineError> {
-        if self.position == self.window.len() {
-            if self.rows_read == self.header.block_count {
-                return Ok(None);
-            }
-            let rows = self.rows_read..(self.rows_read + self.window_rows).min(self.header.block_count);
-            let raw: Bytes = self.work.get_range(&self.key, directory_range(rows.clone())).await?;
-            self.take_window(&raw, rows.end - rows.start)?;
+    /// The block at the reading position within the current window (no I/O).
+    fn current(&self) -> Option<BlockEntry> {
+        self.window.get(self.position).copied()
+    }
+
+    /// Makes a block current, reading the next window when this one is used up; false when
+    /// every row has been read.
+    async fn fill(&mut self) -> Result<bool, PipelineError> {
+        if self.position < self.window.len() {
+            return Ok(true);
         }
-        Ok(self.window.get(self.position).copied())
+        if self.rows_read == self.header.block_count {
+            return Ok(false);
+        }
+        let rows = self.rows_read..(self.rows_read + self.window_rows).min(self.header.block_count);
+        let raw: Bytes = self.work.get_range(&self.key, directory_range(rows.clone())).await?;
+        self.take_window(&raw, rows.end - rows.start)?;
+        Ok(true)
     }
 
     fn advance(&mut self) {
@@ -156,8 +166,9 @@ impl<'a, B: BlobReader> ShardStream<'a, B> {
                     self.current = Some((i, j, a, b));
                 }
                 Some((i, j, a, b)) => {
-                    match (a.peek().await?, b.peek().await?) {
-                        (Some(block_a), Some(block_b)) => match block_a.key.cmp(&block_b.key) {
+                    // Join what both windows hold without awaiting; then refill the one used up.
+                    while let (Some(block_a), Some(block_b)) = (a.current(), b.current()) {
+                        match block_a.key.cmp(&block_b.key) {
                             std::cmp::Ordering::Less => a.advance(),
                             std::cmp::Ordering::Greater => b.advance(),
                             std::cmp::Ordering::Equal => {
@@ -165,11 +176,11 @@ impl<'a, B: BlobReader> ShardStream<'a, B> {
                                 a.advance();
                                 b.advance();
                             }
-                        },
-                        _ => {
-                            self.planner.end_party_pair();
-                            self.current = None;
                         }
+                    }
+                    if !(a.fill().await? && b.fill().await?) {
+                        self.planner.end_party_pair();
+                        self.current = None;
                     }
                     self.ready.extend(self.planner.take_ready());
                 }
@@ -196,59 +207,91 @@ where
             let (bytes, _) = self.work.get_chunk(key, 0, IndexHeader::LEN).await?;
             headers.push(IndexHeader::from_bytes(&bytes).map_err(|e| corrupt(position as u32, e))?);
         }
+        let encoding_size = headers.first().map(|h| h.encoding_size as usize).unwrap_or(128);
+        let pass = Pass { project_id, run_id, parties, index_keys: &index_keys, encoding_size };
         let policy = self.settings.limits.sizing();
+        // The first pass keeps its shards while they fit the cap: when its target turns out to be
+        // the run's (every blocked run of modest comparisons), it is the plan, in one pass.
         let initial = policy.shard_target(0);
-        let (total, shards_at_initial) = self.count_shards(&index_keys, initial).await?;
+        let first = self.plan_pass(&pass, initial, policy.shard_cap()).await?;
+        let total = first.total_comparisons;
         let mut target = policy.shard_target(total);
-        let mut shards = if target == initial { shards_at_initial } else { self.count_shards(&index_keys, target).await?.1 };
+        let mut shards = first.shards;
+        let mut plan = (target == initial).then_some(first);
+        if target != initial {
+            shards = self.plan_pass(&pass, target, 0).await?.shards;
+        }
         for _ in 0..RETARGET_ROUNDS {
             let Some(larger) = policy.retarget(total, target, shards) else { break };
             target = larger;
-            shards = self.count_shards(&index_keys, target).await?.1;
+            plan = None;
+            shards = self.plan_pass(&pass, target, 0).await?.shards;
         }
+        let plan = match plan.filter(|p| p.messages.is_some()) {
+            Some(plan) => plan,
+            None => self.plan_pass(&pass, target, u64::MAX).await?,
+        };
+        let smaller = headers.iter().map(|h| h.record_count).min().unwrap_or(0);
+        // The threshold only moves the candidate estimate; the log line shows the plan.
+        let estimate = sizing::estimate(&plan.facts, &policy, 0.8, smaller);
+        info!(project_id, run_id, shards = estimate.shards, shard_target = estimate.shard_target_comparisons,
+              shard_cap = estimate.shard_cap, max_shard_seconds = estimate.max_shard_seconds,
+              dispatch_messages = estimate.dispatch_messages, "run sized");
+        Ok(PlannedShards { total_comparisons: plan.total_comparisons, messages: plan.messages.unwrap_or_default() })
+    }
 
-        let encoding_size = headers.first().map(|h| h.encoding_size as usize).unwrap_or(128);
-        let encoding_sizes = super::compare::encoding_sizes(parties);
+    /// One pass over the indexes at `target`: the comparisons, the shard count, and the shards'
+    /// messages (descriptions too large to travel inline stored) while there are at most `keep`
+    /// of them; past that they are dropped and the pass only counts.
+    async fn plan_pass(&self, pass: &Pass<'_>, target: u64, keep: u64) -> Result<PassResult, PipelineError> {
+        let encoding_sizes = super::compare::encoding_sizes(pass.parties);
+        let mut stream = ShardStream::new(&self.work, pass.index_keys.to_vec(), target, WINDOW_ROWS);
         let mut facts = PlanFacts::empty(target);
-        let mut messages = Vec::with_capacity(shards as usize);
-        let mut stream = ShardStream::new(&self.work, index_keys, target, WINDOW_ROWS);
+        let mut messages = Some(Vec::new());
+        let mut shards = 0u64;
         while let Some(shard) = stream.next().await? {
-            facts.add(&shard, encoding_size);
+            shards += 1;
+            facts.add(&shard, pass.encoding_size);
+            if shards > keep {
+                messages = None;
+            }
+            let Some(kept) = messages.as_mut() else { continue };
             let index = shard.index;
             let inline = serde_json::to_vec(&shard).map_err(|e| PipelineError::Corrupt(e.to_string()))?;
             let shard = if inline.len() <= INLINE_SHARD_LIMIT {
                 Some(shard)
             } else {
-                self.work.put(&keys::shard(project_id, run_id, index), Bytes::from(inline), &Vec::new()).await?;
+                self.work.put(&keys::shard(pass.project_id, pass.run_id, index), Bytes::from(inline), &Vec::new()).await?;
                 None
             };
             let message = ShardMessage {
-                project_id: project_id.into(),
-                run_id: run_id.into(),
+                project_id: pass.project_id.into(),
+                run_id: pass.run_id.into(),
                 shard_index: index,
                 shard,
                 encoding_sizes: encoding_sizes.clone(),
             };
-            messages.push((index, serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?));
+            kept.push((index, serde_json::to_string(&message).map_err(|e| PipelineError::Corrupt(e.to_string()))?));
         }
-        let smaller = headers.iter().map(|h| h.record_count).min().unwrap_or(0);
-        // The threshold only moves the candidate estimate; the log line shows the plan.
-        let estimate = sizing::estimate(&facts, &policy, 0.8, smaller);
-        info!(project_id, run_id, shards = estimate.shards, shard_target = estimate.shard_target_comparisons,
-              shard_cap = estimate.shard_cap, max_shard_seconds = estimate.max_shard_seconds,
-              dispatch_messages = estimate.dispatch_messages, "run sized");
-        Ok(PlannedShards { total_comparisons: stream.total_comparisons(), messages })
+        Ok(PassResult { total_comparisons: stream.total_comparisons(), shards, messages, facts })
     }
+}
 
-    /// A counting pass: the run's comparisons and its shard count at `target`.
-    async fn count_shards(&self, index_keys: &[String], target: u64) -> Result<(u64, u64), PipelineError> {
-        let mut stream = ShardStream::new(&self.work, index_keys.to_vec(), target, WINDOW_ROWS);
-        let mut shards = 0u64;
-        while stream.next().await?.is_some() {
-            shards += 1;
-        }
-        Ok((stream.total_comparisons(), shards))
-    }
+/// What every pass of one plan reads.
+struct Pass<'a> {
+    project_id: &'a str,
+    run_id: &'a str,
+    parties: &'a [Party],
+    index_keys: &'a [String],
+    encoding_size: usize,
+}
+
+struct PassResult {
+    total_comparisons: u64,
+    shards: u64,
+    /// `None` when the pass had more shards than it was to keep.
+    messages: Option<Vec<(u32, String)>>,
+    facts: PlanFacts,
 }
 
 #[cfg(test)]

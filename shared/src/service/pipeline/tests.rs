@@ -1628,3 +1628,41 @@ async fn json_encodings_over_what_memory_decodes_are_refused_and_binary_is_not()
     let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
     assert!(parties[1].upload.ingested().is_some(), "{:?}", parties[1]);
 }
+
+/// Fan-out's plan, read from `index.bin` in windows, is the engine's `plan_run` of the same
+/// indexes: at the configured target (the first pass is the plan) and when the shard cap makes it
+/// plan again at larger targets.
+#[tokio::test]
+async fn fan_out_plans_what_the_engine_plans_with_and_without_a_larger_target() {
+    use crate::engine::shard::{self, test_index};
+    let mut rng = Rng(7);
+    let indexes: Vec<_> = (0..3)
+        .map(|_| test_index(&(0..400).map(|_| ((rng.next() % 300) as u32, 1 + rng.next() % 9)).collect::<Vec<_>>()))
+        .collect();
+    for (target, cap) in [(1_000, 0), (300, 12), (40, 5)] {
+        let mut p = pipeline(target);
+        p.settings.limits.max_shards_per_run = cap;
+        let policy = p.settings.limits.sizing();
+        if cap > 0 {
+            assert!(shard::plan(&indexes, target).shards.len() as u64 > cap, "the case must need a larger target");
+        }
+        let project = create_project(&p, ResultType::Groups, 3, true).await;
+        for (party, index) in indexes.iter().enumerate() {
+            p.work.put(&keys::party_index(&project, party as u32), Bytes::from(index.to_bytes()), &Vec::new()).await.unwrap();
+        }
+        let (_, parties) = p.meta.get_project(&project).await.unwrap().unwrap();
+        let planned = p.plan_shards(&project, "run1", &parties).await.unwrap();
+        let (expected, _) = crate::engine::sizing::plan_run(&indexes, &policy);
+        assert_eq!(planned.total_comparisons, expected.total_comparisons);
+        let mut shards = Vec::new();
+        for (index, body) in &planned.messages {
+            let message: ShardMessage = serde_json::from_str(body).unwrap();
+            assert_eq!(message.shard_index, *index);
+            shards.push(match message.shard {
+                Some(shard) => shard,
+                None => serde_json::from_slice(&p.work.object(&keys::shard(&project, "run1", *index)).unwrap().0).unwrap(),
+            });
+        }
+        assert_eq!(shards, expected.shards, "target {target}, cap {cap}");
+    }
+}
