@@ -223,15 +223,6 @@ fn runs_from(items: &[Item]) -> Result<Vec<Run>, MetaError> {
     Ok(runs)
 }
 
-/// Refuses an error message that alone makes its item larger than DynamoDB takes, as the memory
-/// store refuses the whole item. (An update does not know the rest of the item; a message that
-/// only overflows with it is refused by DynamoDB itself, as a backend error.)
-fn message_fits(pk: String, sk: String, message: &str) -> Result<(), MetaError> {
-    let mut item = table::key(pk, sk);
-    item.push(("error".into(), table::Attr::S(message.into())));
-    Ok(table::check_item(&item)?)
-}
-
 // ---- errors -----------------------------------------------------------------------------------
 
 fn backend<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(op: &str, e: SdkError<E, R>) -> MetaError {
@@ -917,7 +908,7 @@ impl RunStore for DynamoMeta {
     }
 
     async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
-        message_fits(project_pk(project_id), run_sk(run_id), message)?;
+        table::check_run_error(project_id, run_id, message)?;
         // With the project check: a deleted project's runs are gone, as every read says.
         let items = vec![
             self.live_project_check(project_id)?,

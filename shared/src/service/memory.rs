@@ -539,6 +539,7 @@ impl RunStore for MemoryMeta {
     }
 
     async fn fail_run(&self, project_id: &str, run_id: &str, message: &str) -> Result<bool, MetaError> {
+        table::check_run_error(project_id, run_id, message)?;
         let mut t = lock(&self.tables);
         match t.live_run_mut(project_id, run_id) {
             Some(r) if !r.run.state.is_final() => {

@@ -518,6 +518,11 @@ async fn writes_dynamodb_would_refuse_are_refused_and_write_nothing<M: MetaStore
     let r = m.fail_run("p", "r", &too_long).await;
     assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
     assert_eq!(m.get_run("p", "r").await.unwrap(), Some(run("p", "r", T1)), "nothing written");
+    // Refused before the state is looked at: the same answer for a run that is final already.
+    m.create_run(&run("p", "failed", T1)).await.unwrap();
+    assert!(m.fail_run("p", "failed", "boom").await.unwrap());
+    let r = m.fail_run("p", "failed", &too_long).await;
+    assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");
     m.begin_upload("p", 0, &upload("u")).await.unwrap();
     let r = m.fail_upload("p", 0, "u", &too_long).await;
     assert!(matches!(r, Err(MetaError::Limit(LimitExceeded::DynamoItem { .. }))), "{r:?}");

@@ -131,6 +131,16 @@ pub fn check_upload_error(project_id: &str, party: u32, upload_id: &str, message
     check_item(&party_item(project_id, &Party { upload, ..Party::new(party, TokenHash::of("")) }))
 }
 
+/// Refuses, before either store looks at the run's state, a failure message that cannot fit a
+/// run item with it (its key and the message alone): both stores then answer alike whatever the
+/// run's state, as for uploads ([`check_upload_error`]). A message that fits alone but not with
+/// the rest of the run is refused by the write itself.
+pub fn check_run_error(project_id: &str, run_id: &str, message: &str) -> Result<(), LimitExceeded> {
+    let mut item = key(project_pk(project_id), run_sk(run_id));
+    item.push(("error".into(), Attr::S(message.into())));
+    check_item(&item)
+}
+
 pub fn ingested_attrs(i: &IngestedParty) -> [(&'static str, Attr); 4] {
     [
         ("record_count", n(i.record_count)),
